@@ -1,0 +1,128 @@
+"""Checks across the config tree: unique names, cluster references, address clashes.
+
+They run on the raw parsed data, also when the structural check found errors, so one run shows
+everything; every check looks only at the parts that have the right shape and skips the rest
+(their structural errors are already reported).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import socket
+from typing import Any
+
+from proxy.config.errors import Issues, PathTuple, format_path
+from proxy.config.values import Address
+
+
+def check(raw: Any, issues: Issues) -> None:
+    """Report every semantic problem in `raw` (the parsed, not yet converted, config)."""
+    if not isinstance(raw, dict):
+        return
+    listeners = _items(raw.get("listeners"))
+    clusters = _items(raw.get("clusters"))
+    _unique_names(listeners, ("listeners",), "listener", issues)
+    cluster_names = _unique_names(clusters, ("clusters",), "cluster", issues)
+    _listener_clusters(listeners, cluster_names, issues)
+    _listener_addresses(listeners, issues)
+    _host_addresses(clusters, issues)
+    _admin(raw.get("admin"), issues)
+
+
+def _items(value: Any) -> list[tuple[int, dict[str, Any]]]:
+    """(index, item) for the mapping items of a list; anything else is a structural error."""
+    if not isinstance(value, list):
+        return []
+    return [(index, item) for index, item in enumerate(value) if isinstance(item, dict)]
+
+
+def _unique_names(items: list[tuple[int, dict[str, Any]]], base: PathTuple, kind: str, issues: Issues) -> list[str]:
+    """Report repeated names; return the distinct names in order of definition."""
+    first: dict[str, PathTuple] = {}
+    for index, item in items:
+        name = item.get("name")
+        if not isinstance(name, str):
+            continue
+        path = base + (index, "name")
+        if name in first:
+            issues.add(path, f"duplicate {kind} name {name!r} (first at {format_path(first[name])})")
+        else:
+            first[name] = path
+    return list(first)
+
+
+def _listener_clusters(listeners: list[tuple[int, dict[str, Any]]], clusters: list[str], issues: Issues) -> None:
+    for index, listener in listeners:
+        cluster = listener.get("cluster")
+        if listener.get("protocol") == "tcp" and cluster is None:
+            issues.add(("listeners", index), "a tcp listener needs a 'cluster'")
+        elif isinstance(cluster, str) and cluster not in clusters:
+            if clusters:
+                message = f"unknown cluster {cluster!r}; defined clusters: {', '.join(clusters)}"
+                close = difflib.get_close_matches(cluster, clusters, n=1, cutoff=0.6)
+                if close:
+                    message += f" (did you mean {close[0]!r}?)"
+            else:
+                message = f"unknown cluster {cluster!r}; no clusters are defined"
+            issues.add(("listeners", index, "cluster"), message)
+
+
+def _listener_addresses(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
+    first: dict[tuple[Any, ...], PathTuple] = {}
+    for index, listener in listeners:
+        address = _address(listener.get("address"))
+        if address is None or (not address.is_unix and address.port == 0):
+            continue  # port 0: the kernel picks a free port for each listener
+        path = ("listeners", index, "address")
+        key = _address_key(address)
+        if key in first:
+            issues.add(path, f"duplicate listener address {address.text!r} (first at {format_path(first[key])})")
+        else:
+            first[key] = path
+
+
+def _host_addresses(clusters: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
+    for cluster_index, cluster in clusters:
+        first: dict[tuple[Any, ...], PathTuple] = {}
+        for host_index, host in _items(cluster.get("hosts")):
+            address = _address(host.get("address"))
+            if address is None:
+                continue
+            path = ("clusters", cluster_index, "hosts", host_index, "address")
+            if not address.is_unix and address.port == 0:
+                issues.add(path, f"host address {address.text!r} has port 0; give the port to connect to")
+                continue
+            key = _address_key(address)
+            if key in first:
+                issues.add(path, f"duplicate host address {address.text!r} (first at {format_path(first[key])})")
+            else:
+                first[key] = path
+
+
+def _admin(admin: Any, issues: Issues) -> None:
+    if not isinstance(admin, dict):
+        return
+    sock = admin.get("socket")
+    if isinstance(sock, str) and not sock.startswith("/"):
+        hint = " (write the path without 'unix:')" if sock.startswith("unix:/") else ""
+        issues.add(("admin", "socket"), f"admin socket must be an absolute path, got {sock!r}{hint}")
+
+
+def _address(value: Any) -> Address | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return Address.parse(value)
+    except ValueError:
+        return None  # reported by the structural check
+
+
+def _address_key(address: Address) -> tuple[Any, ...]:
+    """Equal for spellings of one address: '[::1]:80' and '[0::1]:80', 'Example.com:80' and 'example.com:80'."""
+    if address.is_unix:
+        return (socket.AF_UNIX, address.path)
+    host: Any = address.host.lower().rstrip(".")
+    if address.family in (socket.AF_INET, socket.AF_INET6):
+        host = ipaddress.ip_address(address.host)
+    return (address.family, host, address.port)

@@ -1,0 +1,126 @@
+"""Structured logging: one line per event, `key=value` (logfmt) or JSON, with a level.
+
+Usage: `log = get_logger("tcp_proxy")`, then `log.info("upstream.connect_failed", host=..., error=...)`.
+The event name comes first so lines grep well; values with spaces or quotes are quoted.
+Built on the stdlib logging module so levels, handlers and SIGUSR1 reopen stay ordinary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_ROOT = "proxy"
+
+
+def _logfmt_value(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' ="\\\n\t'):
+        return json.dumps(text)
+    return text
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self.json = fmt == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = getattr(record, "fields", {})
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        level = record.levelname.lower()
+        if self.json:
+            out = {"ts": ts, "level": level, "logger": record.name, "event": record.getMessage(), **fields}
+            if record.exc_info:
+                out["traceback"] = self.formatException(record.exc_info)
+            return json.dumps(out, default=str)
+        parts = [f"ts={ts}", f"level={level}", f"logger={record.name}", f"event={record.getMessage()}"]
+        parts.extend(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class Logger:
+    """A thin front for a stdlib logger that takes an event name plus keyword fields."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def _log(self, level: int, event: str, exc_info: Any, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, event, exc_info=exc_info, extra={"fields": fields})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, None, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, None, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, None, fields)
+
+    def error(self, event: str, exc_info: Any = None, **fields: Any) -> None:
+        self._log(logging.ERROR, event, exc_info, fields)
+
+    def is_debug(self) -> bool:
+        return self._logger.isEnabledFor(logging.DEBUG)
+
+
+def get_logger(name: str) -> Logger:
+    return Logger(logging.getLogger(f"{_ROOT}.{name}"))
+
+
+class _ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Appends to a file; `reopen()` (SIGUSR1) picks up a rotated file at the same path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(self._open())
+
+    def _open(self) -> TextIO:
+        return open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - owned by the handler
+
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            old, self.stream = self.stream, self._open()
+            old.close()
+        finally:
+            self.release()
+
+
+def setup(level: str = "info", fmt: str = "text", file: str | None = None) -> None:
+    """Configure the `proxy` logger tree: one handler, to `file` or stderr."""
+    root = logging.getLogger(_ROOT)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    handler: logging.Handler = _ReopenableFileHandler(file) if file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(fmt))
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    root.propagate = False
+
+
+def set_level(level: str) -> None:
+    logging.getLogger(_ROOT).setLevel(LEVELS[level])
+
+
+def reopen() -> None:
+    """Reopen log files after rotation (SIGUSR1)."""
+    for handler in logging.getLogger(_ROOT).handlers:
+        if isinstance(handler, _ReopenableFileHandler):
+            handler.reopen()
+
+
+def pid_fields() -> dict[str, int]:
+    return {"pid": os.getpid()}

@@ -1,0 +1,178 @@
+"""The L4 TCP proxy: the terminal handler of a `protocol: tcp` listener.
+
+For each downstream connection: pick a host of the cluster (its balancer), connect with the
+cluster's connect timeout, and on failure move on to the next host, up to
+`max_connect_attempts`; when every attempt fails the downstream is closed. Then relay bytes
+both ways (`relay.Relay`) until both directions end.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+import trio
+
+from proxy.config.model import Listener as ListenerConfig
+from proxy.log import get_logger
+from proxy.network import relay as relay_mod
+from proxy.stats import ListenerStats
+from proxy.upstream.cluster import Cluster
+from proxy.upstream.host import Host
+
+log = get_logger("tcp_proxy")
+
+
+class ConnectFailed(Exception):
+    def __init__(self, host: Host, reason: str) -> None:
+        super().__init__(f"{host.address}: {reason}")
+        self.host = host
+        self.reason = reason
+
+
+async def connect(host: Host, timeout: float) -> socket.socket:
+    """Open a non-blocking TCP or Unix connection to `host` within `timeout` seconds."""
+    address = host.address
+    with trio.move_on_after(timeout) as scope:
+        if address.is_unix:
+            family, sockaddr = socket.AF_UNIX, address.path
+        elif address.family != socket.AF_UNSPEC:
+            family, sockaddr = address.family, (address.host, address.port)
+        else:
+            try:
+                infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise ConnectFailed(host, f"resolve failed: {exc}") from exc
+            family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            code = sock.connect_ex(sockaddr)
+            if code == errno.EINPROGRESS:
+                await trio.lowlevel.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            elif code == errno.EAGAIN and family == socket.AF_UNIX:
+                raise ConnectFailed(host, "unix socket backlog full")
+            if code:
+                raise ConnectFailed(host, errno.errorcode.get(code, str(code)).lower())
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except BaseException:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+            raise
+    assert scope.cancelled_caught
+    raise ConnectFailed(host, "timeout")
+
+
+class TcpProxy:
+    """Connection handler for one tcp listener."""
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        cluster: Cluster,
+        stats: ListenerStats,
+        connection_nursery: trio.Nursery,
+    ) -> None:
+        self.name = config.name
+        self.cluster = cluster
+        self.stats = stats
+        self.nursery = connection_nursery
+        self.idle_timeout = float(config.idle_timeout) if config.idle_timeout is not None else None
+        self.max_connect_attempts = config.max_connect_attempts
+        self.splice = config.relay != "copy" and relay_mod.HAVE_SPLICE
+        self.nodelay = not config.address.is_unix
+
+    async def handle(self, down: socket.socket, peer: Any) -> None:
+        """Entry point per accepted connection. Never raises: a failing connection is counted and
+        logged, and must not take the listener down."""
+        stats = self.stats
+        stats.downstream_cx_total += 1
+        stats.downstream_cx_active += 1
+        owned_by_relay = False
+        try:
+            if self.nodelay:
+                down.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            up, host = await self._connect_upstream(peer)
+            if up is None:
+                stats.downstream_cx_no_upstream += 1
+                return
+            relay = relay_mod.Relay(
+                down, up, splice=self.splice, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host)
+            )
+            owned_by_relay = True
+            await relay.run(self.nursery)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            stats.downstream_cx_error += 1
+            log.error("connection.failed", listener=self.name, peer=_peer(peer), error=repr(exc), exc_info=exc)
+        finally:
+            if not owned_by_relay:
+                trio.lowlevel.notify_closing(down)
+                down.close()
+                stats.downstream_cx_active -= 1
+                stats.downstream_cx_destroy += 1
+
+    async def _connect_upstream(self, peer: Any) -> tuple[socket.socket | None, Host | None]:
+        cluster = self.cluster
+        cstats = cluster.stats
+        tried: list[Host] = []
+        for _ in range(self.max_connect_attempts):
+            host = cluster.balancer.choose(tried) or cluster.balancer.choose()
+            if host is None:
+                log.warning("upstream.no_host", listener=self.name, cluster=cluster.name)
+                return None, None
+            tried.append(host)
+            cstats.upstream_cx_total += 1
+            host.stats.cx_total += 1
+            try:
+                sock = await connect(host, cluster.connect_timeout)
+            except ConnectFailed as exc:
+                host.stats.cx_connect_fail += 1
+                if exc.reason == "timeout":
+                    cstats.upstream_cx_connect_timeout += 1
+                else:
+                    cstats.upstream_cx_connect_fail += 1
+                log.warning(
+                    "upstream.connect_failed", listener=self.name, cluster=cluster.name, host=str(host.address), reason=exc.reason
+                )
+                continue
+            cstats.upstream_cx_active += 1
+            host.stats.cx_active += 1
+            return sock, host
+        cstats.upstream_cx_connect_attempts_exceeded += 1
+        log.warning("upstream.all_attempts_failed", listener=self.name, cluster=cluster.name, peer=_peer(peer), attempts=len(tried))
+        return None, None
+
+    def _relay_closed(self, host: Host | None) -> Any:
+        stats = self.stats
+        cstats = self.cluster.stats
+
+        def closed(relay: relay_mod.Relay) -> None:
+            stats.downstream_cx_active -= 1
+            stats.downstream_cx_destroy += 1
+            stats.downstream_rx_bytes_total += relay.rx_bytes
+            stats.downstream_tx_bytes_total += relay.tx_bytes
+            cstats.upstream_cx_active -= 1
+            if host is not None:
+                host.stats.cx_active -= 1
+            if relay.outcome == relay_mod.IDLE_TIMEOUT:
+                stats.downstream_cx_idle_timeout += 1
+            elif relay.outcome == relay_mod.RESET:
+                stats.downstream_cx_reset += 1
+            elif relay.outcome == relay_mod.ERROR:
+                stats.downstream_cx_error += 1
+                log.error("relay.failed", listener=self.name, error=repr(relay.error), exc_info=relay.error)
+            if log.is_debug():
+                log.debug("connection.closed", listener=self.name, outcome=relay.outcome, rx=relay.rx_bytes, tx=relay.tx_bytes)
+
+        return closed
+
+
+def _peer(peer: Any) -> str:
+    if isinstance(peer, tuple):
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer) or "unix"

@@ -1,0 +1,23 @@
+"""A cluster at run time: its hosts, balancer, stats and connect settings."""
+
+from __future__ import annotations
+
+from proxy.config.model import Cluster as ClusterConfig
+from proxy.stats import ClusterStats
+from proxy.upstream.host import Host
+from proxy.upstream.lb import make_balancer
+
+
+class Cluster:
+    __slots__ = ("name", "config", "hosts", "balancer", "stats", "connect_timeout")
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.name = config.name
+        self.config = config
+        self.hosts = [Host(h.address, h.weight, dict(h.metadata)) for h in config.hosts]
+        self.balancer = make_balancer(config.lb, self.hosts)
+        self.stats = ClusterStats()
+        self.connect_timeout = float(config.connect_timeout)
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.name} hosts={len(self.hosts)} lb={self.balancer.name}>"
