@@ -56,7 +56,7 @@ async def connect(host: Host, timeout: float) -> socket.socket:
             if code:
                 raise ConnectFailed(host, errno.errorcode.get(code, str(code)).lower())
             if family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                relay_mod.tune_tcp_socket(sock)
             return sock
         except BaseException:
             trio.lowlevel.notify_closing(sock)
@@ -83,7 +83,7 @@ class TcpProxy:
         self.idle_timeout = float(config.idle_timeout) if config.idle_timeout is not None else None
         self.max_connect_attempts = config.max_connect_attempts
         self.splice = config.relay != "copy" and relay_mod.HAVE_SPLICE
-        self.nodelay = not config.address.is_unix
+        self.tcp = not config.address.is_unix
 
     async def handle(self, down: socket.socket, peer: Any) -> None:
         """Entry point per accepted connection. Never raises: a failing connection is counted and
@@ -93,8 +93,8 @@ class TcpProxy:
         stats.downstream_cx_active += 1
         owned_by_relay = False
         try:
-            if self.nodelay:
-                down.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tcp:
+                relay_mod.tune_tcp_socket(down)
             up, host = await self._connect_upstream(peer)
             if up is None:
                 stats.downstream_cx_no_upstream += 1
