@@ -31,7 +31,7 @@ class ConnectFailed(Exception):
         self.reason = reason
 
 
-async def connect(host: Host, timeout: float) -> socket.socket:
+async def connect(host: Host, timeout: float, splice: bool = False) -> socket.socket:
     """Open a non-blocking TCP or Unix connection to `host` within `timeout` seconds."""
     address = host.address
     with trio.move_on_after(timeout) as scope:
@@ -56,7 +56,7 @@ async def connect(host: Host, timeout: float) -> socket.socket:
             if code:
                 raise ConnectFailed(host, errno.errorcode.get(code, str(code)).lower())
             if family != socket.AF_UNIX:
-                relay_mod.tune_tcp_socket(sock)
+                relay_mod.tune_tcp_socket(sock, splice)
             return sock
         except BaseException:
             trio.lowlevel.notify_closing(sock)
@@ -94,7 +94,7 @@ class TcpProxy:
         owned_by_relay = False
         try:
             if self.tcp:
-                relay_mod.tune_tcp_socket(down)
+                relay_mod.tune_tcp_socket(down, self.splice)
             up, host = await self._connect_upstream(peer)
             if up is None:
                 stats.downstream_cx_no_upstream += 1
@@ -129,7 +129,7 @@ class TcpProxy:
             cstats.upstream_cx_total += 1
             host.stats.cx_total += 1
             try:
-                sock = await connect(host, cluster.connect_timeout)
+                sock = await connect(host, cluster.connect_timeout, self.splice)
             except ConnectFailed as exc:
                 host.stats.cx_connect_fail += 1
                 if exc.reason == "timeout":
