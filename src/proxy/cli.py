@@ -105,11 +105,24 @@ def _stop(pid_file: str, timeout: float) -> int:
         return 1
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError as exc:
-            if exc.errno == errno.ESRCH:
-                return 0
+        if not _alive(pid):
+            return 0
         time.sleep(0.05)
     print(f"proxy: process {pid} still running after {timeout:g}s", file=sys.stderr)
     return 1
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs; an exited process not yet reaped by its parent (zombie) is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError as exc:
+            return exc.errno != errno.ESRCH
+        return True

@@ -24,6 +24,7 @@ import trio
 import yaml
 
 _STARTED = re.compile(r"event=listener\.started listener=(\S+) address=(\S+)")
+_READY = re.compile(r'event=ready|"event": "ready"')  # text or JSON logs
 
 
 class ProxyProcess:
@@ -51,7 +52,7 @@ class ProxyProcess:
             stderr=subprocess.STDOUT,
         )
         with trio.fail_after(timeout):
-            while "event=ready" not in self.log():
+            while not _READY.search(self.log()):
                 if self.proc.poll() is not None:
                     raise AssertionError(f"proxy exited with {self.proc.returncode} before ready:\n{self.log()}")
                 await trio.sleep(0.02)
