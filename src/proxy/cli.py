@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 DEFAULT_CONFIG = "config/proxy.yaml"
 
@@ -50,6 +51,7 @@ def _check(path: str) -> int:
 
     try:
         config = load(path)
+        _check_filters(path, config)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -60,9 +62,27 @@ def _check(path: str) -> int:
     return 0
 
 
+def _check_filters(path: str, config: Any) -> None:
+    """Build every listener's filter chain once, so `proxy check` catches a filter that does
+    not load or rejects its config, as `proxy run` would."""
+    from proxy.config import ConfigError, ConfigIssue
+    from proxy.http.filter import FilterLoadError, build_chain
+
+    issues = []
+    for i, listener in enumerate(config.listeners):
+        for j, fc in enumerate(listener.filters):
+            try:
+                build_chain([fc])
+            except FilterLoadError as exc:
+                issues.append(ConfigIssue(f"listeners[{i}].filters[{j}]", str(exc).split(": ", 1)[-1], None, path))
+    if issues:
+        raise ConfigError(issues)
+
+
 def _run(args: argparse.Namespace) -> int:
     from proxy import log
     from proxy.config import ConfigError, load
+    from proxy.http.filter import FilterLoadError
     from proxy.network.listener import BindError
     from proxy.server import run_worker
 
@@ -79,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
             f.write(f"{os.getpid()}\n")
     try:
         return run_worker(config)
-    except BindError as exc:
+    except (BindError, FilterLoadError) as exc:
         log.get_logger("server").error("start.failed", error=str(exc))
         print(f"proxy: refusing to start: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,7 @@
 
     worker root nursery
     ├─ signals task             SIGTERM drain, SIGINT fast stop, SIGUSR1 reopen logs
-    ├─ upstream nursery         (health checkers and pools, from later issues)
+    ├─ upstream nursery         connection-pool idle sweeper (health checkers later)
     └─ connection nursery       one task per connection (+ a relay's second direction)
        └─ listener nursery      accept loops, cancelled first when draining
 
@@ -27,6 +27,7 @@ from proxy.network.listener import accept_loop, bind, bound_address, close_liste
 from proxy.network.tcp_proxy import TcpProxy
 from proxy.stats import ListenerStats
 from proxy.upstream.cluster import Cluster
+from proxy.upstream.pool import PoolManager
 
 log = get_logger("server")
 
@@ -56,6 +57,10 @@ class Worker:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.clusters = {c.name: Cluster(c) for c in config.clusters}
+        self.pools = PoolManager()
+        self.route_tables = _compile_route_tables(config)
+        self.filter_chains = {lc.name: _build_chain(lc) for lc in config.listeners if lc.protocol != "tcp"}
+        self.access_logs: dict[str, list[Any]] = {}
         self.listeners: list[ListenerRuntime] = []
         self.state = "starting"
         self._stop_accepting = trio.Event()
@@ -80,6 +85,10 @@ class Worker:
         finally:
             for lr in self.listeners:
                 close_listener(lr.sock)
+            self.pools.close_all()
+            for logs in self.access_logs.values():
+                for logger in logs:
+                    logger.close()
         log.info("stopped")
 
     async def _serve(self, task_status: trio.TaskStatus[Worker]) -> None:
@@ -87,6 +96,7 @@ class Worker:
         async with trio.open_nursery() as root:
             self._root = root
             root.start_soon(self._handle_signals)
+            root.start_soon(self.pools.run_sweeper)
             async with trio.open_nursery() as connection_nursery:
                 async with trio.open_nursery() as listener_nursery:
                     for lr in self.listeners:
@@ -114,6 +124,15 @@ class Worker:
         lc = lr.config
         if lc.protocol == "tcp":
             return TcpProxy(lc, self.clusters[lc.cluster], lr.stats, connection_nursery).handle
+        if lc.protocol == "http1":
+            from proxy.http.access_log import AccessLogger
+            from proxy.http.connection_manager import HttpConnectionManager
+
+            logs = [AccessLogger(a.path, a.format) for a in lc.access_log]
+            self.access_logs[lc.name] = logs
+            return HttpConnectionManager(
+                lc, self.route_tables[lc.route], self.clusters, self.pools, self.filter_chains[lc.name], logs, lr.stats, connection_nursery
+            ).handle
         raise ValueError(f"listener {lc.name}: unsupported protocol {lc.protocol}")
 
     def drain(self) -> None:
@@ -138,13 +157,30 @@ class Worker:
                     self.stop_now()
                 elif signum == signal.SIGUSR1:
                     reopen()
+                    from proxy.http.access_log import reopen_all
+
+                    reopen_all()
                     log.info("signal", signal="SIGUSR1", action="reopen_logs")
+
+
+def _compile_route_tables(config: Config) -> dict[str, Any]:
+    if not config.routes:
+        return {}
+    from proxy.router.route_table import CompiledRouteTable
+
+    return {name: CompiledRouteTable(table) for name, table in config.routes.items()}
+
+
+def _build_chain(listener: Any) -> Any:
+    from proxy.http.filter import build_chain
+
+    return build_chain(listener.filters)
 
 
 def run_worker(config: Config) -> int:
     """Run a worker in this process until it stops; return the exit code."""
     raise_fd_limit()
-    worker = Worker(config)
+    worker = Worker(config)  # raises FilterLoadError for a filter that cannot be built
     worker.bind_listeners()
     trio.run(worker.run)
     return 0

@@ -30,6 +30,17 @@ class ListenerStats(_Stats):
         "downstream_rx_bytes_total",
         "downstream_tx_bytes_total",
         "accept_errors",
+        # HTTP listeners
+        "downstream_rq_total",
+        "downstream_rq_active",
+        "downstream_rq_1xx",
+        "downstream_rq_2xx",
+        "downstream_rq_3xx",
+        "downstream_rq_4xx",
+        "downstream_rq_5xx",
+        "downstream_rq_local_reply",
+        "downstream_rq_protocol_error",
+        "downstream_rq_header_timeout",
     )
 
     def __init__(self) -> None:
@@ -44,6 +55,16 @@ class ClusterStats(_Stats):
         "upstream_cx_connect_fail",
         "upstream_cx_connect_timeout",
         "upstream_cx_connect_attempts_exceeded",
+        # HTTP
+        "upstream_rq_total",
+        "upstream_rq_active",
+        "upstream_rq_timeout",
+        "upstream_rq_per_try_timeout",
+        "upstream_rq_retry",
+        "upstream_rq_retry_exhausted",
+        "upstream_rq_pending_overflow",
+        "upstream_rq_reset",
+        "upstream_cx_reused_closed",  # a reused keep-alive connection closed before answering
     )
 
     def __init__(self) -> None:

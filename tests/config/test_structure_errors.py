@@ -133,7 +133,7 @@ def test_bad_literals() -> None:
 
 def test_protocol_literal() -> None:
     issue = one_issue(LISTENER.replace("protocol: tcp", "protocol: udp") + CLUSTER)
-    assert (issue.path, issue.line, issue.message) == ("listeners[0].protocol", 4, "expected 'tcp', got 'udp'")
+    assert (issue.path, issue.line, issue.message) == ("listeners[0].protocol", 4, "expected one of 'tcp', 'http1', got 'udp'")
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_protocol_literal() -> None:
         ("weight", "0", "expected an integer from 1 to 1000000, got 0"),
         ("weight", "1000001", "expected an integer from 1 to 1000000, got 1000001"),
         ("weight", "true", "expected an integer from 1 to 1000000, got a boolean (true)"),
-        ("weight", "yes", "expected an integer from 1 to 1000000, got a boolean (true)"),  # YAML 1.1 boolean
+        ("weight", "yes", "expected an integer from 1 to 1000000, got 'yes'"),  # YAML 1.2: a string, not a boolean
         ("weight", "'3'", "expected an integer from 1 to 1000000, got '3'"),
         ("weight", "2.0", "expected an integer from 1 to 1000000, got 2.0"),
         ("weight", "null", "expected an integer from 1 to 1000000, got null"),

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -32,9 +33,24 @@ from proxy.config.model import Config
 from proxy.config.values import CUSTOM_TYPES, Address, Duration, decode_hook
 
 try:
-    _YamlLoader: type = yaml.CSafeLoader
+    _BaseLoader: type = yaml.CSafeLoader
 except AttributeError:  # PyYAML built without libyaml
-    _YamlLoader = yaml.SafeLoader
+    _BaseLoader = yaml.SafeLoader
+
+
+class _YamlLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """YAML 1.2 booleans: only true/false. PyYAML follows YAML 1.1, where an unquoted `on`
+    (as in `retry: {on: [5xx]}`), `yes`, `no` and `off` are booleans too: a key `on` would
+    silently become True."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 Format = Literal["yaml", "json"]
 

@@ -8,20 +8,13 @@ uniqueness (names) are checked after decoding, in `proxy.config.semantic`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
+from proxy.config.base import Name, PositiveInt, Weight, _Model
+from proxy.config.routes import RouteTable
 from proxy.config.values import Address, Duration
-
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-Weight = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
-
-
-class _Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
-
 
 class Host(_Model):
     address: Address
@@ -34,14 +27,49 @@ class Cluster(_Model):
     hosts: Annotated[list[Host], msgspec.Meta(min_length=1)]
     lb: Literal["round_robin", "random"] = "round_robin"
     connect_timeout: Duration = Duration(1.0)
+    # HTTP connection pool, per host (Envoy's circuit breaker defaults are 1024 each).
+    max_connections: PositiveInt = 1024
+    max_pending_requests: PositiveInt = 1024  # requests waiting for a connection; overflow -> 503 UO
+    max_requests_per_connection: PositiveInt | None = None
+    idle_timeout: Duration = Duration(60.0)  # an unused pooled connection is closed after this
+
+
+class HttpSettings(_Model):
+    """HTTP/1.1 connection manager limits and behaviour for one listener."""
+
+    max_request_line: Annotated[int, msgspec.Meta(ge=64)] = 8192  # -> 414
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=256)] = 65536  # -> 431
+    max_header_count: PositiveInt = 100  # -> 431
+    max_body_bytes: PositiveInt | None = None  # -> 413
+    request_header_timeout: Duration = Duration(10.0)  # a request head must arrive within this (408)
+    idle_timeout: Duration = Duration(300.0)  # keep-alive connection with no request in flight
+    max_requests_per_connection: PositiveInt | None = None
+    via: str | None = None  # e.g. "1.1 proxy": appended to Via both ways when set
+    forwarded_headers: bool = True  # set X-Forwarded-For/-Proto/-Host
+    request_id: bool = True  # set X-Request-Id when absent
+    server_name: str = "proxy"  # Server header of local replies
+
+
+class FilterConfig(_Model):
+    type: str  # a built-in name (fault, ip_access, ...) or "package.module:Class"
+    config: dict[str, Any] = {}
+
+
+class AccessLog(_Model):
+    path: str = "stdout"  # stdout | stderr | a file path (reopened on SIGUSR1)
+    format: str | None = None  # %variables%; None -> the default format
 
 
 class Listener(_Model):
     name: Name
     address: Address
-    protocol: Literal["tcp"]
-    # L4 listeners name the cluster their connections go to.
+    protocol: Literal["tcp", "http1"]
+    # L4 listeners name the cluster their connections go to; HTTP listeners a route table.
     cluster: Name | None = None
+    route: Name | None = None
+    filters: list[FilterConfig] = []
+    access_log: list[AccessLog] = []
+    http: HttpSettings = HttpSettings()
     # Above this many open downstream connections, new ones are accepted and closed at once
     # (Envoy's listener connection limit); None means no limit.
     max_connections: PositiveInt | None = None
@@ -77,9 +105,11 @@ class Config(_Model):
     logging: Logging = Logging()
     listeners: list[Listener] = []
     clusters: list[Cluster] = []
+    routes: dict[Name, RouteTable] = {}
 
     def cluster(self, name: str) -> Cluster:
         for cluster in self.clusters:
             if cluster.name == name:
                 return cluster
         raise KeyError(name)
+

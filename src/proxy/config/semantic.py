@@ -12,6 +12,7 @@ import ipaddress
 import socket
 from typing import Any
 
+from proxy.config.semantic_routes import check_routes
 from proxy.config.errors import Issues, PathTuple, format_path
 from proxy.config.values import Address
 
@@ -28,6 +29,7 @@ def check(raw: Any, issues: Issues) -> None:
     _listener_addresses(listeners, issues)
     _host_addresses(clusters, issues)
     _admin(raw.get("admin"), issues)
+    check_routes(raw, issues)
 
 
 def _items(value: Any) -> list[tuple[int, dict[str, Any]]]:
@@ -55,7 +57,10 @@ def _unique_names(items: list[tuple[int, dict[str, Any]]], base: PathTuple, kind
 def _listener_clusters(listeners: list[tuple[int, dict[str, Any]]], clusters: list[str], issues: Issues) -> None:
     for index, listener in listeners:
         cluster = listener.get("cluster")
-        if listener.get("protocol") == "tcp" and cluster is None:
+        protocol = listener.get("protocol")
+        if protocol == "http1" and listener.get("route") is None:
+            issues.add(("listeners", index), "an http1 listener needs a 'route' (a route table name)")
+        if protocol == "tcp" and cluster is None:
             issues.add(("listeners", index), "a tcp listener needs a 'cluster'")
         elif isinstance(cluster, str) and cluster not in clusters:
             if clusters:

@@ -8,7 +8,6 @@ both ways (`relay.Relay`) until both directions end.
 
 from __future__ import annotations
 
-import errno
 import socket
 from typing import Any
 
@@ -17,53 +16,12 @@ import trio
 from proxy.config.model import Listener as ListenerConfig
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
+from proxy.network.connect import ConnectFailed, connect
 from proxy.stats import ListenerStats
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.host import Host
 
 log = get_logger("tcp_proxy")
-
-
-class ConnectFailed(Exception):
-    def __init__(self, host: Host, reason: str) -> None:
-        super().__init__(f"{host.address}: {reason}")
-        self.host = host
-        self.reason = reason
-
-
-async def connect(host: Host, timeout: float, splice: bool = False) -> socket.socket:
-    """Open a non-blocking TCP or Unix connection to `host` within `timeout` seconds."""
-    address = host.address
-    with trio.move_on_after(timeout) as scope:
-        if address.is_unix:
-            family, sockaddr = socket.AF_UNIX, address.path
-        elif address.family != socket.AF_UNSPEC:
-            family, sockaddr = address.family, (address.host, address.port)
-        else:
-            try:
-                infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise ConnectFailed(host, f"resolve failed: {exc}") from exc
-            family, _, _, _, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-        try:
-            code = sock.connect_ex(sockaddr)
-            if code == errno.EINPROGRESS:
-                await trio.lowlevel.wait_writable(sock)
-                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            elif code == errno.EAGAIN and family == socket.AF_UNIX:
-                raise ConnectFailed(host, "unix socket backlog full")
-            if code:
-                raise ConnectFailed(host, errno.errorcode.get(code, str(code)).lower())
-            if family != socket.AF_UNIX:
-                relay_mod.tune_tcp_socket(sock, splice)
-            return sock
-        except BaseException:
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
-            raise
-    assert scope.cancelled_caught
-    raise ConnectFailed(host, "timeout")
 
 
 class TcpProxy:

@@ -1,0 +1,1 @@
+"""Sans-IO protocol codecs: bytes in, events out, no trio imports (see DESIGN.md, layout)."""

@@ -1,0 +1,76 @@
+"""HTTP/1 heads and chunks to bytes, and the header helpers a proxy needs (see http1)."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from proxy.codec._http1_events import Headers, RequestHead, ResponseHead
+
+_REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+def _check_lines(out: bytes, lines: int) -> bytes:
+    # A CR or LF inside a name or value (a filter's bug, or a variable carrying client bytes) would
+    # split the head: count them in one C-speed pass instead of checking every field.
+    if out.count(b"\n") != lines or out.count(b"\r") != lines:
+        raise ValueError("CR or LF inside an HTTP/1 head field")
+    return out
+
+
+def request_head_bytes(head: RequestHead) -> bytes:
+    """The head exactly as given: no header added or removed, single SP, CRLF line ends."""
+    lines = [b"%s %s HTTP/%s" % (head.method, head.target, head.http_version)]
+    lines.extend(map(b": ".join, head.headers))
+    lines += (b"", b"")
+    return _check_lines(b"\r\n".join(lines), len(head.headers) + 2)
+
+
+def response_head_bytes(head: ResponseHead) -> bytes:
+    """Always with a reason phrase (some clients choke on none): the given one, else the standard."""
+    reason = head.reason or _REASONS.get(head.status, b"Unknown")
+    lines = [b"HTTP/%s %d %s" % (head.http_version, head.status, reason)]
+    lines.extend(map(b": ".join, head.headers))
+    lines += (b"", b"")
+    return _check_lines(b"\r\n".join(lines), len(head.headers) + 2)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk; b"" for empty data, because an empty chunk would end the body."""
+    if not data:
+        return b""
+    return b"".join((b"%x\r\n" % len(data), data, b"\r\n"))
+
+
+def last_chunk(trailers: Headers | tuple[()] = ()) -> bytes:
+    if not trailers:
+        return b"0\r\n\r\n"
+    lines = [b"0"]
+    lines.extend(map(b": ".join, trailers))
+    lines += (b"", b"")
+    return _check_lines(b"\r\n".join(lines), len(trailers) + 2)
+
+
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """A new list without the hop-by-hop fields and those named in Connection (RFC 9110 §7.6.1)."""
+    lowered = [name.lower() for name, _ in headers]
+    drop = HOP_BY_HOP
+    for lname, (_, value) in zip(lowered, headers):
+        if lname == b"connection":
+            named = {t.strip().lower() for t in value.split(b",")}
+            named.discard(b"")
+            drop = drop | named
+    return [field for lname, field in zip(lowered, headers) if lname not in drop]
+
+
+def header_value(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of `name` (given lowercase), compared case-insensitively."""
+    n = len(name)
+    for field, value in headers:
+        if len(field) == n and field.lower() == name:
+            return value
+    return None

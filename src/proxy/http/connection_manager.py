@@ -1,0 +1,899 @@
+"""The HTTP/1.1 connection manager: one task per downstream connection, no task per request.
+
+Per request: parse the head (httptools codec) → request filters → route → cluster → host (the
+cluster's balancer) → pooled upstream connection → send head and stream the body → read the
+response → response filters → stream it back → access log. Requests on one connection are
+served in order, so pipelined requests get their responses in order by construction.
+
+Errors become local replies with an Envoy response flag (see stream_info); a malformed request
+gets its 4xx and the connection closes; it never reaches an upstream. After a `101` (WebSocket
+or another upgrade the route allows) both directions become a byte tunnel on the L4 relay.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import uuid
+from http import HTTPStatus
+from typing import Any
+
+import trio
+
+from proxy.codec import http1
+from proxy.codec.http1 import Body, EndOfMessage, ProtocolError, RequestHead, ResponseHead, Upgraded
+from proxy.http import stream_info as flags
+from proxy.http.access_log import AccessLogger
+from proxy.http.filter import FilterChain, LocalReply, Stream
+from proxy.http.stream_info import StreamInfo
+from proxy.log import get_logger
+from proxy.network import relay as relay_mod
+from proxy.network.connect import ConnectFailed
+from proxy.network.sockio import ConnectionLost, SockIO
+import random
+
+from proxy.router.retry import RetryState
+from proxy.router.route_table import choose_cluster, mutate_headers, redirect_location, rewrite_path
+from proxy.stats import ListenerStats
+from proxy.upstream.cluster import Cluster
+from proxy.upstream.pool import PoolManager, PoolOverflow, UpstreamConnection
+
+log = get_logger("http")
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+# A request body up to this size is buffered when the route retries, so it can be replayed.
+MAX_REPLAY_BODY = 64 * 1024
+
+
+class _Downstream:
+    """Reading side of a client connection: socket, parser and parsed events not yet used."""
+
+    __slots__ = ("io", "parser", "events", "eof", "limits")
+
+    def __init__(self, io: SockIO, limits: http1.Limits) -> None:
+        self.io = io
+        self.limits = limits
+        self.parser = http1.RequestParser(limits)
+        self.events: collections.deque[Any] = collections.deque()
+        self.eof = False
+
+    async def next_event(self) -> Any:
+        """The next request event; None at a clean EOF between requests."""
+        events = self.events
+        while not events:
+            if self.eof:
+                return None
+            data = await self.io.recv()
+            if data:
+                events.extend(self.parser.feed(data))
+            else:
+                self.eof = True
+                self.parser.feed_eof()  # raises ProtocolError when EOF cuts a request
+        return events.popleft()
+
+    def take_end_of_message(self) -> bool:
+        """For a request without a body: its EndOfMessage came with the head; take it."""
+        if self.events and isinstance(self.events[0], EndOfMessage):
+            self.events.popleft()
+            return True
+        return False
+
+    def restart_parser(self, leftover: bytes) -> None:
+        """After an upgrade request that did not upgrade, go on parsing HTTP/1.1."""
+        self.parser = http1.RequestParser(self.limits)
+        if leftover:
+            self.events.extend(self.parser.feed(leftover))
+
+
+class _Abort(Exception):
+    """Stop serving this connection: the response was cut midway, or the peer is gone."""
+
+
+class _UpstreamFailure(Exception):
+    """One upstream attempt failed before a response head; `outcome` is what retry policies see."""
+
+    def __init__(self, outcome: str, flag: str, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.flag = flag
+
+
+class HttpConnectionManager:
+    def __init__(
+        self,
+        config: Any,
+        route_table: Any,
+        clusters: dict[str, Cluster],
+        pools: PoolManager,
+        chain: FilterChain,
+        access_logs: list[AccessLogger],
+        stats: ListenerStats,
+        connection_nursery: trio.Nursery,
+    ) -> None:
+        http = config.http
+        self.name = config.name
+        self.routes = route_table
+        self.clusters = clusters
+        self.pools = pools
+        self.chain = chain
+        self.access_logs = access_logs
+        self.stats = stats
+        self.nursery = connection_nursery
+        self.limits = http1.Limits(
+            max_request_line=http.max_request_line,
+            max_header_bytes=http.max_header_bytes,
+            max_header_count=http.max_header_count,
+            max_body_bytes=http.max_body_bytes,
+        )
+        self.header_timeout = float(http.request_header_timeout)
+        self.idle_timeout = float(http.idle_timeout)
+        self.max_requests = http.max_requests_per_connection
+        self.via = http.via.encode() if http.via else None
+        self.forwarded = http.forwarded_headers
+        self.request_id = http.request_id
+        self.server_name = http.server_name.encode()
+        self.tcp = not config.address.is_unix
+        self.local_address = ""
+
+    # ------------------------------------------------------------------ connection
+
+    async def handle(self, sock: socket.socket, peer: Any) -> None:
+        stats = self.stats
+        stats.downstream_cx_total += 1
+        stats.downstream_cx_active += 1
+        io = SockIO(sock)
+        handed_to_tunnel = False
+        try:
+            if self.tcp:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+            client_ip = peer[0] if isinstance(peer, tuple) else "unix"
+            local = _sockname(sock)
+            handed_to_tunnel = await self._serve(_Downstream(io, self.limits), remote, client_ip, local)
+        except (ConnectionLost, _Abort) as exc:
+            if log.is_debug():
+                log.debug("connection.ended", listener=self.name, reason=repr(exc))
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            stats.downstream_cx_error += 1
+            log.error("connection.failed", listener=self.name, error=repr(exc), exc_info=exc)
+        finally:
+            stats.downstream_rx_bytes_total += io.bytes_received
+            stats.downstream_tx_bytes_total += io.bytes_sent
+            if not handed_to_tunnel:
+                io.close()
+                stats.downstream_cx_active -= 1
+                stats.downstream_cx_destroy += 1
+
+    async def _serve(self, dc: _Downstream, remote: str, client_ip: str, local: str) -> bool:
+        """Serve requests until the connection ends. True if it became a tunnel (the relay owns
+        the sockets then)."""
+        served = 0
+        while True:
+            try:
+                head = await self._read_head(dc)
+            except ProtocolError as exc:
+                await self._protocol_error(dc, exc, remote, local)
+                return False
+            if head is None:
+                return False
+            served += 1
+            keep_alive, tunnel = await self._handle_request(dc, head, remote, client_ip, local, served)
+            if tunnel:
+                return True
+            if not keep_alive:
+                return False
+
+    async def _read_head(self, dc: _Downstream) -> RequestHead | None:
+        """Wait for the next request head: up to idle_timeout for its first byte, then up to
+        request_header_timeout for the rest (slowloris). None when the client is done."""
+        events = dc.events
+        if events:
+            event = events.popleft()
+            if isinstance(event, RequestHead):
+                return event
+            raise ProtocolError("unexpected data between requests")  # pragma: no cover - codec bug
+        got_bytes = dc.io.bytes_received
+        with trio.move_on_after(self.idle_timeout) as idle:
+            while not events:
+                if dc.eof:
+                    return None
+                if dc.io.bytes_received != got_bytes:
+                    break  # the head started arriving: switch to the header timeout
+                data = await dc.io.recv()
+                if data:
+                    events.extend(dc.parser.feed(data))
+                else:
+                    dc.eof = True
+                    dc.parser.feed_eof()
+        if idle.cancelled_caught:
+            return None  # idle keep-alive connection: close quietly
+        if not events:
+            with trio.move_on_after(self.header_timeout) as slow:
+                event = await dc.next_event()
+            if slow.cancelled_caught:
+                self.stats.downstream_rq_header_timeout += 1
+                await self._send_quietly(dc, self._local_reply_bytes(408, b"request header timeout", close=True))
+                return None
+            if event is None:
+                return None
+            events.appendleft(event)
+        event = events.popleft()
+        if not isinstance(event, RequestHead):  # pragma: no cover - codec bug
+            raise ProtocolError("expected a request head")
+        return event
+
+    async def _protocol_error(self, dc: _Downstream, exc: ProtocolError, remote: str, local: str) -> None:
+        """A malformed request: answer its 4xx, close, and log it; nothing reaches an upstream."""
+        self.stats.downstream_rq_protocol_error += 1
+        status = getattr(exc, "status", 400)
+        log.info("request.rejected", listener=self.name, peer=remote, status=status, reason=str(exc))
+        info = StreamInfo(None, self.name, remote, local)
+        info.add_flag(flags.DOWNSTREAM_PROTOCOL_ERROR)
+        info.response_code = status
+        await self._send_quietly(dc, self._local_reply_bytes(status, HTTPStatus(status).phrase.lower().encode(), close=True))
+        self._count_status(status)
+        self._log_access(info)
+
+    async def _send_quietly(self, dc: _Downstream, data: bytes) -> None:
+        try:
+            with trio.move_on_after(5):
+                await dc.io.send_all(data)
+        except ConnectionLost:
+            pass
+
+    # ------------------------------------------------------------------ one request
+
+    async def _handle_request(
+        self, dc: _Downstream, head: RequestHead, remote: str, client_ip: str, local: str, served: int
+    ) -> tuple[bool, bool]:
+        """Serve one request; returns (keep the connection alive, became a tunnel)."""
+        stats = self.stats
+        stats.downstream_rq_total += 1
+        stats.downstream_rq_active += 1
+        info = StreamInfo(head, self.name, remote, local)
+        stream = Stream(head, info, client_ip)
+        bytes_before = (dc.io.bytes_received, dc.io.bytes_sent)
+        keep_alive = head.keep_alive and (self.max_requests is None or served < self.max_requests)
+        tunnel = False
+        if not (head.chunked or head.content_length):
+            dc.take_end_of_message()
+        try:
+            keep_alive, tunnel = await self._proxy(dc, stream, keep_alive)
+        except ProtocolError as exc:
+            # The request body turned out malformed midway: nothing more can be trusted.
+            info.add_flag(flags.DOWNSTREAM_PROTOCOL_ERROR)
+            stats.downstream_rq_protocol_error += 1
+            if info.response is None:
+                status = getattr(exc, "status", 400)
+                info.response_code = status
+                await self._send_quietly(dc, self._local_reply_bytes(status, str(exc).encode(), close=True))
+            keep_alive = False
+        except ConnectionLost:
+            info.add_flag(flags.DOWNSTREAM_CONNECTION_TERMINATION)
+            keep_alive = False
+        except _Abort:
+            keep_alive = False
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            # A bug, not the peer's fault: answer 500 if nothing was sent yet, log, and close.
+            log.error("request.failed", listener=self.name, error=repr(exc), exc_info=exc)
+            stats.downstream_cx_error += 1
+            if info.response is None:
+                info.response_code = 500
+                await self._send_quietly(dc, self._local_reply_bytes(500, b"internal error", close=True))
+            keep_alive = False
+        finally:
+            stats.downstream_rq_active -= 1
+            info.bytes_received = dc.io.bytes_received - bytes_before[0]
+            info.bytes_sent = dc.io.bytes_sent - bytes_before[1]
+            self._count_status(info.response_code)
+            info.finish()
+            self._log_access(info)
+        return keep_alive, tunnel
+
+    async def _proxy(self, dc: _Downstream, stream: Stream, keep_alive: bool) -> tuple[bool, bool]:
+        head = stream.request
+        info = stream.info
+        host, path, query = _request_target(head)
+        if self.request_id:
+            rid = http1.header_value(head.headers, b"x-request-id")
+            if rid is None:
+                rid = uuid.uuid4().hex.encode()
+                head.headers.append((b"x-request-id", rid))
+            info.request_id = rid.decode("latin-1")
+
+        upgrade = head.upgrade
+        if upgrade == b"h2c":
+            upgrade = None  # never forwarded: serve it as plain HTTP/1.1 (RFC 9113 dropped h2c)
+
+        reply = await self.chain.run_request(stream) if self.chain.request else None
+        match = None
+        if reply is None:
+            match = self.routes.match(head.method, host, path, query, head.headers)
+            if match is None:
+                reply = LocalReply(404, b"no route", flag=flags.NO_ROUTE)
+            else:
+                stream.route = match
+                info.route_name = match.route.name or ""
+                reply = self._route_local_reply(match, head, host, path, query, upgrade)
+        if reply is not None:
+            return await self._send_local_reply(dc, stream, reply, keep_alive, upgrade), False
+
+        route = match.route
+        cluster_name = choose_cluster(route, head.headers, _rng)
+        cluster = self.clusters.get(cluster_name) if cluster_name else None
+        if cluster is None:
+            reply = LocalReply(503, b"unknown cluster", flag=flags.NO_HEALTHY_UPSTREAM)
+            return await self._send_local_reply(dc, stream, reply, keep_alive, upgrade), False
+        info.cluster = cluster.name
+
+        up_head = self._upstream_head(stream, match, host, path, query, upgrade)
+        try:
+            return await self._forward(dc, stream, cluster, route, up_head, keep_alive, upgrade)
+        except _LocalReplyRaised as raised:  # a body filter answered locally
+            return await self._send_local_reply(dc, stream, raised.reply, False, upgrade), False
+
+    async def _forward(
+        self, dc: _Downstream, stream: Stream, cluster: Cluster, route: Any, up_head: RequestHead, keep_alive: bool, upgrade: bytes | None
+    ) -> tuple[bool, bool]:
+        """Send the request upstream (with retries when the route has them and the body can be
+        replayed), then relay the response."""
+        head = stream.request
+        info = stream.info
+        has_body = head.chunked or bool(head.content_length)
+        body: bytes | None = b"" if not has_body else None
+        if has_body and route.retry is not None and head.content_length is not None and head.content_length <= MAX_REPLAY_BODY:
+            body = await self._read_body(dc, stream, expect=head.expect_continue)
+        retry = RetryState(route.retry, body_replayable=body is not None) if route.retry is not None else None
+
+        deadline = trio.current_time() + route.timeout if route.timeout else float("inf")
+        fresh = False
+        reply: LocalReply | None = None
+        while True:
+            info.attempts += 1
+            try:
+                with trio.fail_at(deadline):
+                    conn, response, events = await self._attempt(dc, stream, cluster, up_head, body, route, fresh, body is not None)
+                if retry is not None and retry.policy.retriable(response.status):
+                    if await self._retry(retry, response.status, cluster, deadline):
+                        self.pools.pool(conn.host, cluster).release(conn, False)  # its body is not wanted
+                        continue
+                    if retry.retries:
+                        info.add_flag(flags.RETRY_LIMIT_EXCEEDED)
+                break
+            except trio.TooSlowError:
+                cluster.stats.upstream_rq_timeout += 1
+                reply = LocalReply(504, b"upstream request timeout", flag=flags.UPSTREAM_TIMEOUT)
+            except _UpstreamFailure as failure:
+                if failure.outcome == "reused-closed" and not fresh:
+                    # The pooled connection died while idle: one more try on a new one.
+                    cluster.stats.upstream_cx_reused_closed += 1
+                    fresh = True
+                    continue
+                if retry is not None and await self._retry(retry, failure.outcome, cluster, deadline):
+                    continue
+                if retry is not None and retry.retries:
+                    info.add_flag(flags.RETRY_LIMIT_EXCEEDED)
+                reply = LocalReply(_failure_status(failure.flag), str(failure).encode(), flag=failure.flag)
+            return await self._send_local_reply(dc, stream, reply, keep_alive, upgrade), False
+        return await self._relay_response(dc, stream, cluster, conn, response, events, keep_alive, upgrade, deadline)
+
+    async def _retry(self, retry: RetryState, outcome: int | str, cluster: Cluster, deadline: float) -> bool:
+        """Grant a retry if the policy allows one and its back-off ends before the deadline."""
+        if outcome == "reused-closed":
+            outcome = "reset"
+        if not retry.should_retry(outcome):
+            if retry.retries:
+                cluster.stats.upstream_rq_retry_exhausted += 1
+            return False
+        backoff = retry.next_backoff()
+        if trio.current_time() + backoff >= deadline:
+            return False
+        cluster.stats.upstream_rq_retry += 1
+        await trio.sleep(backoff)
+        return True
+
+    def _route_local_reply(self, match: Any, head: RequestHead, host: bytes, path: bytes, query: bytes, upgrade: bytes | None) -> LocalReply | None:
+        route = match.route
+        if route.direct_response is not None:
+            direct = route.direct_response
+            return LocalReply(direct.status, direct.body, list(direct.headers))
+        if route.redirect is not None:
+            code, location = redirect_location(route, b"http", host, path, query)
+            return LocalReply(code, b"", [(b"location", location)])
+        if head.method == b"CONNECT" and not route.allow_connect:
+            return LocalReply(403, b"CONNECT not allowed", flag=flags.LOCAL_RESET, close=True)
+        if upgrade is not None and upgrade != b"connect" and upgrade not in route.allow_upgrades:
+            return LocalReply(403, b"upgrade not allowed", close=True)
+        return None
+
+    def _upstream_head(self, stream: Stream, match: Any, host: bytes, path: bytes, query: bytes, upgrade: bytes | None) -> RequestHead:
+        head = stream.request
+        headers = http1.strip_hop_by_hop(head.headers)
+        headers = [(n, v) for n, v in headers if n.lower() != b"expect"]  # we answer 100-continue ourselves
+        if upgrade is not None and upgrade != b"connect":
+            headers.append((b"connection", b"upgrade"))
+            headers.append((b"upgrade", http1.header_value(head.headers, b"upgrade") or upgrade))
+        if head.chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        if self.forwarded:
+            _set_forwarded(headers, stream.downstream_address, host)
+        if self.via:
+            _append_header(headers, b"via", self.via)
+        route = match.route
+        target = path + b"?" + query if query else path
+        if route.prefix_rewrite is not None or route.regex_rewrite is not None:
+            target = rewrite_path(route, target)
+        host_rewrite = route.host_rewrite
+        if host_rewrite is not None:
+            headers = [(n, v) for n, v in headers if n.lower() != b"host"]
+            headers.insert(0, (b"host", host_rewrite))
+        elif http1.header_value(headers, b"host") is None and host:
+            headers.insert(0, (b"host", host))
+        return RequestHead(
+            method=head.method,
+            target=target,
+            http_version=b"1.1",
+            headers=headers,
+            keep_alive=True,
+            chunked=head.chunked,
+            content_length=head.content_length,
+            expect_continue=False,
+            upgrade=upgrade,
+        )
+
+    async def _read_body(self, dc: _Downstream, stream: Stream, expect: bool) -> bytes:
+        """Buffer the whole request body (small bodies of retried routes)."""
+        if expect:
+            await dc.io.send_all(CONTINUE_100)
+        parts = []
+        while True:
+            event = await dc.next_event()
+            if isinstance(event, Body):
+                data = event.data
+                if self.chain.request_body:
+                    result = await self.chain.run_request_body(stream, data, False)
+                    if isinstance(result, LocalReply):
+                        raise _LocalReplyRaised(result)
+                    data = result
+                parts.append(data)
+            elif isinstance(event, EndOfMessage):
+                return b"".join(parts)
+            elif event is None:
+                raise ConnectionLost("client closed mid-body")
+
+    async def _attempt(
+        self,
+        dc: _Downstream,
+        stream: Stream,
+        cluster: Cluster,
+        up_head: RequestHead,
+        body: bytes | None,
+        route: Any,
+        fresh: bool,
+        retry_on_reuse: bool,
+    ) -> tuple[UpstreamConnection, ResponseHead, collections.deque[Any]]:
+        """One try: pick a host, get a connection, send the request, read the response head."""
+        info = stream.info
+        host = cluster.balancer.choose()
+        if host is None:
+            raise _UpstreamFailure("connect-failure", flags.NO_HEALTHY_UPSTREAM, "no healthy upstream")
+        pool = self.pools.pool(host, cluster)
+        try:
+            conn, reused = await pool.acquire(fresh)
+        except ConnectFailed as exc:
+            host.stats.cx_connect_fail += 1
+            cluster.stats.upstream_cx_connect_fail += 1
+            raise _UpstreamFailure("connect-failure", flags.UPSTREAM_CONNECT_FAILURE, f"upstream connect error: {exc.reason}") from exc
+        except PoolOverflow as exc:
+            raise _UpstreamFailure("overflow", flags.UPSTREAM_OVERFLOW, "upstream overflow") from exc
+        info.upstream_host = str(host.address)
+        info.upstream_local_address = conn.local_address
+        cstats = cluster.stats
+        cstats.upstream_rq_total += 1
+        cstats.upstream_rq_active += 1
+        released = False
+        try:
+            start = trio.current_time()
+            if route.request_mutations:
+                # Applied per try, once the host is known: values may say %upstream_host%.
+                up_head = _with_headers(up_head, list(up_head.headers))
+                mutate_headers(up_head.headers, route.request_mutations, lambda template: template.render_bytes(info))
+            head_bytes = http1.request_head_bytes(up_head)
+            conn.parser.start(up_head.method)
+            if body is not None:
+                data = head_bytes + (http1.chunk(body) + http1.last_chunk() if up_head.chunked else body)
+                await conn.io.send_all(data)
+            else:
+                await conn.io.send_all(head_bytes)
+                await self._stream_request_body(dc, stream, conn, up_head)
+            per_try = route.retry.per_try_timeout if route.retry is not None else None
+            with trio.move_on_after(per_try if per_try else float("inf")) as scope:
+                response, events = await self._read_response_head(dc, conn, reused and retry_on_reuse)
+            if scope.cancelled_caught:
+                cstats.upstream_rq_per_try_timeout += 1
+                pool.release(conn, False)
+                released = True
+                raise _UpstreamFailure("timeout", flags.UPSTREAM_TIMEOUT, "upstream per-try timeout")
+            info.upstream_service_time = trio.current_time() - start
+            return conn, response, events
+        except _UpstreamFailure:
+            if not released:
+                pool.release(conn, False)
+                released = True
+            raise
+        except (ConnectionLost, http1.ProtocolError) as exc:
+            if not released:
+                pool.release(conn, False)
+                released = True
+            cstats.upstream_rq_reset += 1
+            if isinstance(exc, _ReusedClosed):
+                raise _UpstreamFailure("reused-closed", flags.UPSTREAM_CONNECTION_TERMINATION, "upstream closed a reused connection") from exc
+            flag = flags.UPSTREAM_PROTOCOL_ERROR if isinstance(exc, http1.ProtocolError) else flags.UPSTREAM_CONNECTION_TERMINATION
+            raise _UpstreamFailure("reset", flag, "upstream connect error or disconnect/reset before headers") from exc
+        except BaseException:
+            if not released:
+                pool.release(conn, False)
+            raise
+        finally:
+            cstats.upstream_rq_active -= 1
+
+    async def _stream_request_body(self, dc: _Downstream, stream: Stream, conn: UpstreamConnection, up_head: RequestHead) -> None:
+        head = stream.request
+        if not (head.chunked or head.content_length):
+            return
+        if head.expect_continue:
+            await dc.io.send_all(CONTINUE_100)
+        chunked = up_head.chunked
+        filters = self.chain.request_body
+        while True:
+            event = await dc.next_event()
+            if isinstance(event, Body):
+                data = event.data
+                if filters:
+                    result = await self.chain.run_request_body(stream, data, False)
+                    if isinstance(result, LocalReply):
+                        raise _LocalReplyRaised(result)
+                    data = result
+                if data:
+                    await conn.io.send_all(http1.chunk(data) if chunked else data)
+            elif isinstance(event, EndOfMessage):
+                if chunked:
+                    await conn.io.send_all(http1.last_chunk(event.trailers))
+                return
+            else:
+                raise ConnectionLost("client closed mid-body")
+
+    async def _read_response_head(
+        self, dc: _Downstream, conn: UpstreamConnection, reused: bool
+    ) -> tuple[ResponseHead, collections.deque[Any]]:
+        events: collections.deque[Any] = collections.deque()
+        got_any = False
+        while True:
+            while events:
+                event = events.popleft()
+                if isinstance(event, ResponseHead):
+                    if 100 <= event.status < 200 and event.status != 101:
+                        continue  # 100-continue was answered by us; other 1xx are dropped (Envoy)
+                    return event, events
+            try:
+                data = await conn.io.recv()
+            except ConnectionLost:
+                if reused and not got_any:
+                    raise _ReusedClosed() from None
+                raise
+            if not data:
+                if reused and not got_any:
+                    raise _ReusedClosed()
+                events.extend(conn.parser.feed_eof())
+                if not events:
+                    raise ConnectionLost("upstream closed before a response")
+                continue
+            got_any = True
+            events.extend(conn.parser.feed(data))
+
+    async def _relay_response(
+        self,
+        dc: _Downstream,
+        stream: Stream,
+        cluster: Cluster,
+        conn: UpstreamConnection,
+        response: ResponseHead,
+        events: collections.deque[Any],
+        keep_alive: bool,
+        upgrade: bytes | None,
+        deadline: float,
+    ) -> tuple[bool, bool]:
+        info = stream.info
+        pool = self.pools.pool(conn.host, cluster)
+        request = stream.request
+        stream.response = response
+        info.response = response
+        try:
+            if self.chain.response:
+                await self.chain.run_response(stream)
+            tunnel = response.status == 101 and upgrade is not None
+            if tunnel or (request.method == b"CONNECT" and 200 <= response.status < 300):
+                tunnel_conn, conn = conn, None  # the relay owns the upstream socket from here
+                return await self._start_tunnel(dc, stream, cluster, tunnel_conn, response, events)
+
+            headers = http1.strip_hop_by_hop(response.headers)
+            _mutate_response(stream, headers)
+            if self.via:
+                _append_header(headers, b"via", self.via)
+            no_body = request.method == b"HEAD" or response.status in (204, 304) or response.status < 200
+            close_delimited = not no_body and response.content_length is None and not response.chunked
+            downstream_chunked = close_delimited and request.http_version == b"1.1" or (response.chunked and not no_body)
+            if response.chunked and no_body:
+                headers.append((b"transfer-encoding", b"chunked"))  # HEAD: say what a GET would get
+            if downstream_chunked:
+                headers.append((b"transfer-encoding", b"chunked"))
+            if close_delimited and not downstream_chunked:
+                keep_alive = False
+            if not response.keep_alive and close_delimited:
+                pass
+            if not keep_alive:
+                headers.append((b"connection", b"close"))
+            elif request.http_version == b"1.0":
+                headers.append((b"connection", b"keep-alive"))
+            out = ResponseHead(
+                status=response.status,
+                reason=response.reason,
+                http_version=b"1.1",
+                headers=headers,
+                keep_alive=keep_alive,
+                chunked=downstream_chunked,
+                content_length=response.content_length,
+            )
+            info.response_code = response.status
+            head_bytes = http1.response_head_bytes(out)
+            body_filters = self.chain.response_body
+            pending = head_bytes
+            with trio.fail_at(deadline) if deadline != float("inf") else _null_scope():
+                while True:
+                    while events:
+                        event = events.popleft()
+                        if isinstance(event, Body):
+                            data = event.data
+                            if body_filters:
+                                data = await self.chain.run_response_body(stream, data, False)
+                            if data:
+                                piece = http1.chunk(data) if downstream_chunked else data
+                                if pending:
+                                    pending += piece
+                                else:
+                                    await dc.io.send_all(piece)
+                        elif isinstance(event, EndOfMessage):
+                            tail = http1.last_chunk(event.trailers) if downstream_chunked else b""
+                            await dc.io.send_all(pending + tail if pending else tail) if (pending or tail) else None
+                            pool.release(conn, response.keep_alive and not close_delimited)
+                            conn = None  # type: ignore[assignment]
+                            return keep_alive, False
+                    if pending:
+                        await dc.io.send_all(pending)
+                        pending = b""
+                    data = await conn.io.recv()
+                    if data:
+                        events.extend(conn.parser.feed(data))
+                    else:
+                        events.extend(conn.parser.feed_eof())
+                        if not events:
+                            raise ConnectionLost("upstream closed mid-response")
+        except trio.TooSlowError:
+            cluster.stats.upstream_rq_timeout += 1
+            info.add_flag(flags.UPSTREAM_TIMEOUT)
+            raise _Abort() from None
+        except (ConnectionLost, http1.ProtocolError) as exc:
+            # The upstream broke mid-response: the client cannot be told cleanly; reset it.
+            if conn is not None and not dc.io.sock.fileno() == -1:
+                info.add_flag(flags.UPSTREAM_CONNECTION_TERMINATION)
+            log.debug("response.aborted", listener=self.name, error=repr(exc))
+            raise _Abort() from exc
+        finally:
+            if conn is not None:
+                pool.release(conn, False)
+
+    async def _start_tunnel(
+        self,
+        dc: _Downstream,
+        stream: Stream,
+        cluster: Cluster,
+        conn: UpstreamConnection,
+        response: ResponseHead,
+        events: collections.deque[Any],
+    ) -> tuple[bool, bool]:
+        """After 101 (or a CONNECT 2xx): send the head, flush both sides' leftover bytes, then
+        hand both sockets to the L4 relay."""
+        info = stream.info
+        info.response_code = response.status
+        upstream_leftover = b"".join(e.leftover for e in events if isinstance(e, Upgraded))
+        downstream_leftover = b"".join(e.leftover for e in dc.events if isinstance(e, Upgraded))
+        dc.events.clear()
+        headers = list(response.headers)
+        await dc.io.send_all(http1.response_head_bytes(ResponseHead(response.status, response.reason, b"1.1", headers, True, False, None)) + upstream_leftover)
+        if downstream_leftover:
+            await conn.io.send_all(downstream_leftover)
+        pool = self.pools.pool(conn.host, cluster)
+        # The upstream socket leaves the pool for good: count it closed there, the relay owns it now.
+        pool.open -= 1
+        cluster.stats.upstream_cx_active -= 1
+        conn.host.stats.cx_active -= 1
+        stats = self.stats
+
+        def closed(relay: relay_mod.Relay) -> None:
+            stats.downstream_cx_active -= 1
+            stats.downstream_cx_destroy += 1
+            stats.downstream_rx_bytes_total += relay.rx_bytes
+            stats.downstream_tx_bytes_total += relay.tx_bytes
+
+        relay = relay_mod.Relay(dc.io.sock, conn.io.sock, splice=False, idle_timeout=self.idle_timeout, on_close=closed)
+        self.nursery.start_soon(relay.run, self.nursery)
+        return False, True
+
+    # ------------------------------------------------------------------ local replies
+
+    async def _send_local_reply(self, dc: _Downstream, stream: Stream, reply: LocalReply, keep_alive: bool, upgrade: bytes | None) -> bool:
+        info = stream.info
+        head = stream.request
+        if reply.flag:
+            info.add_flag(reply.flag)
+        self.stats.downstream_rq_local_reply += 1
+        # The client may still be sending a body we will not read: closing is the only safe end,
+        # unless it is small and already here... keep it simple and correct: close.
+        # A request body we have not read (or only partly) would be parsed as the next request:
+        # closing is the only safe end then.
+        body_pending = head.chunked or bool(head.content_length)
+        close = reply.close or not keep_alive or body_pending or upgrade is not None
+        info.response_code = reply.status
+        body = b"" if head.method == b"HEAD" else reply.body
+        headers = list(reply.headers)
+        _mutate_response(stream, headers)
+        response = ResponseHead(reply.status, b"", b"1.1", headers, not close, False, len(reply.body))
+        stream.response = response
+        info.response = response
+        if self.chain.response:
+            await self.chain.run_response(stream)
+        await dc.io.send_all(self._local_reply_bytes(reply.status, reply.body, close=close, headers=response.headers, send_body=body))
+        return not close
+
+    def _local_reply_bytes(
+        self, status: int, body: bytes, close: bool, headers: list[tuple[bytes, bytes]] | None = None, send_body: bytes | None = None
+    ) -> bytes:
+        out = [(b"server", self.server_name)]
+        names = {n.lower() for n, _ in headers} if headers else set()
+        if body and b"content-type" not in names:
+            out.append((b"content-type", b"text/plain"))
+        out.append((b"content-length", str(len(body)).encode()))
+        if headers:
+            out.extend(headers)
+        if close:
+            out.append((b"connection", b"close"))
+        head = ResponseHead(status, b"", b"1.1", out, not close, False, len(body))
+        return http1.response_head_bytes(head) + (body if send_body is None else send_body)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _count_status(self, status: int) -> None:
+        stats = self.stats
+        klass = status // 100
+        if klass == 2:
+            stats.downstream_rq_2xx += 1
+        elif klass == 4:
+            stats.downstream_rq_4xx += 1
+        elif klass == 5:
+            stats.downstream_rq_5xx += 1
+        elif klass == 3:
+            stats.downstream_rq_3xx += 1
+        elif klass == 1:
+            stats.downstream_rq_1xx += 1
+
+    def _log_access(self, info: StreamInfo) -> None:
+        for logger in self.access_logs:
+            logger.log(info)
+
+
+class _ReusedClosed(ConnectionLost):
+    pass
+
+
+class _LocalReplyRaised(Exception):
+    def __init__(self, reply: LocalReply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
+
+
+class _null_scope:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_rng = random.Random()
+
+
+def _mutate_response(stream: Stream, headers: list[tuple[bytes, bytes]]) -> None:
+    """The matched route's response header adds and removes (route, vhost, table levels)."""
+    match = stream.route
+    if match is not None and match.route.response_mutations:
+        info = stream.info
+        mutate_headers(headers, match.route.response_mutations, lambda template: template.render_bytes(info))
+
+
+def _with_headers(head: RequestHead, headers: list[tuple[bytes, bytes]]) -> RequestHead:
+    return RequestHead(
+        method=head.method,
+        target=head.target,
+        http_version=head.http_version,
+        headers=headers,
+        keep_alive=head.keep_alive,
+        chunked=head.chunked,
+        content_length=head.content_length,
+        expect_continue=head.expect_continue,
+        upgrade=head.upgrade,
+    )
+
+
+def _failure_status(flag: str) -> int:
+    if flag in (flags.UPSTREAM_OVERFLOW, flags.NO_HEALTHY_UPSTREAM):
+        return 503
+    if flag == flags.UPSTREAM_TIMEOUT:
+        return 504
+    return 502
+
+
+def _request_target(head: RequestHead) -> tuple[bytes, bytes, bytes]:
+    """(host, path, query) of a request: Host header, or the authority of an absolute-form target."""
+    target = head.target
+    host = http1.header_value(head.headers, b"host") or b""
+    if target[:1] != b"/":
+        if b"://" in target:
+            scheme_end = target.index(b"://") + 3
+            slash = target.find(b"/", scheme_end)
+            authority = target[scheme_end:] if slash < 0 else target[scheme_end:slash]
+            target = b"/" if slash < 0 else target[slash:]
+            host = authority.rpartition(b"@")[2] or host
+        elif head.method == b"CONNECT":
+            return target, b"", b""
+    path, _, query = target.partition(b"?")
+    return host, path, query
+
+
+def _set_forwarded(headers: list[tuple[bytes, bytes]], client_ip: str, host: bytes) -> None:
+    xff = None
+    kept = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"x-forwarded-for":
+            xff = value if xff is None else xff + b", " + value
+        elif lname == b"x-forwarded-proto":
+            continue
+        else:
+            kept.append((name, value))
+    headers[:] = kept
+    ip = client_ip.encode()
+    headers.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
+    headers.append((b"x-forwarded-proto", b"http"))
+    if host and http1.header_value(headers, b"x-forwarded-host") is None:
+        headers.append((b"x-forwarded-host", host))
+
+
+def _append_header(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:
+    for i, (n, v) in enumerate(headers):
+        if n.lower() == name:
+            headers[i] = (n, v + b", " + value)
+            return
+    headers.append((name, value))
+
+
+def _sockname(sock: socket.socket) -> str:
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return "-"
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else f"unix:{name}"
+

@@ -1,0 +1,169 @@
+"""HTTP/1 upstream connection pools: one per host, keep-alive reuse with limits.
+
+Bookkeeping is synchronous and happens before any await (httpcore's rule), so a cancelled
+request can never leave the counts wrong: `acquire` reserves a slot, then connects; `release`
+returns or closes the connection and wakes one waiter. Idle connections have no task of their
+own; the pool manager's sweeper (in the upstream nursery) closes those idle past idle_timeout,
+and a reused connection is first checked for a close the peer sent while it sat idle.
+
+Limits, per host, as Envoy's circuit breakers: max_connections open, max_pending_requests
+waiting for one (beyond that: `PoolOverflow`, answered 503 with flag UO), and
+max_requests_per_connection after which a connection is retired.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import trio
+
+from proxy.codec.http1 import Limits, ResponseParser
+from proxy.log import get_logger
+from proxy.network.connect import connect
+from proxy.network.sockio import SockIO
+from proxy.upstream.cluster import Cluster
+from proxy.upstream.host import Host
+
+log = get_logger("pool")
+
+
+class PoolOverflow(Exception):
+    pass
+
+
+class UpstreamConnection:
+    __slots__ = ("io", "host", "parser", "requests", "idle_since", "local_address")
+
+    def __init__(self, io: SockIO, host: Host) -> None:
+        self.io = io
+        self.host = host
+        self.parser = ResponseParser(Limits(max_header_bytes=1 << 20, max_header_count=1000))
+        self.requests = 0
+        self.idle_since = 0.0
+        try:
+            name = io.sock.getsockname()
+            self.local_address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "unix"
+        except OSError:
+            self.local_address = "-"
+
+
+class HostPool:
+    __slots__ = ("host", "cluster", "idle", "open", "waiters", "max_connections", "max_pending", "max_requests", "idle_timeout")
+
+    def __init__(self, host: Host, cluster: Cluster) -> None:
+        config = cluster.config
+        self.host = host
+        self.cluster = cluster
+        self.idle: list[UpstreamConnection] = []  # LIFO: the warmest connection first
+        self.open = 0  # idle + in use + connecting
+        self.waiters: collections.deque[trio.Event] = collections.deque()
+        self.max_connections = config.max_connections
+        self.max_pending = config.max_pending_requests
+        self.max_requests = config.max_requests_per_connection
+        self.idle_timeout = float(config.idle_timeout)
+
+    async def acquire(self, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
+        """A connection to this host and whether it was reused. Raises ConnectFailed,
+        PoolOverflow. With `fresh`, never reuse an idle connection."""
+        stats = self.cluster.stats
+        while True:
+            while self.idle and not fresh:
+                conn = self.idle.pop()
+                if conn.io.peer_closed():
+                    self._discard(conn)
+                    continue
+                return conn, True
+            if self.open < self.max_connections:
+                self.open += 1
+                try:
+                    sock = await connect(self.host, self.cluster.connect_timeout)
+                except BaseException:
+                    self.open -= 1
+                    self._wake()
+                    raise
+                stats.upstream_cx_total += 1
+                stats.upstream_cx_active += 1
+                self.host.stats.cx_total += 1
+                self.host.stats.cx_active += 1
+                return UpstreamConnection(SockIO(sock), self.host), False
+            if len(self.waiters) >= self.max_pending:
+                stats.upstream_rq_pending_overflow += 1
+                raise PoolOverflow(f"{self.host.address}: {self.open} connections open, {len(self.waiters)} requests pending")
+            event = trio.Event()
+            self.waiters.append(event)
+            try:
+                await event.wait()
+            finally:
+                try:
+                    self.waiters.remove(event)
+                except ValueError:
+                    pass
+            fresh = False
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        conn.requests += 1
+        if reusable and (self.max_requests is None or conn.requests < self.max_requests):
+            conn.idle_since = trio.current_time()
+            self.idle.append(conn)
+        else:
+            self._discard(conn)
+        self._wake()
+
+    def _discard(self, conn: UpstreamConnection) -> None:
+        conn.io.close()
+        self.open -= 1
+        self.cluster.stats.upstream_cx_active -= 1
+        self.host.stats.cx_active -= 1
+
+    def _wake(self) -> None:
+        if self.waiters:
+            self.waiters.popleft().set()
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle longer than idle_timeout (oldest are at the front)."""
+        cutoff = now - self.idle_timeout
+        expired = 0
+        for conn in self.idle:
+            if conn.idle_since > cutoff:
+                break
+            expired += 1
+        if expired:
+            for conn in self.idle[:expired]:
+                self._discard(conn)
+            del self.idle[:expired]
+
+    def close_all(self) -> None:
+        for conn in self.idle:
+            self._discard(conn)
+        self.idle.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"open": self.open, "idle": len(self.idle), "pending": len(self.waiters)}
+
+
+class PoolManager:
+    """Every host pool of a worker; runs the idle sweeper."""
+
+    SWEEP_INTERVAL = 1.0
+
+    def __init__(self) -> None:
+        self.pools: dict[Host, HostPool] = {}
+
+    def pool(self, host: Host, cluster: Cluster) -> HostPool:
+        pool = self.pools.get(host)
+        if pool is None:
+            pool = self.pools[host] = HostPool(host, cluster)
+        return pool
+
+    async def run_sweeper(self) -> None:
+        while True:
+            await trio.sleep(self.SWEEP_INTERVAL)
+            now = trio.current_time()
+            for pool in self.pools.values():
+                if pool.idle:
+                    pool.sweep(now)
+
+    def close_all(self) -> None:
+        for pool in self.pools.values():
+            pool.close_all()

