@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import socket
-import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -93,6 +92,8 @@ class _Downstream:
 
 
 _INF = float("inf")
+_UPSTREAM_DROP = http1.HOP_BY_HOP | {b"expect"}
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})
 
 # Connection phases, for what a fired deadline means.
 _IDLE = 0  # between requests: idle_timeout, close quietly
@@ -213,23 +214,24 @@ class HttpConnectionManager:
             scope.deadline = trio.current_time() + self.idle_timeout
             dc.phase = _IDLE
             io = dc.io
-            while not events:
-                if dc.eof:
-                    return None
-                data = await io.recv()
+            # After a response the client's next request cannot be here yet: wait, then read.
+            data = await (io.recv_reply() if dc.response_started else io.recv())
+            while True:
                 if not data:
                     dc.eof = True
                     dc.parser.feed_eof()  # raises ProtocolError when EOF cuts a head
-                    continue
-                if dc.phase == _IDLE:
+                    return None
+                events.extend(dc.parser.feed(data))
+                if events:
+                    break
+                if dc.phase == _IDLE:  # a head is arriving in pieces: the slowloris clock starts
                     dc.phase = _HEAD
                     scope.deadline = trio.current_time() + self.header_timeout
-                events.extend(dc.parser.feed(data))
+                data = await io.recv()
         event = events.popleft()
         if not isinstance(event, RequestHead):  # pragma: no cover - codec bug
             raise ProtocolError("expected a request head")
-        dc.phase = _UPSTREAM
-        dc.scope.deadline = _INF  # until the route sets its timeout
+        dc.phase = _UPSTREAM  # (the deadline stays until the route sets its timeout)
         return event
 
     async def _timed_out(self, dc: _Downstream) -> None:
@@ -326,7 +328,7 @@ class HttpConnectionManager:
         if self.request_id:
             rid = http1.header_value(head.headers, b"x-request-id")
             if rid is None:
-                rid = uuid.uuid4().hex.encode()
+                rid = _new_request_id()
                 head.headers.append((b"x-request-id", rid))
             info.request_id = rid.decode("latin-1")
 
@@ -433,28 +435,57 @@ class HttpConnectionManager:
         return None
 
     def _upstream_head(self, stream: Stream, match: Any, host: bytes, path: bytes, query: bytes, upgrade: bytes | None) -> RequestHead:
+        """The request as the upstream gets it, built in one pass over the client's headers:
+        hop-by-hop fields (and those Connection names) dropped, Expect dropped (the proxy
+        answers 100-continue itself), X-Forwarded-* and Via set, Host rewritten if asked."""
         head = stream.request
-        headers = http1.strip_hop_by_hop(head.headers)
-        headers = [(n, v) for n, v in headers if n.lower() != b"expect"]  # we answer 100-continue ourselves
+        drop = _UPSTREAM_DROP
+        for name, value in head.headers:
+            if len(name) == 10 and name.lower() == b"connection":
+                named = {t.strip().lower() for t in value.split(b",")}
+                named.discard(b"")
+                drop = drop | named
+        forwarded = self.forwarded
+        route = match.route
+        host_rewrite = route.host_rewrite
+        headers = []
+        xff = None
+        has_host = False
+        for field in head.headers:
+            lname = field[0].lower()
+            if lname in drop:
+                continue
+            if lname == b"host":
+                if host_rewrite is not None:
+                    continue
+                has_host = True
+            elif forwarded and lname in _FORWARDED:
+                if lname == b"x-forwarded-for":
+                    xff = field[1] if xff is None else xff + b", " + field[1]
+                    continue
+                if lname == b"x-forwarded-proto":
+                    continue
+            headers.append(field)
+        if host_rewrite is not None:
+            headers.insert(0, (b"host", host_rewrite))
+        elif not has_host and host:
+            headers.insert(0, (b"host", host))
         if upgrade is not None and upgrade != b"connect":
             headers.append((b"connection", b"upgrade"))
             headers.append((b"upgrade", http1.header_value(head.headers, b"upgrade") or upgrade))
         if head.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
-        if self.forwarded:
-            _set_forwarded(headers, stream.downstream_address, host)
+        if forwarded:
+            ip = stream.downstream_address.encode()
+            headers.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
+            headers.append((b"x-forwarded-proto", b"http"))
+            if host and http1.header_value(headers, b"x-forwarded-host") is None:
+                headers.append((b"x-forwarded-host", host))
         if self.via:
             _append_header(headers, b"via", self.via)
-        route = match.route
         target = path + b"?" + query if query else path
         if route.prefix_rewrite is not None or route.regex_rewrite is not None:
             target = rewrite_path(route, target)
-        host_rewrite = route.host_rewrite
-        if host_rewrite is not None:
-            headers = [(n, v) for n, v in headers if n.lower() != b"host"]
-            headers.insert(0, (b"host", host_rewrite))
-        elif http1.header_value(headers, b"host") is None and host:
-            headers.insert(0, (b"host", host))
         return RequestHead(
             method=head.method,
             target=target,
@@ -505,7 +536,11 @@ class HttpConnectionManager:
             raise _UpstreamFailure("connect-failure", flags.NO_HEALTHY_UPSTREAM, "no healthy upstream")
         pool = self.pools.pool(host, cluster)
         try:
-            conn, reused = await pool.acquire(fresh)
+            conn = None if fresh else pool.take_idle()
+            if conn is not None:
+                reused = True
+            else:
+                conn, reused = await pool.acquire(fresh)
         except ConnectFailed as exc:
             host.stats.cx_connect_fail += 1
             cluster.stats.upstream_cx_connect_fail += 1
@@ -605,7 +640,7 @@ class HttpConnectionManager:
                         continue  # 100-continue was answered by us; other 1xx are dropped (Envoy)
                     return event, events
             try:
-                data = await conn.io.recv()
+                data = await (conn.io.recv() if got_any else conn.io.recv_reply())
             except ConnectionLost:
                 if reused and not got_any:
                     raise _ReusedClosed() from None
@@ -832,6 +867,13 @@ class _LocalReplyRaised(Exception):
 _rng = random.Random()
 
 
+def _new_request_id() -> bytes:
+    """A random UUID-shaped id. uuid4() reads os.urandom per call (a syscall, ~17 % of a
+    direct-response request's CPU); a request id needs uniqueness, not secrecy."""
+    h = f"{_rng.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+
+
 def _mutate_response(stream: Stream, headers: list[tuple[bytes, bytes]]) -> None:
     """The matched route's response header adds and removes (route, vhost, table levels)."""
     match = stream.route
@@ -877,25 +919,6 @@ def _request_target(head: RequestHead) -> tuple[bytes, bytes, bytes]:
             return target, b"", b""
     path, _, query = target.partition(b"?")
     return host, path, query
-
-
-def _set_forwarded(headers: list[tuple[bytes, bytes]], client_ip: str, host: bytes) -> None:
-    xff = None
-    kept = []
-    for name, value in headers:
-        lname = name.lower()
-        if lname == b"x-forwarded-for":
-            xff = value if xff is None else xff + b", " + value
-        elif lname == b"x-forwarded-proto":
-            continue
-        else:
-            kept.append((name, value))
-    headers[:] = kept
-    ip = client_ip.encode()
-    headers.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
-    headers.append((b"x-forwarded-proto", b"http"))
-    if host and http1.header_value(headers, b"x-forwarded-host") is None:
-        headers.append((b"x-forwarded-host", host))
 
 
 def _append_header(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:

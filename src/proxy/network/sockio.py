@@ -44,6 +44,12 @@ class SockIO:
             self.bytes_received += len(data)
             return data
 
+    async def recv_reply(self, size: int = RECV_SIZE) -> bytes:
+        """Like recv, for an answer to something just sent: it cannot be here yet, so wait
+        first and save the recv that would fail with EAGAIN (a syscall and an exception)."""
+        await _wait_readable(self.sock)
+        return await self.recv(size)
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         sock = self.sock
         view = memoryview(data)

@@ -28,6 +28,12 @@ from proxy.upstream.host import Host
 log = get_logger("pool")
 
 
+# A connection idle for a while may have been closed by the upstream's keep-alive timeout: peek
+# first. One idle only briefly is used as is (a syscall saved per request); should it have died
+# anyway, the router retries once on a new connection.
+PEEK_AFTER_IDLE = 1.0
+
+
 class PoolOverflow(Exception):
     pass
 
@@ -63,17 +69,26 @@ class HostPool:
         self.max_requests = config.max_requests_per_connection
         self.idle_timeout = float(config.idle_timeout)
 
+    def take_idle(self) -> UpstreamConnection | None:
+        """An idle connection ready for reuse, without awaiting (the common case)."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if trio.current_time() - conn.idle_since > PEEK_AFTER_IDLE and conn.io.peer_closed():
+                self._discard(conn)
+                continue
+            return conn
+        return None
+
     async def acquire(self, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
         """A connection to this host and whether it was reused. Raises ConnectFailed,
         PoolOverflow. With `fresh`, never reuse an idle connection."""
         stats = self.cluster.stats
         while True:
-            while self.idle and not fresh:
-                conn = self.idle.pop()
-                if conn.io.peer_closed():
-                    self._discard(conn)
-                    continue
-                return conn, True
+            if not fresh:
+                conn = self.take_idle()
+                if conn is not None:
+                    return conn, True
             if self.open < self.max_connections:
                 self.open += 1
                 try:
