@@ -130,9 +130,12 @@ class Worker:
 
             logs = [AccessLogger(a.path, a.format) for a in lc.access_log]
             self.access_logs[lc.name] = logs
-            return HttpConnectionManager(
+            hcm = HttpConnectionManager(
                 lc, self.route_tables[lc.route], self.clusters, self.pools, self.filter_chains[lc.name], logs, lr.stats, connection_nursery
-            ).handle
+            )
+            assert self._root is not None
+            self._root.start_soon(hcm.run_watchdog)
+            return hcm.handle
         raise ValueError(f"listener {lc.name}: unsupported protocol {lc.protocol}")
 
     def drain(self) -> None:
