@@ -442,3 +442,86 @@ async def test_access_log_file_has_flags_and_wrk_runs_clean(tmp_path, upstream):
         out = result.stdout.decode()
         assert result.returncode == 0, out
         assert "Socket errors" not in out and "Non-2xx" not in out, out
+
+
+# ---------------------------------------------------------------- more of the contract
+
+
+async def test_h2c_upgrade_is_never_forwarded_and_connection_goes_on(tmp_path, upstream):
+    async with running_proxy(http_config([upstream.address]), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        await client.send_raw(
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+        response, body = await client.response()
+        assert response.status_code == 200
+        names = {k.lower() for k, _ in json.loads(body)["headers"]}
+        assert not names & {"upgrade", "http2-settings", "connection"}
+        response, body = await client.request("GET", "/echo/after")  # still HTTP/1.1
+        assert json.loads(body)["target"] == "/echo/after"
+
+
+async def test_connect_refused_unless_the_route_allows_it(tmp_path, upstream):
+    async with running_proxy(http_config([upstream.address]), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        await client.send_raw(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        response, _ = await client.response()
+        assert response.status_code == 403
+        assert upstream.requests == 0
+
+
+async def test_max_requests_per_connection_closes_after_the_last(tmp_path, upstream):
+    async with running_proxy(http_config([upstream.address], http={"max_requests_per_connection": 2}), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        response, _ = await client.request("GET", "/echo")
+        assert header(response, "connection") is None
+        response, _ = await client.request("GET", "/echo")
+        assert header(response, "connection") == "close"
+        assert await client.closed()
+
+
+async def test_filters_custom_dotted_path_fault_and_rate_limit(tmp_path, upstream):
+    filters = [
+        {"type": "examples.filters.add_header:AddHeader", "config": {"name": "x-powered-by", "value": "proxy"}},
+        {"type": "fault", "config": {"header_control": True}},
+        {"type": "local_rate_limit", "config": {"max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "1h"}},
+    ]
+    async with running_proxy(http_config([upstream.address], filters=filters), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        response, _ = await client.request("GET", "/echo")
+        assert response.status_code == 200 and header(response, "x-powered-by") == "proxy"
+        response, body = await client.request("GET", "/echo", headers=[("x-fault-abort", "503")])
+        assert response.status_code == 503 and header(response, "x-powered-by") == "proxy"
+        response, _ = await client.request("GET", "/echo")  # the second token (the abort came first)
+        assert response.status_code == 200
+        response, _ = await client.request("GET", "/echo")
+        assert response.status_code == 429 and header(response, "retry-after")
+        assert upstream.requests == 2  # the aborted and the limited never reached it
+
+
+async def test_per_try_timeout_retries_then_504(tmp_path, upstream):
+    routes = [{"match": {"prefix": "/"}, "cluster": "up", "timeout": "2s", "retry": {"on": ["5xx"], "attempts": 2, "per_try_timeout": "200ms"}}]
+    async with running_proxy(http_config([upstream.address], routes=routes), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        start = trio.current_time()
+        response, _ = await client.request("GET", "/slow/1000")
+        assert response.status_code == 504
+        assert 0.5 < trio.current_time() - start < 1.9  # three tries of 200 ms, not the 2 s route timeout
+        assert upstream.requests == 3
+
+
+async def test_sigusr1_reopens_the_access_log(tmp_path, upstream):
+    import signal as _signal
+
+    log_path = tmp_path / "access.log"
+    async with running_proxy(http_config([upstream.address], access_log=[{"path": str(log_path)}]), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        await client.request("GET", "/echo/one")
+        log_path.rename(tmp_path / "access.log.1")
+        proxy.signal(_signal.SIGUSR1)
+        await trio.sleep(0.3)
+        await client.request("GET", "/echo/two")
+        await trio.sleep(0.2)
+        assert "/echo/one" in (tmp_path / "access.log.1").read_text()
+        assert "/echo/two" in log_path.read_text()

@@ -249,6 +249,11 @@ class HttpConnectionManager:
                     dc.deadline = trio.current_time() + self.header_timeout
                 data = await io.recv()
         event = events.popleft()
+        if isinstance(event, Upgraded):
+            # The previous request asked to upgrade and did not (h2c, or a refused upgrade that
+            # kept the connection): its leftover bytes are plain HTTP/1.1 again.
+            dc.restart_parser(event.leftover)
+            return await self._read_head(dc)
         if not isinstance(event, RequestHead):  # pragma: no cover - codec bug
             raise ProtocolError("expected a request head")
         dc.phase = _UPSTREAM  # (the deadline stays until the route sets its timeout)
@@ -936,7 +941,7 @@ def _request_target(head: RequestHead) -> tuple[bytes, bytes, bytes]:
             target = b"/" if slash < 0 else target[slash:]
             host = authority.rpartition(b"@")[2] or host
         elif head.method == b"CONNECT":
-            return target, b"", b""
+            return target, b"/", b""  # authority-form: routes match CONNECT as path "/"
     path, _, query = target.partition(b"?")
     return host, path, query
 
