@@ -718,8 +718,6 @@ class HttpConnectionManager:
                 headers.append((b"transfer-encoding", b"chunked"))
             if close_delimited and not downstream_chunked:
                 keep_alive = False
-            if not response.keep_alive and close_delimited:
-                pass
             if not keep_alive:
                 headers.append((b"connection", b"close"))
             elif request.http_version == b"1.0":
@@ -795,15 +793,19 @@ class HttpConnectionManager:
         downstream_leftover = b"".join(e.leftover for e in dc.events if isinstance(e, Upgraded))
         dc.events.clear()
         headers = list(response.headers)
+        # The upstream socket leaves the pool for good (bookkeeping first, then I/O).
+        self.pools.pool(conn.host, cluster).detach(conn)
         dc.response_started = True
-        await dc.io.send_all(http1.response_head_bytes(ResponseHead(response.status, response.reason, b"1.1", headers, True, False, None)) + upstream_leftover)
-        if downstream_leftover:
-            await conn.io.send_all(downstream_leftover)
-        pool = self.pools.pool(conn.host, cluster)
-        # The upstream socket leaves the pool for good: count it closed there, the relay owns it now.
-        pool.open -= 1
-        cluster.stats.upstream_cx_active -= 1
-        conn.host.stats.cx_active -= 1
+        try:
+            await dc.io.send_all(
+                http1.response_head_bytes(ResponseHead(response.status, response.reason, b"1.1", headers, True, False, None))
+                + upstream_leftover
+            )
+            if downstream_leftover:
+                await conn.io.send_all(downstream_leftover)
+        except BaseException:
+            conn.io.close()
+            raise
         stats = self.stats
 
         def closed(relay: relay_mod.Relay) -> None:
@@ -812,7 +814,7 @@ class HttpConnectionManager:
             stats.downstream_rx_bytes_total += relay.rx_bytes
             stats.downstream_tx_bytes_total += relay.tx_bytes
 
-        relay = relay_mod.Relay(dc.io.sock, conn.io.sock, splice=False, idle_timeout=self.idle_timeout, on_close=closed)
+        relay = relay_mod.Relay(dc.io.sock, conn.io.sock, splice=relay_mod.HAVE_SPLICE, idle_timeout=self.idle_timeout, on_close=closed)
         self.nursery.start_soon(relay.run, self.nursery)
         return False, True
 

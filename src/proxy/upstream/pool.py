@@ -125,6 +125,13 @@ class HostPool:
             self._discard(conn)
         self._wake()
 
+    def detach(self, conn: UpstreamConnection) -> None:
+        """The connection leaves the pool without being closed (an upgrade tunnel owns it)."""
+        self.open -= 1
+        self.cluster.stats.upstream_cx_active -= 1
+        self.host.stats.cx_active -= 1
+        self._wake()
+
     def _discard(self, conn: UpstreamConnection) -> None:
         conn.io.close()
         self.open -= 1
