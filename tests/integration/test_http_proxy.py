@@ -525,3 +525,18 @@ async def test_sigusr1_reopens_the_access_log(tmp_path, upstream):
         await trio.sleep(0.2)
         assert "/echo/one" in (tmp_path / "access.log.1").read_text()
         assert "/echo/two" in log_path.read_text()
+
+
+async def test_upstream_pool_max_requests_and_idle_timeout(tmp_path, upstream):
+    config = http_config([upstream.address], cluster={"max_requests_per_connection": 2, "idle_timeout": "300ms"})
+    async with running_proxy(config, tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        conns = []
+        for _ in range(4):
+            response, _ = await client.request("GET", "/echo")
+            conns.append(header(response, "x-conn"))
+        assert conns[0] == conns[1] != conns[2] == conns[3]  # retired after 2 requests
+        await trio.sleep(1.6)  # idle past 300 ms: the sweeper closed it
+        response, _ = await client.request("GET", "/echo")
+        assert header(response, "x-conn") not in conns
+        assert upstream.connections == 3
