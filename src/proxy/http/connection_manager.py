@@ -28,6 +28,7 @@ from proxy.http.stream_info import StreamInfo
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
 from proxy.network.connect import ConnectFailed
+from proxy.network.listener import bound_address
 from proxy.network.sockio import ConnectionLost, SockIO
 import random
 
@@ -958,8 +959,6 @@ def _append_header(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes
 
 def _sockname(sock: socket.socket) -> str:
     try:
-        name = sock.getsockname()
+        return bound_address(sock)
     except OSError:
         return "-"
-    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else f"unix:{name}"
-

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from proxy.codec.http1 import header_value  # re-exported for the filters
 from proxy.config.values import Duration
 
 __all__ = [
@@ -112,9 +113,3 @@ def check_header_name(value: Any, path: str) -> bytes:
     return value.lower().encode("ascii")
 
 
-def header_value(headers: list[tuple[bytes, bytes]], lower_name: bytes) -> bytes | None:
-    """The first value of a header (`lower_name` must be lower-case), or None."""
-    for name, value in headers:
-        if len(name) == len(lower_name) and name.lower() == lower_name:
-            return value
-    return None
