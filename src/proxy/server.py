@@ -61,6 +61,7 @@ class Worker:
         self.route_tables = _compile_route_tables(config)
         self.filter_chains = {lc.name: _build_chain(lc) for lc in config.listeners if lc.protocol != "tcp"}
         self.access_logs: dict[str, list[Any]] = {}
+        self.http_managers: list[Any] = []
         self.listeners: list[ListenerRuntime] = []
         self.state = "starting"
         self._stop_accepting = trio.Event()
@@ -135,6 +136,7 @@ class Worker:
             )
             assert self._root is not None
             self._root.start_soon(hcm.run_watchdog)
+            self.http_managers.append(hcm)
             return hcm.handle
         raise ValueError(f"listener {lc.name}: unsupported protocol {lc.protocol}")
 
@@ -143,6 +145,8 @@ class Worker:
         if self.state == "serving":
             self.state = "draining"
         self._stop_accepting.set()
+        for hcm in self.http_managers:
+            hcm.drain()
 
     def stop_now(self) -> None:
         self.state = "stopping"

@@ -540,3 +540,24 @@ async def test_upstream_pool_max_requests_and_idle_timeout(tmp_path, upstream):
         response, _ = await client.request("GET", "/echo")
         assert header(response, "x-conn") not in conns
         assert upstream.connections == 3
+
+
+async def test_sigterm_closes_idle_keep_alive_and_finishes_in_flight_with_close(tmp_path, upstream):
+    import signal as _signal
+
+    config = http_config([upstream.address])
+    config["runtime"]["drain_timeout"] = "20s"
+    async with running_proxy(config, tmp_path) as proxy:
+        idle = await Client.open(proxy.address("http"))
+        await idle.request("GET", "/echo")  # now idle in keep-alive
+        busy = await Client.open(proxy.address("http"))
+        await busy.send_raw(b"GET /slow/800 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await trio.sleep(0.2)
+        start = trio.current_time()
+        proxy.signal(_signal.SIGTERM)
+        assert await idle.closed()  # closed at once, not after drain_timeout
+        response, body = await busy.response()
+        assert (response.status_code, body) == (200, b"slow")
+        assert header(response, "connection") == "close"
+        assert await proxy.wait(timeout=5) == 0
+        assert trio.current_time() - start < 3

@@ -157,8 +157,17 @@ class HttpConnectionManager:
         self.tcp = not config.address.is_unix
         self.local_address = ""
         self.connections: set[_Downstream] = set()
+        self.draining = False
 
     # ------------------------------------------------------------------ connection
+
+    def drain(self) -> None:
+        """Graceful stop: idle keep-alive connections close now; busy ones finish the request
+        in flight and answer it with `Connection: close` (Envoy's drain, for HTTP/1.1)."""
+        self.draining = True
+        for dc in self.connections:
+            if dc.phase == _IDLE:
+                dc.scope.cancel()
 
     async def run_watchdog(self) -> None:
         """Cancel each connection whose deadline has passed. Runs for the worker's life (in the
@@ -299,7 +308,7 @@ class HttpConnectionManager:
         info = StreamInfo(head, self.name, remote, local)
         stream = Stream(head, info, client_ip)
         bytes_before = (dc.io.bytes_received, dc.io.bytes_sent)
-        keep_alive = head.keep_alive and (self.max_requests is None or served < self.max_requests)
+        keep_alive = head.keep_alive and not self.draining and (self.max_requests is None or served < self.max_requests)
         tunnel = False
         dc.response_started = False
         if not (head.chunked or head.content_length):
@@ -719,6 +728,8 @@ class HttpConnectionManager:
                 headers.append((b"transfer-encoding", b"chunked"))
             if close_delimited and not downstream_chunked:
                 keep_alive = False
+            if self.draining:
+                keep_alive = False  # the drain began while this request was in flight
             if not keep_alive:
                 headers.append((b"connection", b"close"))
             elif request.http_version == b"1.0":
@@ -832,7 +843,7 @@ class HttpConnectionManager:
         # A request body we have not read (or only partly) would be parsed as the next request:
         # closing is the only safe end then.
         body_pending = head.chunked or bool(head.content_length)
-        close = reply.close or not keep_alive or body_pending or upgrade is not None
+        close = reply.close or not keep_alive or body_pending or upgrade is not None or self.draining
         info.response_code = reply.status
         body = b"" if head.method == b"HEAD" else reply.body
         headers = list(reply.headers)
