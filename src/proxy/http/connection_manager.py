@@ -438,7 +438,7 @@ class HttpConnectionManager:
                     info.add_flag(flags.RETRY_LIMIT_EXCEEDED)
                 reply = LocalReply(_failure_status(failure.flag), str(failure).encode(), flag=failure.flag)
             return await self._send_local_reply(dc, stream, reply, keep_alive, upgrade), False
-        return await self._relay_response(dc, stream, cluster, conn, response, events, keep_alive, upgrade, deadline)
+        return await self._relay_response(dc, stream, cluster, conn, response, events, keep_alive, upgrade)
 
     async def _retry(self, retry: RetryState, outcome: int | str, cluster: Cluster, deadline: float) -> bool:
         """Grant a retry if the policy allows one and its back-off ends before the deadline."""
@@ -700,7 +700,6 @@ class HttpConnectionManager:
         events: collections.deque[Any],
         keep_alive: bool,
         upgrade: bytes | None,
-        deadline: float,
     ) -> tuple[bool, bool]:
         info = stream.info
         pool = self.pools.pool(conn.host, cluster)
@@ -748,7 +747,6 @@ class HttpConnectionManager:
             dc.response_started = True
             body_filters = self.chain.response_body
             pending = head_bytes
-            # (The route timeout is the connection scope's deadline, set in _forward.)
             while True:
                 while events:
                     event = events.popleft()
@@ -771,19 +769,22 @@ class HttpConnectionManager:
                 if pending:
                     await dc.io.send_all(pending)
                     pending = b""
-                data = await conn.io.recv()
-                if data:
-                    events.extend(conn.parser.feed(data))
-                else:
-                    events.extend(conn.parser.feed_eof())
-                    if not events:
-                        raise ConnectionLost("upstream closed mid-response")
-        except (ConnectionLost, http1.ProtocolError) as exc:
-            # The upstream broke mid-response: the client cannot be told cleanly; reset it.
-            if conn is not None and not dc.io.sock.fileno() == -1:
-                info.add_flag(flags.UPSTREAM_CONNECTION_TERMINATION)
-            log.debug("response.aborted", listener=self.name, error=repr(exc))
-            raise _Abort() from exc
+                try:
+                    data = await conn.io.recv()
+                    if data:
+                        events.extend(conn.parser.feed(data))
+                    else:
+                        events.extend(conn.parser.feed_eof())
+                        if not events:
+                            raise ConnectionLost("upstream closed mid-response")
+                except (ConnectionLost, http1.ProtocolError) as exc:
+                    # The upstream broke mid-response: the client cannot be told cleanly; cut it.
+                    info.add_flag(flags.UPSTREAM_CONNECTION_TERMINATION)
+                    log.debug("response.aborted", listener=self.name, error=repr(exc))
+                    raise _Abort() from exc
+        except ConnectionLost:
+            info.add_flag(flags.DOWNSTREAM_CONNECTION_TERMINATION)  # the client went away
+            raise _Abort() from None
         finally:
             if conn is not None:
                 pool.release(conn, False)
