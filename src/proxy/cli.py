@@ -1,4 +1,4 @@
-"""Command line: `proxy run`, `proxy check`, `proxy stop`.
+"""Command line: `proxy run`, `proxy check`, `proxy stop`, `proxy ctl` (admin socket client).
 
 Exit codes: 0 success, 1 bad config or refused start, 2 usage error (argparse).
 """
@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="gracefully stop a running proxy (SIGTERM, then wait)")
     stop.add_argument("--pid-file", required=True, help="pid file of the running proxy")
     stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to exit")
+
+    from proxy.admin import client as admin_client  # `proxy ctl`
+
+    admin_client.add_parser(sub)
     return parser
 
 
@@ -43,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "stop":
         return _stop(args.pid_file, args.timeout)
+    if args.command == "ctl":
+        from proxy.admin import client as admin_client
+
+        return admin_client.main(args)
     return 2
 
 

@@ -66,16 +66,24 @@ class Worker:
         self.state = "starting"
         self._stop_accepting = trio.Event()
         self._root: trio.Nursery | None = None
+        self.admin: Any = None  # AdminServer when config.admin.socket is set
 
     def bind_listeners(self) -> None:
         """Bind every listener up front so any failure is reported before serving starts."""
         try:
             for lc in self.config.listeners:
                 self.listeners.append(ListenerRuntime(lc, bind(lc.address, lc.backlog)))
+            # admin: the control socket (mode 0600, peer uid checked), bound up front too
+            if self.config.admin.socket and self.admin is None:
+                from proxy.admin.server import AdminServer
+
+                self.admin = AdminServer(self, self.config.admin.socket, self.config.admin.allowed_uids)
+                self.admin.bind()
         except BaseException:
             for lr in self.listeners:
                 close_listener(lr.sock)
             self.listeners.clear()
+            self.admin = None
             raise
 
     async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
@@ -86,6 +94,8 @@ class Worker:
         finally:
             for lr in self.listeners:
                 close_listener(lr.sock)
+            if self.admin is not None:
+                self.admin.close()
             self.pools.close_all()
             for logs in self.access_logs.values():
                 for logger in logs:
@@ -98,6 +108,8 @@ class Worker:
             self._root = root
             root.start_soon(self._handle_signals)
             root.start_soon(self.pools.run_sweeper)
+            if self.admin is not None:
+                root.start_soon(self.admin.serve)
             async with trio.open_nursery() as connection_nursery:
                 async with trio.open_nursery() as listener_nursery:
                     for lr in self.listeners:

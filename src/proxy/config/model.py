@@ -86,6 +86,8 @@ class Listener(_Model):
 class Admin(_Model):
     # Unix control socket (mode 0600, peer uid checked) — served from the admin issue on.
     socket: str | None = None
+    # Peer uids allowed on the admin socket besides root and the proxy's own uid (always allowed).
+    allowed_uids: list[int] = []
 
 
 class Runtime(_Model):

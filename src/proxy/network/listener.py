@@ -113,7 +113,10 @@ def close_listener(sock: socket.socket) -> None:
     if sock.fileno() == -1:
         return
     path = sock.getsockname() if sock.family == socket.AF_UNIX else None
-    trio.lowlevel.notify_closing(sock)
+    try:
+        trio.lowlevel.notify_closing(sock)
+    except RuntimeError:
+        pass  # outside trio.run (a bind failed before serving started): nothing waits on it
     sock.close()
     if path:
         try:

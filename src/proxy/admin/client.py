@@ -1,0 +1,207 @@
+"""`proxy ctl`: talk to a running proxy over its admin socket (HTTP/1.1 + JSON, blocking).
+
+Human output is aligned tables; `--json` prints the server's JSON. Any failure (no socket,
+refused, error answer) is one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from typing import Any
+from urllib.parse import quote
+
+DEFAULT_SOCKET = "/run/proxy/admin.sock"
+TIMEOUT = 10.0
+
+
+class CtlError(Exception):
+    pass
+
+
+def request(path: str, method: str = "GET", target: str = "/", body: Any = None, timeout: float = TIMEOUT) -> Any:
+    """One request over the Unix socket at `path`; returns the decoded JSON or raises CtlError."""
+    data = b"" if body is None else json.dumps(body).encode()
+    head = f"{method} {target} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {len(data)}\r\n"
+    if body is not None:
+        head += "Content-Type: application/json\r\n"
+    chunks: list[bytes] = []
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise CtlError(f"not running (no admin socket at {path})") from None
+        except PermissionError:
+            raise CtlError(f"permission denied on admin socket {path}") from None
+        except OSError as exc:
+            raise CtlError(f"cannot connect to admin socket {path}: {exc.strerror or exc}") from None
+        try:
+            try:
+                sock.sendall(head.encode() + b"\r\n" + data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server may answer (403) and close before reading: read the answer
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except TimeoutError:
+            raise CtlError(f"no answer from {path} within {timeout:g}s") from None
+        except OSError as exc:
+            if not chunks:  # a reset after a full answer (e.g. a 403 then close) is still an answer
+                raise CtlError(f"connection to {path} failed: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+    raw = b"".join(chunks)
+    status, payload = _parse_response(raw, path)
+    if status != 200:
+        message = payload.get("error") if isinstance(payload, dict) else None
+        raise CtlError(f"{message or 'error'} (HTTP {status})")
+    return payload
+
+
+def _parse_response(raw: bytes, path: str) -> tuple[int, Any]:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise CtlError(f"connection to {path} closed without an answer")
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        status = int(lines[0].split(" ")[1])
+    except (IndexError, ValueError):
+        raise CtlError(f"bad answer from {path}: {lines[0]!r}") from None
+    length = None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip())
+    if length is not None:
+        body = body[:length]
+    try:
+        return status, json.loads(body) if body.strip() else None
+    except ValueError:
+        raise CtlError(f"bad JSON from {path} (HTTP {status})") from None
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_parser(sub: Any) -> None:
+    ctl = sub.add_parser("ctl", help="control a running proxy over its admin socket")
+    ctl.add_argument("-c", "--config", help="config file whose admin.socket to use")
+    ctl.add_argument("--socket", help=f"admin socket path (default: the config's admin.socket, else {DEFAULT_SOCKET})")
+    ctl.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    cmds = ctl.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
+    cmds.add_parser("status", help="pid, state, uptime, version")
+    stats = cmds.add_parser("stats", help="counters (optionally those containing PATTERN)")
+    stats.add_argument("pattern", nargs="?")
+    cmds.add_parser("listeners", help="listeners with their connection counts")
+    cmds.add_parser("clusters", help="clusters and hosts")
+    cmds.add_parser("config", help="the running config (secrets redacted)")
+    level = cmds.add_parser("log-level", help="change the log level")
+    level.add_argument("level", choices=["debug", "info", "warning", "error"])
+    cmds.add_parser("drain", help="stop accepting; let open connections finish")
+    host = cmds.add_parser("host", help="enable or disable an upstream host")
+    host.add_argument("action", choices=["enable", "disable"])
+    host.add_argument("cluster")
+    host.add_argument("address")
+    cmds.add_parser("tasks", help="the live trio task tree")
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    if args.config:
+        from proxy.config import ConfigError, load
+
+        try:
+            config = load(args.config)
+        except ConfigError as exc:
+            raise CtlError(f"cannot read {args.config}: {exc.issues[0] if exc.issues else exc}") from None
+        if config.admin.socket:
+            return config.admin.socket
+    return DEFAULT_SOCKET
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        path = socket_path(args)
+        cmd = args.ctl_command
+        if cmd == "status":
+            result = request(path, "GET", "/status")
+        elif cmd == "stats":
+            target = "/stats" + (f"?filter={quote(args.pattern, safe='')}" if args.pattern else "")
+            result = request(path, "GET", target)
+        elif cmd in ("listeners", "clusters", "config", "tasks"):
+            result = request(path, "GET", f"/{cmd}")
+        elif cmd == "log-level":
+            result = request(path, "PUT", "/log_level", {"level": args.level})
+        elif cmd == "drain":
+            result = request(path, "POST", "/drain")
+        elif cmd == "host":
+            target = f"/clusters/{quote(args.cluster, safe='')}/hosts/{quote(args.address, safe='')}/{args.action}"
+            result = request(path, "POST", target)
+        else:  # pragma: no cover - argparse restricts the choices
+            raise CtlError(f"unknown command {cmd}")
+    except CtlError as exc:
+        print(f"proxy: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render(cmd, result))
+    return 0
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def render(cmd: str, result: Any) -> str:
+    if cmd == "status":
+        return "\n".join(f"{k}: {v}" for k, v in result.items())
+    if cmd == "stats":
+        return table(["NAME", "VALUE"], [[k, v] for k, v in sorted(result.items())])
+    if cmd == "listeners":
+        return table(
+            ["NAME", "ADDRESS", "PROTOCOL", "ACTIVE", "TOTAL"],
+            [[lr["name"], lr["address"], lr["protocol"], lr["stats"]["downstream_cx_active"], lr["stats"]["downstream_cx_total"]] for lr in result],
+        )
+    if cmd == "clusters":
+        rows = []
+        for c in result:
+            for h in c["hosts"]:
+                rows.append(
+                    [c["name"], h["address"], h["weight"], _yn(h["enabled"]), _yn(h["healthy"]), h["stats"]["cx_active"], h["stats"]["cx_total"]]
+                )
+        return table(["CLUSTER", "HOST", "WEIGHT", "ENABLED", "HEALTHY", "ACTIVE", "TOTAL"], rows)
+    if cmd == "config":
+        return json.dumps(result, indent=2)
+    if cmd == "log-level":
+        return f"log level: {result['level']}"
+    if cmd == "drain":
+        return "draining: the proxy stopped accepting; open connections finish up to drain_timeout"
+    if cmd == "host":
+        return f"{result['cluster']} {result['host']}: {'enabled' if result['enabled'] else 'disabled'}"
+    if cmd == "tasks":
+        lines: list[str] = []
+        _render_tree(result, 0, lines)
+        return "\n".join(lines)
+    return json.dumps(result, indent=2)
+
+
+def _yn(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _render_tree(node: dict[str, Any], depth: int, lines: list[str]) -> None:
+    lines.append("  " * depth + node["name"])
+    for child in node.get("children", []):
+        _render_tree(child, depth + 1, lines)
+    if node.get("omitted"):
+        lines.append("  " * (depth + 1) + f"... {node['omitted']} more")

@@ -1,0 +1,287 @@
+"""The admin socket and `proxy ctl` against a real `proxy run` process: every ctl command,
+socket permissions, the peer uid check, and stale / live socket files at start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import trio
+
+from tests.integration.harness import connect, echo_handler, read_all, running_proxy, start_server, tcp_config
+
+@pytest.fixture
+def public_dir():
+    """A socket directory `nobody` can traverse (pytest's tmp dirs are 0700 under
+    /tmp/pytest-of-root), so the socket file's own mode and the peer uid check are what refuse."""
+    path = tempfile.mkdtemp(prefix="proxy-admin-")
+    os.chmod(path, 0o755)
+    try:
+        yield pathlib.Path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _config(upstreams: list[str], admin_sock: str, **admin: object) -> dict:
+    config = tcp_config(upstreams)
+    config["admin"] = {"socket": admin_sock, **admin}
+    return config
+
+
+async def ctl(sock: str, *args: str, prefix: list[str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [*(prefix or []), sys.executable, "-m", "proxy", "ctl", "--socket", sock, *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = await trio.to_thread.run_sync(lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env))
+    if check:
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+async def ctl_json(sock: str, *args: str) -> object:
+    return json.loads((await ctl(sock, "--json", *args)).stdout)
+
+
+async def _round_trip(address: tuple[str, int] | str, message: bytes = b"hello") -> None:
+    stream = await connect(address)
+    async with stream:
+        await stream.send_all(message)
+        await stream.send_eof()
+        assert await read_all(stream) == message
+
+
+async def _wait_for(predicate, timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not await predicate():
+            await trio.sleep(0.05)
+
+
+async def test_every_ctl_command(nursery, tmp_path):
+    a = await start_server(nursery, echo_handler)
+    b = await start_server(nursery, echo_handler)
+    sock = str(tmp_path / "admin.sock")
+    async with running_proxy(_config([a, b], sock), tmp_path) as proxy:
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        assert stat.S_ISSOCK(os.stat(sock).st_mode)
+
+        # status
+        status = await ctl_json(sock, "status")
+        assert status["pid"] == proxy.pid and status["state"] == "serving" and status["listeners"] == 1
+        assert status["generation"] == 1 and status["version"] and status["uptime_seconds"] >= 0
+        human = (await ctl(sock, "status")).stdout
+        assert f"pid: {proxy.pid}" in human and "state: serving" in human
+
+        for _ in range(3):
+            await _round_trip(proxy.address("tcp"))
+
+        # stats, with and without a pattern
+        async def three_done() -> bool:
+            stats = await ctl_json(sock, "stats")
+            return stats["listener.tcp.downstream_cx_destroy"] == 3
+
+        await _wait_for(three_done)
+        stats = await ctl_json(sock, "stats")
+        assert stats["listener.tcp.downstream_cx_total"] == 3
+        assert stats["listener.tcp.downstream_cx_active"] == 0
+        assert stats["cluster.up.upstream_cx_total"] == 3
+        assert stats[f"cluster.up.host.{a}.cx_total"] + stats[f"cluster.up.host.{b}.cx_total"] == 3
+        filtered = await ctl_json(sock, "stats", "downstream_cx_total")
+        assert filtered == {"listener.tcp.downstream_cx_total": 3}
+        lines = (await ctl(sock, "stats", "cx_total")).stdout.splitlines()
+        assert lines[0].split() == ["NAME", "VALUE"]
+        assert ["listener.tcp.downstream_cx_total", "3"] in [line.split() for line in lines]
+        assert [line.split()[0] for line in lines[1:]] == sorted(line.split()[0] for line in lines[1:])
+
+        # listeners
+        listeners = await ctl_json(sock, "listeners")
+        assert listeners[0]["name"] == "tcp" and listeners[0]["protocol"] == "tcp"
+        assert listeners[0]["address"] == proxy.addresses["tcp"] and listeners[0]["stats"]["downstream_cx_total"] == 3
+        lines = (await ctl(sock, "listeners")).stdout.splitlines()
+        assert lines[0].split() == ["NAME", "ADDRESS", "PROTOCOL", "ACTIVE", "TOTAL"]
+        assert lines[1].split() == ["tcp", proxy.addresses["tcp"], "tcp", "0", "3"]
+
+        # clusters
+        clusters = await ctl_json(sock, "clusters")
+        assert clusters[0]["name"] == "up" and clusters[0]["lb"] == "round_robin"
+        assert [h["address"] for h in clusters[0]["hosts"]] == [a, b]
+        assert all(h["enabled"] and h["healthy"] for h in clusters[0]["hosts"])
+        lines = (await ctl(sock, "clusters")).stdout.splitlines()
+        assert lines[0].split()[:6] == ["CLUSTER", "HOST", "WEIGHT", "ENABLED", "HEALTHY", "ACTIVE"]
+        assert lines[1].split()[:5] == ["up", a, "1", "yes", "yes"]
+
+        # host disable: every new connection goes to the other host
+        before = await ctl_json(sock, "stats", "host.")
+        out = (await ctl(sock, "host", "disable", "up", a)).stdout
+        assert "disabled" in out
+        for _ in range(4):
+            await _round_trip(proxy.address("tcp"))
+        after = await ctl_json(sock, "stats", "host.")
+        assert after[f"cluster.up.host.{a}.cx_total"] == before[f"cluster.up.host.{a}.cx_total"]
+        assert after[f"cluster.up.host.{b}.cx_total"] == before[f"cluster.up.host.{b}.cx_total"] + 4
+        assert "no" in (await ctl(sock, "clusters")).stdout.splitlines()[1].split()
+        await ctl(sock, "host", "enable", "up", a)
+        assert all(h["enabled"] for h in (await ctl_json(sock, "clusters"))[0]["hosts"])
+        bad = await ctl(sock, "host", "disable", "up", "127.0.0.1:1", check=False)
+        assert bad.returncode == 1 and "no host" in bad.stderr and "404" in bad.stderr
+        bad = await ctl(sock, "host", "disable", "nope", a, check=False)
+        assert bad.returncode == 1 and "unknown cluster" in bad.stderr
+
+        # config
+        config = await ctl_json(sock, "config")
+        assert config["admin"]["socket"] == sock
+        assert config["listeners"][0]["address"] == "127.0.0.1:0"
+        assert config["runtime"]["drain_timeout"] == "5s"
+        assert config["clusters"][0]["connect_timeout"] == "0.5s"
+        assert json.loads((await ctl(sock, "config")).stdout) == config
+
+        # tasks
+        tasks = await ctl_json(sock, "tasks")
+        text = json.dumps(tasks)
+        assert "Worker.run" in text and "AdminServer.serve" in text and "accept_loop" in text
+        assert "AdminServer.serve" in (await ctl(sock, "tasks")).stdout
+
+        # log-level: debug lines appear
+        assert "debug" in (await ctl(sock, "log-level", "debug")).stdout
+        await _round_trip(proxy.address("tcp"))
+        await _wait_for(_async(lambda: "level=debug" in proxy.log()))
+        await ctl(sock, "log-level", "info")
+
+        # drain: stops accepting
+        assert "draining" in (await ctl(sock, "drain")).stdout
+        assert await proxy.wait(10) == 0
+        try:
+            await _round_trip(proxy.address("tcp"))
+        except OSError:
+            pass
+        else:
+            raise AssertionError("the drained proxy still accepts")
+        assert not os.path.exists(sock)
+        gone = await ctl(sock, "status", check=False)
+        assert gone.returncode == 1 and gone.stderr.strip() == f"proxy: not running (no admin socket at {sock})"
+
+
+def _async(predicate):
+    async def run() -> bool:
+        return predicate()
+
+    return run
+
+
+async def test_drain_answers_before_connections_finish(nursery, tmp_path):
+    upstream = await start_server(nursery, echo_handler)
+    sock = str(tmp_path / "admin.sock")
+    async with running_proxy(_config([upstream], sock), tmp_path) as proxy:
+        stream = await connect(proxy.address("tcp"))
+        async with stream:
+            await stream.send_all(b"x")
+            assert await stream.receive_some() == b"x"
+            assert (await ctl_json(sock, "drain")) == {"draining": True}
+            # the listening socket is closed: a new connect is refused
+            with trio.fail_after(5):
+                while True:
+                    try:
+                        s = socket.create_connection(proxy.address("tcp"), timeout=1)
+                    except OSError:
+                        break
+                    s.close()
+                    await trio.sleep(0.05)
+            assert (await ctl_json(sock, "status"))["state"] == "draining"
+            await stream.send_all(b"still here")
+            assert await stream.receive_some() == b"still here"
+            await stream.send_eof()
+        assert await proxy.wait(10) == 0
+
+
+async def test_ctl_uses_the_config_socket_and_reports_errors(nursery, tmp_path):
+    upstream = await start_server(nursery, echo_handler)
+    sock = str(tmp_path / "admin.sock")
+    async with running_proxy(_config([upstream], sock), tmp_path) as proxy:
+        cmd = [sys.executable, "-m", "proxy", "ctl", "-c", str(proxy.config_path), "--json", "status"]
+        result = await trio.to_thread.run_sync(lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=30))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["pid"] == proxy.pid
+    missing = await ctl(str(tmp_path / "nope.sock"), "status", check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"proxy: not running (no admin socket at {tmp_path / 'nope.sock'})"
+
+
+async def test_other_uid_cannot_reach_a_0600_socket(nursery, tmp_path, public_dir):
+    upstream = await start_server(nursery, echo_handler)
+    sock = str(public_dir / "admin.sock")
+    async with running_proxy(_config([upstream], sock), tmp_path) as proxy:
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        result = await ctl(sock, "status", prefix=NOBODY, check=False)
+        assert result.returncode == 1
+        assert "permission denied" in result.stderr
+        assert (await ctl_json(sock, "status"))["state"] == "serving"
+        assert "admin.refused" not in proxy.log()  # refused by the kernel, before SO_PEERCRED
+
+
+async def test_other_uid_is_refused_by_the_peer_uid_check(nursery, tmp_path, public_dir):
+    upstream = await start_server(nursery, echo_handler)
+    sock = str(public_dir / "admin.sock")
+    async with running_proxy(_config([upstream], sock), tmp_path) as proxy:
+        os.chmod(sock, 0o666)
+        result = await ctl(sock, "status", prefix=NOBODY, check=False)
+        assert result.returncode == 1
+        assert "uid 65534 is not allowed" in result.stderr and "403" in result.stderr
+        await _wait_for(_async(lambda: "event=admin.refused uid=65534" in proxy.log()))
+        # the worker is unharmed
+        assert (await ctl_json(sock, "status"))["state"] == "serving"
+        await _round_trip(proxy.address("tcp"))
+
+
+async def test_allowed_uids_lets_another_uid_in(nursery, tmp_path, public_dir):
+    upstream = await start_server(nursery, echo_handler)
+    sock = str(public_dir / "admin.sock")
+    async with running_proxy(_config([upstream], sock, allowed_uids=[65534]), tmp_path) as proxy:
+        os.chmod(sock, 0o666)
+        result = await ctl(sock, "--json", "status", prefix=NOBODY, check=False)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["pid"] == proxy.pid
+        assert "admin.refused" not in proxy.log()
+
+
+async def test_stale_socket_file_is_replaced(nursery, tmp_path):
+    upstream = await start_server(nursery, echo_handler)
+    sock = str(tmp_path / "admin.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(sock)
+    dead.listen(1)
+    dead.close()  # no unlink: the file stays, nobody listens
+    assert stat.S_ISSOCK(os.stat(sock).st_mode)
+    async with running_proxy(_config([upstream], sock), tmp_path) as proxy:
+        assert (await ctl_json(sock, "status"))["pid"] == proxy.pid
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        assert "stale_socket_removed" in proxy.log()
+
+
+async def test_live_socket_makes_start_fail(nursery, tmp_path):
+    upstream = await start_server(nursery, echo_handler)
+    sock = str(tmp_path / "admin.sock")
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(sock)
+    live.listen(8)
+    try:
+        config_path = tmp_path / "proxy.yaml"
+        import yaml
+
+        config_path.write_text(yaml.safe_dump(_config([upstream], sock)))
+        cmd = [sys.executable, "-m", "proxy", "run", "-c", str(config_path)]
+        result = await trio.to_thread.run_sync(lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=30))
+        assert result.returncode == 1, result.stderr
+        assert f"proxy: refusing to start: cannot listen on unix:{sock}: {sock} is in use by a running process" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert os.path.exists(sock)  # the live listener's file is left alone
+    finally:
+        live.close()
