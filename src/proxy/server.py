@@ -17,6 +17,8 @@ import os
 import resource
 import signal
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -30,6 +32,19 @@ from proxy.upstream.cluster import Cluster
 from proxy.upstream.pool import PoolManager
 
 log = get_logger("server")
+
+# Lifecycle hooks for the command line (the `--daemon` readiness pipe, sd_notify): plain callables
+# run right after the worker logs `ready`, and once when draining starts. A failing hook is logged.
+on_ready: list[Callable[[], None]] = []
+on_stopping: list[Callable[[], None]] = []
+
+
+def _run_hooks(hooks: list[Callable[[], None]]) -> None:
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:
+            log.error("hook.failed", exc_info=True, hook=getattr(hook, "__name__", repr(hook)))
 
 
 class ListenerRuntime:
@@ -67,6 +82,8 @@ class Worker:
         self._stop_accepting = trio.Event()
         self._root: trio.Nursery | None = None
         self.admin: Any = None  # AdminServer when config.admin.socket is set
+        self.metrics: Any = None  # MetricsServer when config.admin.metrics is set
+        self.started = time.monotonic()
 
     def bind_listeners(self) -> None:
         """Bind every listener up front so any failure is reported before serving starts."""
@@ -79,11 +96,22 @@ class Worker:
 
                 self.admin = AdminServer(self, self.config.admin.socket, self.config.admin.allowed_uids)
                 self.admin.bind()
+            # admin.metrics: the plain-HTTP /metrics and /ready listener
+            if self.config.admin.metrics is not None and self.metrics is None:
+                from proxy.admin.metrics_server import MetricsServer
+
+                self.metrics = MetricsServer(self, self.config.admin.metrics)
+                self.metrics.bind()
         except BaseException:
             for lr in self.listeners:
                 close_listener(lr.sock)
             self.listeners.clear()
+            if self.admin is not None:
+                self.admin.close()
+            if self.metrics is not None:
+                self.metrics.close()
             self.admin = None
+            self.metrics = None
             raise
 
     async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
@@ -96,6 +124,8 @@ class Worker:
                 close_listener(lr.sock)
             if self.admin is not None:
                 self.admin.close()
+            if self.metrics is not None:
+                self.metrics.close()
             self.pools.close_all()
             for logs in self.access_logs.values():
                 for logger in logs:
@@ -110,6 +140,8 @@ class Worker:
             root.start_soon(self.pools.run_sweeper)
             if self.admin is not None:
                 root.start_soon(self.admin.serve)
+            if self.metrics is not None:
+                root.start_soon(self.metrics.serve)
             async with trio.open_nursery() as connection_nursery:
                 async with trio.open_nursery() as listener_nursery:
                     for lr in self.listeners:
@@ -120,6 +152,7 @@ class Worker:
                         log.info("listener.started", listener=lr.config.name, address=lr.address, protocol=lr.config.protocol)
                     self.state = "serving"
                     log.info("ready", pid=os.getpid(), listeners=len(self.listeners))
+                    _run_hooks(on_ready)
                     task_status.started(self)
                     await self._stop_accepting.wait()
                     listener_nursery.cancel_scope.cancel()
@@ -127,6 +160,7 @@ class Worker:
                     close_listener(lr.sock)
                 active = sum(lr.stats.downstream_cx_active for lr in self.listeners)
                 log.info("draining", active_connections=active, drain_timeout=drain_timeout)
+                _run_hooks(on_stopping)
                 connection_nursery.cancel_scope.deadline = trio.current_time() + drain_timeout
             if connection_nursery.cancel_scope.cancelled_caught:
                 log.warning("drain.timeout", message="connections still open at drain_timeout were closed")

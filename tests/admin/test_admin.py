@@ -80,7 +80,7 @@ def test_config_json_round_trips_through_json_and_redacts():
     assert out["clusters"][0]["connect_timeout"] == "120s"
     assert out["clusters"][0]["hosts"][0]["metadata"] == {"api_key": REDACTED, "zone": "a"}
     assert out["clusters"][0]["hosts"][1]["weight"] == 3
-    assert out["admin"] == {"socket": None, "allowed_uids": []}
+    assert out["admin"] == {"socket": None, "allowed_uids": [], "metrics": None}
 
 
 # ---------------------------------------------------------------- stats

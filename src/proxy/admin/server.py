@@ -6,7 +6,7 @@ uid is checked with SO_PEERCRED: root, the proxy's own uid and `admin.allowed_ui
 anyone else gets a 403 and the connection closed. The server runs in the worker's root nursery;
 a failing admin connection is logged and never takes the worker down.
 
-Endpoints: GET /status /listeners /clusters /stats[?filter=S] /config /tasks,
+Endpoints: GET /status /listeners /clusters /stats[?filter=S] /metrics (Prometheus text) /config /tasks,
 PUT /log_level, POST /drain, POST /clusters/{name}/hosts/{addr}/(enable|disable).
 """
 
@@ -27,6 +27,7 @@ import trio
 
 import proxy
 from proxy import log as proxy_log
+from proxy import metrics as proxy_metrics
 from proxy.config.values import Address, Duration
 from proxy.log import get_logger
 from proxy.network.listener import bind, close_listener
@@ -39,6 +40,16 @@ IDLE_TIMEOUT = 60.0
 TASK_CHILD_LIMIT = 50
 
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error"}
+
+
+class TextBody:
+    """A handler result sent as is (not JSON), e.g. the Prometheus text of GET /metrics."""
+
+    __slots__ = ("content_type", "body")
+
+    def __init__(self, content_type: str, body: bytes) -> None:
+        self.content_type = content_type
+        self.body = body
 
 
 class HttpError(Exception):
@@ -278,6 +289,7 @@ class AdminServer:
             "/listeners": {"GET": self.listeners},
             "/clusters": {"GET": self.clusters},
             "/stats": {"GET": lambda: flatten_stats(self.worker.listeners, self.worker.clusters.values(), query.get("filter"))},
+            "/metrics": {"GET": lambda: TextBody(proxy_metrics.CONTENT_TYPE, proxy_metrics.render(self.worker).encode())},
             "/config": {"GET": lambda: config_json(self.worker.config)},
             "/tasks": {"GET": lambda: task_tree(trio.lowlevel.current_root_task())},
             "/log_level": {"PUT": lambda: self.log_level(query, body)},
@@ -378,10 +390,13 @@ def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
 
 
 def _response(status: int, payload: Any, *, keep_alive: bool, allow: str | None = None) -> bytes:
-    body = json.dumps(payload, default=str).encode() + b"\n"
+    if isinstance(payload, TextBody):
+        body, content_type = payload.body, payload.content_type
+    else:
+        body, content_type = json.dumps(payload, default=str).encode() + b"\n", "application/json"
     head = [
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
-        "Content-Type: application/json",
+        f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         f"Connection: {'keep-alive' if keep_alive else 'close'}",
     ]

@@ -88,6 +88,11 @@ class Admin(_Model):
     socket: str | None = None
     # Peer uids allowed on the admin socket besides root and the proxy's own uid (always allowed).
     allowed_uids: list[int] = []
+    # Optional plain-HTTP listener for GET /metrics (Prometheus) and GET /ready: "host:port" only
+    # (a bare port such as "9901" is not an address). Unauthenticated, so keep it on loopback
+    # (e.g. 127.0.0.1:9901) or a private interface. Port 0 picks a free port (logged as
+    # event=metrics.started address=...).
+    metrics: Address | None = None
 
 
 class Runtime(_Model):

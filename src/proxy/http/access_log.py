@@ -6,6 +6,7 @@ the process log. The default format is Envoy's default, in our variable names.
 
 from __future__ import annotations
 
+import io
 import sys
 from typing import Any, TextIO
 
@@ -30,10 +31,13 @@ class AccessLogger:
         _open_loggers.append(self)
 
     def _open(self) -> TextIO:
-        if self.path == "stdout":
-            return sys.stdout
-        if self.path == "stderr":
-            return sys.stderr
+        if self.path in ("stdout", "stderr"):
+            stream = sys.stdout if self.path == "stdout" else sys.stderr
+            # One line per request must be visible as it happens, not when a block fills up
+            # (stdout to a file or pipe is block-buffered by default).
+            if isinstance(stream, io.TextIOWrapper) and not stream.line_buffering:
+                stream.reconfigure(line_buffering=True)
+            return stream
         return open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - owned here
 
     def log(self, info: Any) -> None:

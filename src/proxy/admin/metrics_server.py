@@ -1,0 +1,136 @@
+"""The plain-HTTP metrics listener (`admin.metrics: host:port`): for Prometheus and load balancers.
+
+    GET /metrics   200, the Prometheus text format (proxy.metrics)
+    GET /ready     200 "ready" while the worker is serving, 503 with the state otherwise
+                   (e.g. "draining" after SIGTERM), so a load balancer stops sending traffic
+    anything else  404 (405 for a method other than GET/HEAD on a known path)
+
+One request per connection (`Connection: close`). Unauthenticated and read-only: bind it to
+loopback or a private interface. It is bound up front with the listeners (bind errors are start-up
+errors) and served from the worker's root nursery, so it keeps answering while draining. A bad or
+failing connection is logged and never takes the worker down.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import trio
+
+from proxy import metrics
+from proxy.config.values import Address
+from proxy.log import get_logger
+from proxy.network.listener import bind, bound_address, close_listener
+
+log = get_logger("admin")
+
+MAX_HEAD = 8 * 1024
+READ_TIMEOUT = 10.0
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+def response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8", *, head_only: bool = False, allow: str | None = None) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-cache",
+        "Connection: close",
+    ]
+    if allow:
+        lines.append(f"Allow: {allow}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if head_only else body)
+
+
+def handle(worker: Any, head: bytes) -> bytes:
+    """The complete response to one request head (without the final blank line)."""
+    request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = request_line.split(" ")
+    if len(parts) != 3 or not parts[0].isalpha() or not parts[0].isupper() or parts[2] not in ("HTTP/1.0", "HTTP/1.1") or not parts[1].startswith("/"):
+        return response(400, b"bad request\n")
+    method, target, _ = parts
+    path = target.split("?", 1)[0]
+    head_only = method == "HEAD"
+    if path == "/metrics":
+        if method not in ("GET", "HEAD"):
+            return response(405, b"method not allowed\n", allow="GET, HEAD")
+        return response(200, metrics.render(worker).encode(), metrics.CONTENT_TYPE, head_only=head_only)
+    if path == "/ready":
+        if method not in ("GET", "HEAD"):
+            return response(405, b"method not allowed\n", allow="GET, HEAD")
+        state = str(worker.state)
+        if state == "serving":
+            return response(200, b"ready\n", head_only=head_only)
+        return response(503, f"{state}\n".encode(), head_only=head_only)
+    return response(404, b"not found\n", head_only=head_only)
+
+
+class MetricsServer:
+    def __init__(self, worker: Any, address: Address) -> None:
+        self.worker = worker
+        self.config_address = address
+        self.sock: socket.socket | None = None
+        self.address = ""  # the bound address (port 0 resolved), set by bind()
+
+    def bind(self) -> None:
+        """Raises BindError with a clear reason."""
+        self.sock = bind(self.config_address, 128)
+        self.address = bound_address(self.sock)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            close_listener(self.sock)
+
+    async def serve(self) -> None:
+        if self.sock is None:
+            self.bind()
+        assert self.sock is not None
+        sock = self.sock
+        log.info("metrics.started", address=self.address)
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    while True:
+                        try:
+                            conn, _ = sock.accept()
+                        except BlockingIOError:
+                            break
+                        except OSError as exc:
+                            log.warning("metrics.accept_error", error=exc.strerror or str(exc))
+                            await trio.sleep(0.1)
+                            break
+                        conn.setblocking(False)
+                        nursery.start_soon(self._connection, conn)
+        finally:
+            self.close()
+
+    async def _connection(self, conn: socket.socket) -> None:
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+        try:
+            async with stream:
+                buf = b""
+                with trio.move_on_after(READ_TIMEOUT):
+                    while b"\r\n\r\n" not in buf:
+                        if len(buf) > MAX_HEAD:
+                            await stream.send_all(response(431, b"request head too large\n"))
+                            return
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            return
+                        buf += data
+                if b"\r\n\r\n" not in buf:
+                    return  # timed out: close without an answer
+                try:
+                    answer = handle(self.worker, buf.split(b"\r\n\r\n", 1)[0])
+                except Exception as exc:  # noqa: BLE001 - a metrics request must never end the worker
+                    log.error("metrics.handler_error", exc_info=exc, error=str(exc))
+                    answer = response(500, b"internal error\n")
+                with trio.move_on_after(READ_TIMEOUT):
+                    await stream.send_all(answer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception as exc:  # noqa: BLE001
+            log.error("metrics.connection_error", exc_info=exc, error=str(exc))

@@ -1,0 +1,153 @@
+"""Prometheus text exposition (format 0.0.4) of a worker's stats.
+
+One metric family per stat, each with `# HELP` and `# TYPE` lines and all its samples together:
+
+    proxy_listener_<stat>{listener="NAME"}           ListenerStats
+    proxy_cluster_<stat>{cluster="NAME"}             ClusterStats
+    proxy_host_<stat>{cluster="NAME",host="ADDR"}    HostStats
+
+A stat whose name contains `_active` is a gauge; every other stat is a counter, and counters end
+in `_total` as Prometheus wants (`downstream_cx_total` stays as is, `downstream_cx_destroy`
+becomes `downstream_cx_destroy_total`). Plus `proxy_info{version}`, `proxy_uptime_seconds` and
+`proxy_state{state}` (one sample per known state, 1 for the current one). The output passes
+`promtool check metrics` without lint warnings (tested).
+
+Used by the plain-HTTP metrics listener (`admin.metrics`) and the admin socket's `GET /metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import proxy
+from proxy.stats import ClusterStats, HostStats, ListenerStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+STATES = ("starting", "serving", "draining", "stopping", "stopped")
+
+_PROCESS_START = time.monotonic()
+
+# HELP texts; a stat without one gets a generic text (still a valid HELP line).
+_HELP: dict[str, str] = {
+    # listener
+    "downstream_cx_total": "Downstream connections accepted.",
+    "downstream_cx_active": "Downstream connections currently open.",
+    "downstream_cx_destroy": "Downstream connections closed.",
+    "downstream_cx_overflow": "Downstream connections refused by max_connections.",
+    "downstream_cx_error": "Downstream connections whose handler failed unexpectedly.",
+    "downstream_cx_idle_timeout": "Downstream connections closed by the idle timeout.",
+    "downstream_cx_reset": "Downstream connections reset.",
+    "downstream_cx_no_upstream": "Downstream connections closed because every upstream connect attempt failed.",
+    "downstream_rx_bytes_total": "Bytes received from downstream.",
+    "downstream_tx_bytes_total": "Bytes sent to downstream.",
+    "accept_errors": "Errors from accept() on the listening socket.",
+    "downstream_rq_total": "Downstream HTTP requests.",
+    "downstream_rq_active": "Downstream HTTP requests in flight.",
+    "downstream_rq_1xx": "Downstream HTTP responses with a 1xx status.",
+    "downstream_rq_2xx": "Downstream HTTP responses with a 2xx status.",
+    "downstream_rq_3xx": "Downstream HTTP responses with a 3xx status.",
+    "downstream_rq_4xx": "Downstream HTTP responses with a 4xx status.",
+    "downstream_rq_5xx": "Downstream HTTP responses with a 5xx status.",
+    "downstream_rq_local_reply": "Downstream HTTP requests answered locally by the proxy.",
+    "downstream_rq_protocol_error": "Downstream HTTP requests that violated the protocol.",
+    "downstream_rq_header_timeout": "Downstream HTTP requests whose head did not arrive in time.",
+    # cluster
+    "upstream_cx_total": "Upstream connections opened.",
+    "upstream_cx_active": "Upstream connections currently open.",
+    "upstream_cx_connect_fail": "Upstream connection attempts that failed.",
+    "upstream_cx_connect_timeout": "Upstream connection attempts that timed out.",
+    "upstream_cx_connect_attempts_exceeded": "Downstream connections that ran out of upstream connect attempts.",
+    "upstream_rq_total": "Upstream HTTP requests.",
+    "upstream_rq_active": "Upstream HTTP requests in flight.",
+    "upstream_rq_timeout": "Upstream HTTP requests that hit the route timeout.",
+    "upstream_rq_per_try_timeout": "Upstream HTTP request attempts that hit the per-try timeout.",
+    "upstream_rq_retry": "Upstream HTTP request retries.",
+    "upstream_rq_retry_exhausted": "Upstream HTTP requests that ran out of retries.",
+    "upstream_rq_pending_overflow": "Upstream HTTP requests refused because the pending queue was full.",
+    "upstream_rq_reset": "Upstream HTTP requests reset.",
+    "upstream_cx_reused_closed": "Reused keep-alive upstream connections that closed before answering.",
+    # host
+    "cx_total": "Connections opened to this host.",
+    "cx_active": "Connections currently open to this host.",
+    "cx_connect_fail": "Connection attempts to this host that failed.",
+}
+
+
+def is_gauge(stat: str) -> bool:
+    return "_active" in stat
+
+
+def metric_name(prefix: str, stat: str) -> str:
+    """`proxy_<prefix>_<stat>`, with `_total` appended to counters that lack it."""
+    name = f"proxy_{prefix}_{stat}"
+    if not is_gauge(stat) and not name.endswith("_total"):
+        name += "_total"
+    return name
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{escape_label_value(str(v))}"' for k, v in labels.items()) + "}"
+
+
+def _format_value(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], float]]) -> None:
+        samples = list(samples)
+        if not samples:
+            return  # no HELP/TYPE for a family without samples (e.g. no clusters configured)
+        self.lines.append(f"# HELP {name} {escape_help(help_text)}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            self.lines.append(f"{name}{_labels(labels)} {_format_value(value)}")
+
+
+def _stat_families(w: _Writer, prefix: str, what: str, slots: tuple[str, ...], objects: list[tuple[dict[str, str], Any]]) -> None:
+    for stat in slots:
+        kind = "gauge" if is_gauge(stat) else "counter"
+        help_text = _HELP.get(stat, f"{what} {kind} {stat}.")
+        w.family(metric_name(prefix, stat), kind, help_text, ((labels, getattr(stats, stat)) for labels, stats in objects))
+
+
+def render(worker: Any, now: float | None = None) -> str:
+    """The worker's stats in the Prometheus text format (ends with a newline)."""
+    w = _Writer()
+    w.family("proxy_info", "gauge", "Proxy build information.", [({"version": proxy.__version__}, 1)])
+    started = getattr(worker, "started", None)
+    if not isinstance(started, (int, float)):
+        started = _PROCESS_START
+    uptime = max(0.0, (time.monotonic() if now is None else now) - started)
+    w.family("proxy_uptime_seconds", "gauge", "Seconds since the worker started.", [({}, round(uptime, 3))])
+    state = getattr(worker, "state", "unknown")
+    states = STATES if state in STATES else (*STATES, str(state))
+    w.family("proxy_state", "gauge", "Worker state: 1 for the current state, 0 for the others.", [({"state": s}, int(s == state)) for s in states])
+
+    listeners = [({"listener": lr.config.name}, lr.stats) for lr in worker.listeners]
+    _stat_families(w, "listener", "Listener", ListenerStats.__slots__, listeners)
+    clusters = list(worker.clusters.values())
+    _stat_families(w, "cluster", "Cluster", ClusterStats.__slots__, [({"cluster": c.name}, c.stats) for c in clusters])
+    hosts = [({"cluster": c.name, "host": str(h.address)}, h.stats) for c in clusters for h in c.hosts]
+    _stat_families(w, "host", "Host", HostStats.__slots__, hosts)
+    return "\n".join(w.lines) + "\n"

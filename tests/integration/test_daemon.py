@@ -1,0 +1,290 @@
+"""`proxy run --daemon`, `proxy stop`, SIGUSR1 log reopen for the daemon's log file, and
+sd_notify, as real subprocesses. Every daemon started here is killed by its pid in a finally."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import yaml
+
+from proxy.cli import _alive
+from tests.integration.harness import _STARTED, echo_handler, start_server, tcp_config
+
+SERVING = re.compile(r"proxy: serving \(pid (\d+)\)")
+
+
+class Launch:
+    def __init__(self, returncode: int, stdout: str, stderr: str, launcher_pid: int) -> None:
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.launcher_pid = launcher_pid
+
+
+def _launch(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 40) -> Launch:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return Launch(proc.returncode, out, err, proc.pid)
+
+
+async def launch(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Launch:
+    """Run the `proxy` command in a thread, so the test's trio upstreams keep serving."""
+    return await trio.to_thread.run_sync(lambda: _launch(list(args), cwd, env))
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Path]]:
+    """Pid files of daemons this test may have started; each live pid is killed afterwards."""
+    pid_files: list[Path] = []
+    seen: set[int] = set()
+    try:
+        yield pid_files
+    finally:
+        for path in pid_files:
+            pid = _read_pid(path)
+            if pid is not None and pid not in seen and pid != os.getpid():
+                seen.add(pid)
+                _kill(pid)
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def listener_address(log_file: Path, name: str = "tcp") -> tuple[str, int]:
+    host, _, port = dict(_STARTED.findall(log_file.read_text()))[name].rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+async def echo_roundtrip(address: tuple[str, int], payload: bytes = b"hello daemon") -> bytes:
+    stream = await trio.open_tcp_stream(*address)
+    async with stream:
+        await stream.send_all(payload)
+        await stream.send_eof()
+        got = b""
+        with trio.fail_after(5):
+            async for data in stream:
+                got += data
+    return got
+
+
+async def test_daemon_serves_when_it_returns_refuses_a_second_and_stops(nursery, tmp_path, daemons):
+    upstream = await start_server(nursery, echo_handler)
+    write_config(tmp_path / "proxy.yaml", tcp_config([upstream]))
+    pid_file = tmp_path / "run" / "p.pid"  # parent directories are created
+    log_file = tmp_path / "log" / "l.log"
+    daemons.append(pid_file)
+    # relative paths, resolved against the launch directory before the daemon's chdir("/")
+    first = await launch("run", "--daemon", "-c", "proxy.yaml", "--pid-file", "run/p.pid", "--log-file", "log/l.log", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    # serving already: the listener accepts and relays right after the launcher returns
+    assert await echo_roundtrip(listener_address(log_file)) == b"hello daemon"
+    pid = _read_pid(pid_file)
+    assert pid is not None and _alive(pid)
+    assert pid != first.launcher_pid
+    match = SERVING.search(first.stdout)
+    assert match and int(match.group(1)) == pid, first.stdout
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    assert os.getsid(pid) != os.getsid(0)  # a session of its own, no controlling terminal
+
+    second = await launch("run", "--daemon", "-c", "proxy.yaml", "--pid-file", "run/p.pid", "--log-file", "log/l.log", cwd=tmp_path)
+    assert second.returncode == 1
+    assert f"already running (pid {pid})" in second.stderr
+    assert _read_pid(pid_file) == pid and _alive(pid)  # the running daemon is untouched
+    assert await echo_roundtrip(listener_address(log_file), b"still") == b"still"
+
+    stop = await launch("stop", "--pid-file", str(pid_file), cwd=tmp_path)
+    assert stop.returncode == 0, stop.stderr
+    assert not _alive(pid)
+    assert not pid_file.exists()
+    assert "event=stopped" in log_file.read_text()
+
+    again = await launch("stop", "--pid-file", str(pid_file), cwd=tmp_path)
+    assert again.returncode == 1
+    assert "not running" in again.stderr
+
+
+async def test_daemon_reports_a_bind_failure(tmp_path, daemons):
+    pid_file = tmp_path / "p.pid"
+    log_file = tmp_path / "l.log"
+    daemons.append(pid_file)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        write_config(tmp_path / "proxy.yaml", tcp_config(["127.0.0.1:1"], listen=f"127.0.0.1:{port}"))
+        result = await launch(
+            "run", "--daemon", "-c", "proxy.yaml", "--pid-file", str(pid_file), "--log-file", str(log_file), cwd=tmp_path
+        )
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "serving" not in result.stdout
+    assert not pid_file.exists()
+    assert "start.failed" in log_file.read_text()
+
+
+async def test_daemon_validates_the_config_in_the_foreground(tmp_path, daemons):
+    pid_file = tmp_path / "p.pid"
+    daemons.append(pid_file)
+    config = tcp_config(["127.0.0.1:1"])
+    config["clusters"][0]["conect_timeout"] = "1s"
+    write_config(tmp_path / "proxy.yaml", config)
+    result = await launch(
+        "run", "--daemon", "-c", "proxy.yaml", "--pid-file", str(pid_file), "--log-file", str(tmp_path / "l.log"), cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert "unknown key 'conect_timeout'" in result.stderr
+    assert "refusing to start" in result.stderr
+    assert not pid_file.exists()
+
+
+async def test_stop_without_a_running_proxy(tmp_path):
+    missing = await launch("stop", "--pid-file", str(tmp_path / "none.pid"), cwd=tmp_path)
+    assert missing.returncode == 1
+    assert "not running" in missing.stderr
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / "stale.pid"
+    stale.write_text(f"{dead.pid}\n")
+    result = await launch("stop", "-c", "proxy.yaml", "--pid-file", str(stale), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "not running" in result.stderr
+
+
+async def test_sigusr1_reopens_the_daemon_log_file(nursery, tmp_path, daemons):
+    upstream = await start_server(nursery, echo_handler)
+    write_config(tmp_path / "proxy.yaml", tcp_config([upstream]))
+    pid_file = tmp_path / "p.pid"
+    log_file = tmp_path / "l.log"
+    daemons.append(pid_file)
+    result = await launch(
+        "run", "--daemon", "-c", "proxy.yaml", "--pid-file", str(pid_file), "--log-file", str(log_file), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    pid = _read_pid(pid_file)
+    assert pid is not None
+    address = listener_address(log_file)
+    rotated = tmp_path / "l.log.1"
+    log_file.rename(rotated)
+    os.kill(pid, signal.SIGUSR1)
+    await wait_for(lambda: log_file.exists() and "action=reopen_logs" in log_file.read_text())
+    assert await echo_roundtrip(address) == b"hello daemon"
+    os.kill(pid, signal.SIGTERM)
+    await wait_for(lambda: not _alive(pid))
+    new, old = log_file.read_text(), rotated.read_text()
+    assert "event=ready" in old and "event=ready" not in new
+    assert "event=stopped" in new and "event=stopped" not in old
+    assert "event=draining" in new
+
+
+async def _bind_notify(tmp_path: Path, kind: str) -> tuple[trio.socket.SocketType, str]:
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if kind == "abstract":
+        address = f"@proxy-test-{uuid.uuid4().hex}"
+        await sock.bind("\0" + address[1:])
+    else:
+        address = str(tmp_path / "notify.sock")
+        await sock.bind(address)
+    return sock, address
+
+
+async def _receive(sock: trio.socket.SocketType, timeout: float = 15.0) -> str:
+    with trio.fail_after(timeout):
+        return (await sock.recv(4096)).decode()
+
+
+@pytest.mark.parametrize("kind", ["path", "abstract"])
+async def test_sd_notify_ready_and_stopping_in_the_foreground(nursery, tmp_path, kind):
+    upstream = await start_server(nursery, echo_handler)
+    write_config(tmp_path / "proxy.yaml", tcp_config([upstream]))
+    sock, address = await _bind_notify(tmp_path, kind)
+    log_file = tmp_path / "l.log"
+    with sock:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "run", "-c", "proxy.yaml", "--log-file", str(log_file)],
+            cwd=tmp_path,
+            env={**os.environ, "NOTIFY_SOCKET": address},
+        )
+        try:
+            assert await _receive(sock) == "READY=1"
+            assert "event=ready" in log_file.read_text()  # sent only once serving
+            assert await echo_roundtrip(listener_address(log_file)) == b"hello daemon"
+            proc.send_signal(signal.SIGTERM)
+            assert await _receive(sock) == "STOPPING=1"
+            await wait_for(lambda: proc.poll() is not None)
+            assert proc.returncode == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+async def test_sd_notify_in_daemon_mode_names_the_main_pid(nursery, tmp_path, daemons):
+    upstream = await start_server(nursery, echo_handler)
+    write_config(tmp_path / "proxy.yaml", tcp_config([upstream]))
+    pid_file = tmp_path / "p.pid"
+    daemons.append(pid_file)
+    sock, address = await _bind_notify(tmp_path, "path")
+    with sock:
+        result = await launch(
+            "run", "--daemon", "-c", "proxy.yaml", "--pid-file", str(pid_file), "--log-file", str(tmp_path / "l.log"),
+            cwd=tmp_path,
+            env={**os.environ, "NOTIFY_SOCKET": address},
+        )
+        assert result.returncode == 0, result.stderr
+        pid = _read_pid(pid_file)
+        assert await _receive(sock) == f"READY=1\nMAINPID={pid}"
+        stop = await launch("stop", "--pid-file", str(pid_file), cwd=tmp_path)
+        assert stop.returncode == 0, stop.stderr
+        assert await _receive(sock) == "STOPPING=1"
