@@ -21,7 +21,8 @@ import trio
 from proxy import metrics
 from proxy.config.values import Address
 from proxy.log import get_logger
-from proxy.network.listener import bind, bound_address, close_listener
+from proxy.network.listener import accept_loop, bind, bound_address, close_listener
+from proxy.stats import ListenerStats
 
 log = get_logger("admin")
 
@@ -91,21 +92,13 @@ class MetricsServer:
         log.info("metrics.started", address=self.address)
         try:
             async with trio.open_nursery() as nursery:
-                while True:
-                    await trio.lowlevel.wait_readable(sock)
-                    while True:
-                        try:
-                            conn, _ = sock.accept()
-                        except BlockingIOError:
-                            break
-                        except OSError as exc:
-                            log.warning("metrics.accept_error", error=exc.strerror or str(exc))
-                            await trio.sleep(0.1)
-                            break
-                        conn.setblocking(False)
-                        nursery.start_soon(self._connection, conn)
+                # The same batched accept loop as traffic listeners; connections in this nursery.
+                await accept_loop("metrics", sock, self._accepted, nursery, ListenerStats())
         finally:
             self.close()
+
+    async def _accepted(self, conn: socket.socket, peer: Any) -> None:
+        await self._connection(conn)
 
     async def _connection(self, conn: socket.socket) -> None:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))

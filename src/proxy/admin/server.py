@@ -30,7 +30,8 @@ from proxy import log as proxy_log
 from proxy import metrics as proxy_metrics
 from proxy.config.values import Address, Duration
 from proxy.log import get_logger
-from proxy.network.listener import bind, close_listener
+from proxy.network.listener import accept_loop, bind, close_listener
+from proxy.stats import ListenerStats
 
 log = get_logger("admin")
 
@@ -183,21 +184,13 @@ class AdminServer:
         log.info("admin.started", socket=self.path)
         try:
             async with trio.open_nursery() as nursery:
-                while True:
-                    await trio.lowlevel.wait_readable(sock)
-                    while True:
-                        try:
-                            conn, _ = sock.accept()
-                        except BlockingIOError:
-                            break
-                        except OSError as exc:
-                            log.warning("admin.accept_error", error=exc.strerror or str(exc))
-                            await trio.sleep(0.1)
-                            break
-                        conn.setblocking(False)
-                        nursery.start_soon(self._connection, conn)
+                # The same batched accept loop as traffic listeners; connections in this nursery.
+                await accept_loop("admin", sock, self._accepted, nursery, ListenerStats())
         finally:
             self.close()
+
+    async def _accepted(self, conn: socket.socket, peer: Any) -> None:
+        await self._connection(conn)
 
     async def _connection(self, conn: socket.socket) -> None:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
