@@ -145,9 +145,34 @@ def render(worker: Any, now: float | None = None) -> str:
     w.family("proxy_state", "gauge", "Worker state: 1 for the current state, 0 for the others.", [({"state": s}, int(s == state)) for s in states])
 
     listeners = [({"listener": lr.config.name}, lr.stats) for lr in worker.listeners]
-    _stat_families(w, "listener", "Listener", ListenerStats.__slots__, listeners)
+    _stat_families(w, "listener", "Listener", ListenerStats.COUNTERS, listeners)
     clusters = list(worker.clusters.values())
-    _stat_families(w, "cluster", "Cluster", ClusterStats.__slots__, [({"cluster": c.name}, c.stats) for c in clusters])
+    _stat_families(w, "cluster", "Cluster", ClusterStats.COUNTERS, [({"cluster": c.name}, c.stats) for c in clusters])
     hosts = [({"cluster": c.name, "host": str(h.address)}, h.stats) for c in clusters for h in c.hosts]
-    _stat_families(w, "host", "Host", HostStats.__slots__, hosts)
+    _stat_families(w, "host", "Host", HostStats.COUNTERS, hosts)
+    _histograms(w, "listener", ListenerStats.HISTOGRAMS, listeners)
+    _histograms(w, "cluster", ClusterStats.HISTOGRAMS, [({"cluster": c.name}, c.stats) for c in clusters])
     return "\n".join(w.lines) + "\n"
+
+
+_HISTOGRAM_HELP = {
+    "downstream_rq_time": "Downstream HTTP request duration, first byte received to last byte sent.",
+    "upstream_rq_time": "Upstream service time: request sent to response head received.",
+}
+
+
+def _histograms(w: _Writer, prefix: str, names: tuple[str, ...], objects: list[tuple[dict[str, str], Any]]) -> None:
+    """Histograms in seconds (Prometheus base unit); stored in milliseconds."""
+    for stat in names:
+        if not objects:
+            continue
+        name = f"proxy_{prefix}_{stat}_seconds"
+        w.lines.append(f"# HELP {name} {escape_help(_HISTOGRAM_HELP.get(stat, stat))}")
+        w.lines.append(f"# TYPE {name} histogram")
+        for labels, stats in objects:
+            h = getattr(stats, stat)
+            for le, count in h.cumulative():
+                bound = le if le == "+Inf" else repr(float(le) / 1000)
+                w.lines.append(f"{name}_bucket{_labels({**labels, 'le': bound})} {count}")
+            w.lines.append(f"{name}_sum{_labels(labels)} {repr(h.sum / 1000)}")
+            w.lines.append(f"{name}_count{_labels(labels)} {h.count}")

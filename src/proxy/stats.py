@@ -7,18 +7,55 @@ operators recognise them. The admin issue exports these as /stats and /metrics.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 
 class _Stats:
     __slots__: tuple[str, ...] = ()
+    COUNTERS: tuple[str, ...] = ()  # plain ints (counters and gauges)
+    HISTOGRAMS: tuple[str, ...] = ()  # Histogram objects
 
     def snapshot(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
+        for name in self.HISTOGRAMS:
+            h = getattr(self, name)
+            out[f"{name}_count"] = h.count
+            out[f"{name}_sum_ms"] = round(h.sum, 3)
+        return out
+
+
+class Histogram:
+    """Counts of observations (milliseconds) per upper bound, Prometheus-style (cumulative on
+    export). Observing is one bisect over a short list and two adds: cheap per request."""
+
+    __slots__ = ("counts", "sum", "count")
+
+    # Envoy's default histogram buckets, in milliseconds.
+    BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000)
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BUCKETS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, ms: float) -> None:
+        self.counts[bisect_left(self.BUCKETS, ms)] += 1
+        self.sum += ms
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, cumulative count) pairs, ending with +Inf."""
+        out = []
+        total = 0
+        for bound, n in zip((*self.BUCKETS, "+Inf"), self.counts):
+            total += n
+            out.append((bound if isinstance(bound, str) else repr(float(bound)), total))
+        return out
 
 
 class ListenerStats(_Stats):
-    __slots__ = (
+    COUNTERS = (
         "downstream_cx_total",
         "downstream_cx_active",
         "downstream_cx_destroy",
@@ -42,14 +79,17 @@ class ListenerStats(_Stats):
         "downstream_rq_protocol_error",
         "downstream_rq_header_timeout",
     )
+    HISTOGRAMS = ("downstream_rq_time",)  # request duration, first byte in to last byte out
+    __slots__ = COUNTERS + HISTOGRAMS
 
     def __init__(self) -> None:
-        for name in self.__slots__:
+        for name in self.COUNTERS:
             setattr(self, name, 0)
+        self.downstream_rq_time = Histogram()
 
 
 class ClusterStats(_Stats):
-    __slots__ = (
+    COUNTERS = (
         "upstream_cx_total",
         "upstream_cx_active",
         "upstream_cx_connect_fail",
@@ -66,15 +106,19 @@ class ClusterStats(_Stats):
         "upstream_rq_reset",
         "upstream_cx_reused_closed",  # a reused keep-alive connection closed before answering
     )
+    HISTOGRAMS = ("upstream_rq_time",)  # upstream service time: request sent to response head
+    __slots__ = COUNTERS + HISTOGRAMS
 
     def __init__(self) -> None:
-        for name in self.__slots__:
+        for name in self.COUNTERS:
             setattr(self, name, 0)
+        self.upstream_rq_time = Histogram()
 
 
 class HostStats(_Stats):
-    __slots__ = ("cx_total", "cx_active", "cx_connect_fail")
+    COUNTERS = ("cx_total", "cx_active", "cx_connect_fail")
+    __slots__ = COUNTERS
 
     def __init__(self) -> None:
-        for name in self.__slots__:
+        for name in self.COUNTERS:
             setattr(self, name, 0)

@@ -54,19 +54,22 @@ def test_every_stat_is_one_family_with_help_and_type():
     helps = re.findall(r"^# HELP (\S+) \S", text, re.M)
     assert sorted(helps) == sorted(types)  # every family has a non-empty HELP
     for prefix, cls in (("listener", ListenerStats), ("cluster", ClusterStats), ("host", HostStats)):
-        for stat in cls.__slots__:
+        for stat in cls.COUNTERS:
             name = metric_name(prefix, stat)
             assert types[name] == ("gauge" if "_active" in stat else "counter")
+        for stat in cls.HISTOGRAMS:
+            assert types[f"proxy_{prefix}_{stat}_seconds"] == "histogram"
     # counters end in _total, gauges do not
     for name, kind in types.items():
-        assert name.endswith("_total") == (kind == "counter"), name
+        if kind != "histogram":
+            assert name.endswith("_total") == (kind == "counter"), name
     # HELP and TYPE come right before the family's samples, and each family's samples are together
     lines = text.splitlines()
     seen: list[str] = []
     for line in lines:
         if line.startswith("#"):
             continue
-        family = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0)
+        family = re.sub(r"_(bucket|sum|count)$", "", re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
         if not seen or seen[-1] != family:
             assert family not in seen, f"{family} samples are split"
             seen.append(family)
@@ -186,3 +189,18 @@ def test_admin_metrics_config():
     assert issue.path == "admin.metrics"
     issue = one_issue("admin:\n  metrics: unix:/run/metrics.sock\n")
     assert (issue.path, issue.line) == ("admin.metrics", 2) and "host:port" in issue.message
+
+
+def test_request_time_histogram_is_cumulative_in_seconds():
+    worker = _worker()
+    h = worker.listeners[0].stats.downstream_rq_time
+    for ms in (0.2, 3, 3, 40, 7000):
+        h.observe(ms)
+    text = render(worker)
+    name = "proxy_listener_downstream_rq_time_seconds"
+    assert f'{name}_bucket{{listener="web",le="0.0005"}} 1' in text
+    assert f'{name}_bucket{{listener="web",le="0.005"}} 3' in text
+    assert f'{name}_bucket{{listener="web",le="0.05"}} 4' in text
+    assert f'{name}_bucket{{listener="web",le="+Inf"}} 5' in text
+    assert f'{name}_count{{listener="web"}} 5' in text
+    assert f'{name}_sum{{listener="web"}} 7.0462' in text

@@ -353,6 +353,11 @@ class HttpConnectionManager:
             info.bytes_sent = dc.io.bytes_sent - bytes_before[1]
             self._count_status(info.response_code)
             info.finish()
+            stats.downstream_rq_time.observe(info.duration * 1000)
+            if info.upstream_service_time is not None:
+                cluster = self.clusters.get(info.cluster)
+                if cluster is not None:
+                    cluster.stats.upstream_rq_time.observe(info.upstream_service_time * 1000)
             self._log_access(info)
         return keep_alive, tunnel
 
