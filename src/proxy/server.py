@@ -2,6 +2,7 @@
 
     worker root nursery
     ├─ signals task             SIGTERM drain, SIGINT fast stop, SIGUSR1 reopen logs
+    ├─ admin socket, metrics listener, diagnostics watcher, HTTP timeout watchdogs
     ├─ upstream nursery         connection-pool idle sweeper (health checkers later)
     └─ connection nursery       one task per connection (+ a relay's second direction)
        └─ listener nursery      accept loops, cancelled first when draining
@@ -142,6 +143,10 @@ class Worker:
                 root.start_soon(self.admin.serve)
             if self.metrics is not None:
                 root.start_soon(self.metrics.serve)
+            if self.config.diagnostics is not None:
+                from proxy.diagnostics import Watcher
+
+                root.start_soon(Watcher(self.config.diagnostics, self).run)
             async with trio.open_nursery() as connection_nursery:
                 async with trio.open_nursery() as listener_nursery:
                     for lr in self.listeners:

@@ -7,6 +7,7 @@ anyone else gets a 403 and the connection closed. The server runs in the worker'
 a failing admin connection is logged and never takes the worker down.
 
 Endpoints: GET /status /listeners /clusters /stats[?filter=S] /metrics (Prometheus text) /config /tasks,
+GET /debug/profile[?seconds=N] (sampling profile, collapsed stacks; 409 while another runs),
 PUT /log_level, POST /drain, POST /clusters/{name}/hosts/{addr}/(enable|disable).
 """
 
@@ -40,7 +41,7 @@ MAX_BODY = 1024 * 1024
 IDLE_TIMEOUT = 60.0
 TASK_CHILD_LIMIT = 50
 
-_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error"}
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 500: "Internal Server Error"}
 
 
 class TextBody:
@@ -257,10 +258,35 @@ class AdminServer:
             body, buf = buf[:length], buf[length:]
             connection = headers.get("connection", "").lower()
             keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-            status, payload, allow = self._dispatch(method, target, body)
+            status, payload, allow = await self._dispatch_async(method, target, body)
             await stream.send_all(_response(status, payload, keep_alive=keep_alive, allow=allow))
             if not keep_alive:
                 return
+
+    async def _dispatch_async(self, method: str, target: str, body: bytes) -> tuple[int, Any, str | None]:
+        """The async endpoints (GET /debug/profile), then everything else via `_dispatch`."""
+        url = urlsplit(target)
+        if (url.path.rstrip("/") or "/") != "/debug/profile":
+            return self._dispatch(method, target, body)
+        if method != "GET":
+            return 405, {"error": f"{method} not allowed on /debug/profile"}, "GET"
+        from proxy import diagnostics
+
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        try:
+            seconds = float(query.get("seconds", "5"))
+            if not 0 < seconds <= diagnostics.MAX_PROFILE_SECONDS:
+                raise ValueError
+        except ValueError:
+            return 400, {"error": f"seconds must be a number in (0, {diagnostics.MAX_PROFILE_SECONDS:g}]"}, None
+        try:
+            text = await diagnostics.profile(seconds)
+        except diagnostics.ProfileBusy:
+            return 409, {"error": "a profile is already running"}, None
+        except Exception as exc:  # noqa: BLE001
+            log.error("admin.handler_error", exc_info=exc, method=method, target=target)
+            return 500, {"error": f"internal error: {exc}"}, None
+        return 200, TextBody("text/plain; charset=utf-8", text.encode()), None
 
     def _dispatch(self, method: str, target: str, body: bytes) -> tuple[int, Any, str | None]:
         try:

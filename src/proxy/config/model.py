@@ -101,6 +101,20 @@ class Runtime(_Model):
     drain_timeout: Duration = Duration(30.0)
 
 
+class Diagnostics(_Model):
+    # Holmes-like watcher (proxy.diagnostics): when a metric reaches its threshold, a dump file
+    # `<directory>/<utc-timestamp>-<metric>.txt` is written (at most one per metric per cooldown).
+    directory: str = "/var/tmp/proxy-diag"
+    interval: Duration = Duration(1.0)
+    cooldown: Duration = Duration(60.0)
+    cpu_percent: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    rss_mb: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    connections: PositiveInt | None = None
+    tasks: PositiveInt | None = None
+    # seconds of sampling profile in each dump (0: none)
+    profile_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 2.0
+
+
 class Logging(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -113,6 +127,7 @@ class Config(_Model):
     listeners: list[Listener] = []
     clusters: list[Cluster] = []
     routes: dict[Name, RouteTable] = {}
+    diagnostics: Diagnostics | None = None
 
     def cluster(self, name: str) -> Cluster:
         for cluster in self.clusters:
