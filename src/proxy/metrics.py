@@ -150,6 +150,12 @@ def render(worker: Any, now: float | None = None) -> str:
     _stat_families(w, "cluster", "Cluster", ClusterStats.COUNTERS, [({"cluster": c.name}, c.stats) for c in clusters])
     hosts = [({"cluster": c.name, "host": str(h.address)}, h.stats) for c in clusters for h in c.hosts]
     _stat_families(w, "host", "Host", HostStats.COUNTERS, hosts)
+    w.family(
+        "proxy_listener_downstream_rq_code_total",
+        "counter",
+        "Downstream HTTP responses by status code.",
+        [({**labels, "code": str(code)}, n) for labels, stats in listeners for code, n in sorted(stats.downstream_rq_code.items())],
+    )
     _histograms(w, "listener", ListenerStats.HISTOGRAMS, listeners)
     _histograms(w, "cluster", ClusterStats.HISTOGRAMS, [({"cluster": c.name}, c.stats) for c in clusters])
     return "\n".join(w.lines) + "\n"

@@ -22,6 +22,8 @@ class _Stats:
             h = getattr(self, name)
             out[f"{name}_count"] = h.count
             out[f"{name}_sum_ms"] = round(h.sum, 3)
+        for code, n in sorted(getattr(self, "downstream_rq_code", {}).items()):
+            out[f"downstream_rq_code.{code}"] = n
         return out
 
 
@@ -80,12 +82,13 @@ class ListenerStats(_Stats):
         "downstream_rq_header_timeout",
     )
     HISTOGRAMS = ("downstream_rq_time",)  # request duration, first byte in to last byte out
-    __slots__ = COUNTERS + HISTOGRAMS
+    __slots__ = COUNTERS + HISTOGRAMS + ("downstream_rq_code",)
 
     def __init__(self) -> None:
         for name in self.COUNTERS:
             setattr(self, name, 0)
         self.downstream_rq_time = Histogram()
+        self.downstream_rq_code: dict[int, int] = {}  # responses by status code
 
 
 class ClusterStats(_Stats):

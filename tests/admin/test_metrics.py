@@ -204,3 +204,12 @@ def test_request_time_histogram_is_cumulative_in_seconds():
     assert f'{name}_bucket{{listener="web",le="+Inf"}} 5' in text
     assert f'{name}_count{{listener="web"}} 5' in text
     assert f'{name}_sum{{listener="web"}} 7.0462' in text
+
+
+def test_responses_by_status_code():
+    worker = _worker()
+    worker.listeners[0].stats.downstream_rq_code.update({200: 7, 503: 2})
+    text = render(worker)
+    assert 'proxy_listener_downstream_rq_code_total{listener="web",code="200"} 7' in text
+    assert 'proxy_listener_downstream_rq_code_total{listener="web",code="503"} 2' in text
+    assert worker.listeners[0].stats.snapshot()["downstream_rq_code.503"] == 2

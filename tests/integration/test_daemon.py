@@ -288,3 +288,58 @@ async def test_sd_notify_in_daemon_mode_names_the_main_pid(nursery, tmp_path, da
         stop = await launch("stop", "--pid-file", str(pid_file), cwd=tmp_path)
         assert stop.returncode == 0, stop.stderr
         assert await _receive(sock) == "STOPPING=1"
+
+
+async def test_every_ctl_command_against_a_running_daemon(nursery, tmp_path, daemons):
+    """The admin issue's contract end to end: `proxy run --daemon`, then `proxy ctl` for every
+    command, then `proxy stop`; the pid file and the admin socket are gone afterwards."""
+    import json
+
+    up_a = await start_server(nursery, echo_handler)
+    up_b = await start_server(nursery, echo_handler)
+    config = tcp_config([up_a, up_b])
+    sock = tmp_path / "admin.sock"
+    config["admin"] = {"socket": str(sock)}
+    write_config(tmp_path / "proxy.yaml", config)
+    pid_file, log_file = tmp_path / "p.pid", tmp_path / "l.log"
+    daemons.append(pid_file)
+    started = await launch("run", "--daemon", "-c", "proxy.yaml", "--pid-file", str(pid_file), "--log-file", str(log_file), cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    address = listener_address(log_file)
+
+    async def ctl(*args: str, json_out: bool = True) -> Launch:
+        result = await launch("ctl", "--socket", str(sock), *(["--json"] if json_out else []), *args, cwd=tmp_path)
+        assert result.returncode == 0, (args, result.stderr)
+        return result
+
+    for _ in range(3):
+        assert await echo_roundtrip(address) == b"hello daemon"
+    status = json.loads((await ctl("status")).stdout)
+    assert status["pid"] == _read_pid(pid_file) and status["state"] == "serving"
+    stats = json.loads((await ctl("stats", "downstream_cx_total")).stdout)
+    assert stats["listener.tcp.downstream_cx_total"] == 3  # what the client actually sent
+    listeners = json.loads((await ctl("listeners")).stdout)
+    assert listeners[0]["name"] == "tcp" and listeners[0]["address"] == f"{address[0]}:{address[1]}"
+    clusters = json.loads((await ctl("clusters")).stdout)
+    assert {h["address"] for h in clusters[0]["hosts"]} == {up_a, up_b}
+    assert json.loads((await ctl("config")).stdout)["listeners"][0]["name"] == "tcp"
+    assert "tcp" in (await ctl("listeners", json_out=False)).stdout  # the human table too
+    await ctl("host", "disable", "up", up_a)
+    before = json.loads((await ctl("clusters")).stdout)[0]["hosts"]
+    for _ in range(4):
+        assert await echo_roundtrip(address) == b"hello daemon"
+    after = json.loads((await ctl("clusters")).stdout)[0]["hosts"]
+    totals = {h["address"]: h["stats"]["cx_total"] for h in after}
+    first = {h["address"]: h["stats"]["cx_total"] for h in before}
+    assert totals[up_a] == first[up_a] and totals[up_b] == first[up_b] + 4
+    await ctl("host", "enable", "up", up_a)
+    await ctl("log-level", "debug")
+    assert await echo_roundtrip(address) == b"hello daemon"
+    await wait_for(lambda: "level=debug" in log_file.read_text())
+    assert "children" in (await ctl("tasks")).stdout
+    await ctl("drain")
+    pid = _read_pid(pid_file)
+    await wait_for(lambda: pid is None or not _alive(pid), timeout=10)
+    assert not pid_file.exists() and not sock.exists()
+    gone = await launch("ctl", "--socket", str(sock), "status", cwd=tmp_path)
+    assert gone.returncode != 0 and "not running" in gone.stderr

@@ -882,6 +882,8 @@ class HttpConnectionManager:
 
     def _count_status(self, status: int) -> None:
         stats = self.stats
+        codes = stats.downstream_rq_code
+        codes[status] = codes.get(status, 0) + 1
         klass = status // 100
         if klass == 2:
             stats.downstream_rq_2xx += 1
