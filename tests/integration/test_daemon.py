@@ -337,6 +337,9 @@ async def test_every_ctl_command_against_a_running_daemon(nursery, tmp_path, dae
     assert await echo_roundtrip(address) == b"hello daemon"
     await wait_for(lambda: "level=debug" in log_file.read_text())
     assert "children" in (await ctl("tasks")).stdout
+    assert 'proxy_listener_downstream_cx_total{listener="tcp"}' in (await ctl("metrics", json_out=False)).stdout
+    profile = (await ctl("profile", "0.5", json_out=False)).stdout
+    assert "trio/" in profile and profile.splitlines()[0].rsplit(" ", 1)[1].isdigit()
     await ctl("drain")
     pid = _read_pid(pid_file)
     await wait_for(lambda: pid is None or not _alive(pid), timeout=10)

@@ -74,12 +74,18 @@ def _parse_response(raw: bytes, path: str) -> tuple[int, Any]:
     except (IndexError, ValueError):
         raise CtlError(f"bad answer from {path}: {lines[0]!r}") from None
     length = None
+    content_type = ""
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
+        lname = name.strip().lower()
+        if lname == "content-length":
             length = int(value.strip())
+        elif lname == "content-type":
+            content_type = value.strip().lower()
     if length is not None:
         body = body[:length]
+    if content_type.startswith("text/"):
+        return status, body.decode("utf-8", "replace")  # /metrics, /debug/profile
     try:
         return status, json.loads(body) if body.strip() else None
     except ValueError:
@@ -109,6 +115,9 @@ def add_parser(sub: Any) -> None:
     host.add_argument("cluster")
     host.add_argument("address")
     cmds.add_parser("tasks", help="the live trio task tree")
+    cmds.add_parser("metrics", help="the Prometheus metrics text")
+    profile = cmds.add_parser("profile", help="sample the worker for SECONDS; print collapsed stacks (flamegraph input)")
+    profile.add_argument("seconds", nargs="?", type=float, default=5.0)
 
 
 def socket_path(args: argparse.Namespace) -> str:
@@ -137,6 +146,10 @@ def main(args: argparse.Namespace) -> int:
             result = request(path, "GET", target)
         elif cmd in ("listeners", "clusters", "config", "tasks"):
             result = request(path, "GET", f"/{cmd}")
+        elif cmd == "metrics":
+            result = request(path, "GET", "/metrics")
+        elif cmd == "profile":
+            result = request(path, "GET", f"/debug/profile?seconds={args.seconds:g}", timeout=args.seconds + TIMEOUT)
         elif cmd == "log-level":
             result = request(path, "PUT", "/log_level", {"level": args.level})
         elif cmd == "drain":
@@ -149,7 +162,9 @@ def main(args: argparse.Namespace) -> int:
     except CtlError as exc:
         print(f"proxy: {exc}", file=sys.stderr)
         return 1
-    if args.json:
+    if isinstance(result, str):
+        print(result, end="" if result.endswith("\n") else "\n")  # text endpoints print as they are
+    elif args.json:
         print(json.dumps(result, indent=2))
     else:
         print(render(cmd, result))
