@@ -142,3 +142,30 @@ def test_semantic_checks_in_json() -> None:
         ("admin.socket", None, "admin socket must be an absolute path, got 'a.sock'"),
         ("listeners[0]", None, "a tcp listener needs a 'cluster'"),
     ]
+
+
+def test_variable_matchers_are_checked():
+    from proxy.config import ConfigError, load_text
+
+    text = """
+listeners: [{name: h, address: 127.0.0.1:0, protocol: http1, route: main}]
+clusters: [{name: c, hosts: [{address: 127.0.0.1:1}]}]
+routes:
+  main:
+    virtual_hosts:
+      - name: a
+        domains: ["*"]
+        routes:
+          - match: {prefix: /, variables: [{variable: "%no_such_thing%", exact: x}, {variable: "%method%"}]}
+            cluster: c
+"""
+    try:
+        load_text(text, filename="x.yaml")
+    except ConfigError as exc:
+        found = {(i.path, i.line) for i in exc.issues}
+        messages = " ".join(i.message for i in exc.issues)
+    else:
+        raise AssertionError("accepted a bad variable matcher")
+    assert ("routes.main.virtual_hosts[0].routes[0].match.variables[0].variable", 10) in found
+    assert ("routes.main.virtual_hosts[0].routes[0].match.variables[1]", 10) in found
+    assert "unknown variable %no_such_thing%" in messages and "a variable matcher needs one of" in messages

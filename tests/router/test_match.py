@@ -149,3 +149,45 @@ def test_match_result_names_route_and_virtual_host() -> None:
     m = t.match(b"GET", b"h", b"/x", b"", [])
     assert m is not None and m.route.name == "r0"
     assert t.match(b"GET", b"h", b"/x", b"", []) is m  # prebuilt: no allocation per request
+
+
+def test_variable_matchers_render_per_request_and_need_info():
+    from types import SimpleNamespace
+
+    from proxy.config.values import decode_hook
+    import msgspec
+    from proxy.config.routes import RouteTable
+    from proxy.router.route_table import CompiledRouteTable
+
+    table = CompiledRouteTable(
+        msgspec.convert(
+            {
+                "virtual_hosts": [
+                    {
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [
+                            {"match": {"prefix": "/", "variables": [{"variable": "%downstream_remote_ip%", "prefix": "10."}]}, "cluster": "internal"},
+                            {"match": {"prefix": "/", "variables": [{"variable": "%request_header(x-user)%", "present": True, "invert": True}]}, "cluster": "anonymous"},
+                            {"match": {"prefix": "/"}, "cluster": "users"},
+                        ],
+                    }
+                ]
+            },
+            RouteTable,
+            dec_hook=decode_hook,
+        )
+    )
+    head = SimpleNamespace(method=b"GET", target=b"/", http_version=b"1.1", headers=[(b"x-user", b"ann")])
+
+    def info(ip, headers):
+        return SimpleNamespace(request=SimpleNamespace(**{**vars(head), "headers": headers}), downstream_remote_address=f"{ip}:5000")
+
+    def cluster(ip, headers, with_info=True):
+        m = table.match(b"GET", b"h", b"/", b"", headers, info(ip, headers) if with_info else None)
+        return m.route.cluster
+
+    assert cluster("10.1.2.3", [(b"x-user", b"ann")]) == "internal"
+    assert cluster("192.168.1.1", []) == "anonymous"
+    assert cluster("192.168.1.1", [(b"x-user", b"ann")]) == "users"
+    assert cluster("10.1.2.3", [(b"x-user", b"ann")], with_info=False) == "users"  # no info: never matches

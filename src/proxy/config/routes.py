@@ -76,6 +76,21 @@ class QueryParameterMatcher(_Model):
     present: bool | None = None
 
 
+class VariableMatcher(_Model):
+    """MOSN's variable matcher: `variable` is a template of %variables% (e.g.
+    "%downstream_remote_ip%" or "%request_header(x-user)%-%method%"), rendered per request and
+    matched like a header: exactly one of exact | prefix | suffix | regex | present; `invert`
+    negates. An empty rendering counts as absent."""
+
+    variable: Annotated[str, msgspec.Meta(min_length=1)]
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+    invert: bool = False
+
+
 class Match(_Model):
     """Exactly one of prefix | path (exact) | regex (a full match on the path, without the
     query); every header, query parameter and method condition must hold too."""
@@ -86,6 +101,7 @@ class Match(_Model):
     case_sensitive: bool = True
     headers: list[HeaderMatcher] = []
     query_parameters: list[QueryParameterMatcher] = []
+    variables: list[VariableMatcher] = []
     methods: Annotated[list[Method], msgspec.Meta(min_length=1)] | None = None
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from proxy.config.errors import Issues, PathTuple, format_path
-from proxy.config.routes import Domain, HeaderMatcher, Match, QueryParameterMatcher, Redirect, Route, parse_domain
+from proxy.config.routes import Domain, HeaderMatcher, Match, QueryParameterMatcher, Redirect, Route, VariableMatcher, parse_domain
 from proxy.config.values import Duration
 from proxy.variables import compile_template
 
@@ -34,8 +34,8 @@ def _keys(struct: type[msgspec.Struct]) -> frozenset[str]:
     return frozenset(field.encode_name for field in msgspec.structs.fields(struct))
 
 
-_ROUTE_KEYS, _MATCH_KEYS, _HEADER_KEYS, _QUERY_KEYS, _REDIRECT_KEYS = (
-    _keys(s) for s in (Route, Match, HeaderMatcher, QueryParameterMatcher, Redirect)
+_ROUTE_KEYS, _MATCH_KEYS, _HEADER_KEYS, _QUERY_KEYS, _REDIRECT_KEYS, _VARIABLE_KEYS = (
+    _keys(s) for s in (Route, Match, HeaderMatcher, QueryParameterMatcher, Redirect, VariableMatcher)
 )
 
 
@@ -211,6 +211,14 @@ def _match(base: PathTuple, match: dict[str, Any], issues: Issues) -> None:
         _condition(base + ("headers", index), header, HEADER_MATCHERS, _HEADER_KEYS, "a header matcher", issues)
     for index, param in _items(match.get("query_parameters")):
         _condition(base + ("query_parameters", index), param, QUERY_MATCHERS, _QUERY_KEYS, "a query parameter matcher", issues)
+    for index, var in _items(match.get("variables")):
+        _condition(base + ("variables", index), var, HEADER_MATCHERS, _VARIABLE_KEYS, "a variable matcher", issues)
+        template = var.get("variable")
+        if isinstance(template, str):
+            try:
+                compile_template(template)
+            except ValueError as exc:
+                issues.add(base + ("variables", index, "variable"), str(exc))
 
 
 def _condition(base: PathTuple, value: dict[str, Any], keys: tuple[str, ...], known: frozenset[str], what: str, issues: Issues) -> None:

@@ -379,7 +379,7 @@ class HttpConnectionManager:
         reply = await self.chain.run_request(stream) if self.chain.request else None
         match = None
         if reply is None:
-            match = self.routes.match(head.method, host, path, query, head.headers)
+            match = self.routes.match(head.method, host, path, query, head.headers, info)
             if match is None:
                 reply = LocalReply(404, b"no route", flag=flags.NO_ROUTE)
             else:

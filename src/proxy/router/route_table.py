@@ -181,8 +181,10 @@ class _Condition:
         return ok != self.invert
 
 
-def _header_condition(m: HeaderMatcher) -> _Condition:
-    name = m.name.lower().encode("ascii")
+def _header_condition(m: Any, name: bytes | None = None) -> _Condition:
+    """A HeaderMatcher's condition (or a VariableMatcher's, keyed by `name`)."""
+    if name is None:
+        name = m.name.lower().encode("ascii")
     if m.exact is not None:
         return _Condition(name, _EXACT, m.exact.encode(), None, m.invert)
     if m.prefix is not None:
@@ -202,6 +204,16 @@ def _query_condition(m: QueryParameterMatcher) -> _Condition:
     if m.regex is not None:
         return _Condition(name, _REGEX, None, re.compile(m.regex.encode()), False)
     return _Condition(name, _PRESENT, m.present is not False, None, False)
+
+
+def _variables_hold(conditions: tuple[tuple[Template, _Condition], ...], info: Any) -> bool:
+    if info is None:
+        return False
+    for template, condition in conditions:
+        value = template.render_bytes(info, missing="")
+        if not condition.test({condition.name: value} if value else {}):
+            return False
+    return True
 
 
 def _all_hold(conditions: tuple[_Condition, ...], values: dict[bytes, bytes]) -> bool:
@@ -266,6 +278,7 @@ class CompiledRoute:
         "methods",
         "header_conditions",
         "query_conditions",
+        "variable_conditions",
         "action",
         "cluster",
         "weighted_clusters",
@@ -302,6 +315,10 @@ class CompiledRoute:
         self.methods = None if m.methods is None else frozenset(method.encode("ascii") for method in m.methods)
         self.header_conditions = tuple(_header_condition(h) for h in m.headers)
         self.query_conditions = tuple(_query_condition(q) for q in m.query_parameters)
+        # (template, condition keyed b"0", b"1", ...): rendered per request, only for routes that have them
+        self.variable_conditions = tuple(
+            (compile_template(v.variable), _header_condition(v, name=str(i).encode())) for i, v in enumerate(m.variables)
+        )
 
         self.cluster: str | None = config.cluster
         self.weighted_clusters: WeightedClusters | None = None
@@ -472,9 +489,10 @@ class CompiledRouteTable:
                     return vhost
         return self._default
 
-    def match(self, method: bytes, host: bytes, path: bytes, query: bytes, headers: Headers) -> RouteMatch | None:
+    def match(self, method: bytes, host: bytes, path: bytes, query: bytes, headers: Headers, info: Any = None) -> RouteMatch | None:
         """The first route (in config order) of the request's virtual host that matches, or
-        None. `path` is without the query; `query` is what follows '?' (b"" if none)."""
+        None. `path` is without the query; `query` is what follows '?' (b"" if none). `info`
+        (the request's StreamInfo) feeds variable matchers; without it they never match."""
         vhost = self.select_virtual_host(host)
         if vhost is None:
             return None
@@ -515,6 +533,8 @@ class CompiledRouteTable:
                     query_values = _query_map(query)
                 if not _all_hold(route.query_conditions, query_values):
                     continue
+            if route.variable_conditions and not _variables_hold(route.variable_conditions, info):
+                continue
             return route.result
         return None
 
