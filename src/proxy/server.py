@@ -140,9 +140,9 @@ class Worker:
             root.start_soon(self._handle_signals)
             root.start_soon(self.pools.run_sweeper)
             if self.admin is not None:
-                root.start_soon(self.admin.serve)
+                root.start_soon(self.admin.serve, name="AdminServer.serve")
             if self.metrics is not None:
-                root.start_soon(self.metrics.serve)
+                root.start_soon(self.metrics.serve, name="MetricsServer.serve")
             if self.config.diagnostics is not None:
                 from proxy.diagnostics import Watcher
 

@@ -20,9 +20,9 @@ import trio
 
 from proxy import metrics
 from proxy.config.values import Address
+from proxy.admin._socket_server import SocketServer
 from proxy.log import get_logger
-from proxy.network.listener import accept_loop, bind, bound_address, close_listener
-from proxy.stats import ListenerStats
+from proxy.network.listener import bind, bound_address
 
 log = get_logger("admin")
 
@@ -68,7 +68,9 @@ def handle(worker: Any, head: bytes) -> bytes:
     return response(404, b"not found\n", head_only=head_only)
 
 
-class MetricsServer:
+class MetricsServer(SocketServer):
+    name = "metrics"
+
     def __init__(self, worker: Any, address: Address) -> None:
         self.worker = worker
         self.config_address = address
@@ -80,25 +82,8 @@ class MetricsServer:
         self.sock = bind(self.config_address, 128)
         self.address = bound_address(self.sock)
 
-    def close(self) -> None:
-        if self.sock is not None:
-            close_listener(self.sock)
-
-    async def serve(self) -> None:
-        if self.sock is None:
-            self.bind()
-        assert self.sock is not None
-        sock = self.sock
-        log.info("metrics.started", address=self.address)
-        try:
-            async with trio.open_nursery() as nursery:
-                # The same batched accept loop as traffic listeners; connections in this nursery.
-                await accept_loop("metrics", sock, self._accepted, nursery, ListenerStats())
-        finally:
-            self.close()
-
-    async def _accepted(self, conn: socket.socket, peer: Any) -> None:
-        await self._connection(conn)
+    def started_fields(self) -> dict[str, Any]:
+        return {"address": self.address}
 
     async def _connection(self, conn: socket.socket) -> None:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))

@@ -30,9 +30,9 @@ import proxy
 from proxy import log as proxy_log
 from proxy import metrics as proxy_metrics
 from proxy.config.values import Address, Duration
+from proxy.admin._socket_server import SocketServer
 from proxy.log import get_logger
-from proxy.network.listener import accept_loop, bind, close_listener
-from proxy.stats import ListenerStats
+from proxy.network.listener import bind
 
 log = get_logger("admin")
 
@@ -156,7 +156,9 @@ def peer_uid(sock: socket.socket) -> int:
 # ---------------------------------------------------------------- the server
 
 
-class AdminServer:
+class AdminServer(SocketServer):
+    name = "admin"
+
     def __init__(self, worker: Any, path: str, allowed_uids: Iterable[int] = ()) -> None:
         self.worker = worker
         self.path = path
@@ -173,25 +175,8 @@ class AdminServer:
             os.umask(old)
         os.chmod(self.path, 0o600)
 
-    def close(self) -> None:
-        if self.sock is not None:
-            close_listener(self.sock)
-
-    async def serve(self) -> None:
-        if self.sock is None:
-            self.bind()
-        assert self.sock is not None
-        sock = self.sock
-        log.info("admin.started", socket=self.path)
-        try:
-            async with trio.open_nursery() as nursery:
-                # The same batched accept loop as traffic listeners; connections in this nursery.
-                await accept_loop("admin", sock, self._accepted, nursery, ListenerStats())
-        finally:
-            self.close()
-
-    async def _accepted(self, conn: socket.socket, peer: Any) -> None:
-        await self._connection(conn)
+    def started_fields(self) -> dict[str, Any]:
+        return {"socket": self.path}
 
     async def _connection(self, conn: socket.socket) -> None:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
