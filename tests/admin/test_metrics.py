@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +16,7 @@ from proxy.metrics import CONTENT_TYPE, escape_help, escape_label_value, is_gaug
 from proxy.stats import ClusterStats, HostStats, ListenerStats
 from proxy.upstream.cluster import Cluster
 from tests.config.helpers import one_issue
+from tests.integration.harness import promtool_check
 
 CONFIG = """\
 listeners:
@@ -118,19 +116,10 @@ def test_families_without_samples_are_left_out():
     assert set(types) == {"proxy_info", "proxy_uptime_seconds", "proxy_state"}
 
 
-def _promtool(text: str) -> subprocess.CompletedProcess[str]:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):  # CI installs it: a missing promtool is a failure there
-            pytest.fail("promtool not installed")
-        pytest.skip("promtool not installed (scripts/setup installs Debian's prometheus)")
-    return subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
-
-
 def test_promtool_accepts_the_output():
     worker = _worker(("web", 'odd "name"'))
     worker.listeners[0].stats.downstream_rx_bytes_total = 12345
-    result = _promtool(render(worker))
+    result = promtool_check(render(worker))
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (result.stdout, result.stderr)
 
 

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -169,6 +170,29 @@ async def connect(address: tuple[str, int] | str) -> trio.SocketStream:
     if isinstance(address, str):
         return await trio.open_unix_socket(address)
     return await trio.open_tcp_stream(*address)
+
+
+async def echo_round_trip(address: tuple[str, int] | str, message: bytes = b"hello") -> bytes:
+    """Send `message` through the proxy to an echo upstream, half-close, return what came back."""
+    stream = await connect(address)
+    async with stream:
+        await stream.send_all(message)
+        await stream.send_eof()
+        return await read_all(stream)
+
+
+def promtool_check(text: bytes | str) -> subprocess.CompletedProcess[bytes]:
+    """`promtool check metrics` on `text`; skipped where promtool is missing, but not in CI
+    (scripts/setup installs Debian's prometheus there)."""
+    import pytest
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool not installed")
+        pytest.skip("promtool not installed (scripts/setup installs Debian's prometheus)")
+    data = text.encode() if isinstance(text, str) else text
+    return subprocess.run([promtool, "check", "metrics"], input=data, capture_output=True, timeout=30)
 
 
 async def read_all(stream: trio.abc.ReceiveStream, limit: float = 10.0) -> bytes:

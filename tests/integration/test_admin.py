@@ -16,7 +16,7 @@ import tempfile
 import pytest
 import trio
 
-from tests.integration.harness import connect, echo_handler, read_all, running_proxy, start_server, tcp_config
+from tests.integration.harness import connect, echo_handler, echo_round_trip, running_proxy, start_server, tcp_config
 
 @pytest.fixture
 def public_dir():
@@ -52,14 +52,6 @@ async def ctl_json(sock: str, *args: str) -> object:
     return json.loads((await ctl(sock, "--json", *args)).stdout)
 
 
-async def _round_trip(address: tuple[str, int] | str, message: bytes = b"hello") -> None:
-    stream = await connect(address)
-    async with stream:
-        await stream.send_all(message)
-        await stream.send_eof()
-        assert await read_all(stream) == message
-
-
 async def _wait_for(predicate, timeout: float = 5.0) -> None:
     with trio.fail_after(timeout):
         while not await predicate():
@@ -82,7 +74,7 @@ async def test_every_ctl_command(nursery, tmp_path):
         assert f"pid: {proxy.pid}" in human and "state: serving" in human
 
         for _ in range(3):
-            await _round_trip(proxy.address("tcp"))
+            assert await echo_round_trip(proxy.address("tcp")) == b"hello"
 
         # stats, with and without a pattern
         async def three_done() -> bool:
@@ -124,7 +116,7 @@ async def test_every_ctl_command(nursery, tmp_path):
         out = (await ctl(sock, "host", "disable", "up", a)).stdout
         assert "disabled" in out
         for _ in range(4):
-            await _round_trip(proxy.address("tcp"))
+            assert await echo_round_trip(proxy.address("tcp")) == b"hello"
         after = await ctl_json(sock, "stats", "host.")
         assert after[f"cluster.up.host.{a}.cx_total"] == before[f"cluster.up.host.{a}.cx_total"]
         assert after[f"cluster.up.host.{b}.cx_total"] == before[f"cluster.up.host.{b}.cx_total"] + 4
@@ -152,7 +144,7 @@ async def test_every_ctl_command(nursery, tmp_path):
 
         # log-level: debug lines appear
         assert "debug" in (await ctl(sock, "log-level", "debug")).stdout
-        await _round_trip(proxy.address("tcp"))
+        assert await echo_round_trip(proxy.address("tcp")) == b"hello"
         await _wait_for(_async(lambda: "level=debug" in proxy.log()))
         await ctl(sock, "log-level", "info")
 
@@ -160,7 +152,7 @@ async def test_every_ctl_command(nursery, tmp_path):
         assert "draining" in (await ctl(sock, "drain")).stdout
         assert await proxy.wait(10) == 0
         try:
-            await _round_trip(proxy.address("tcp"))
+            assert await echo_round_trip(proxy.address("tcp")) == b"hello"
         except OSError:
             pass
         else:
@@ -238,7 +230,7 @@ async def test_other_uid_is_refused_by_the_peer_uid_check(nursery, tmp_path, pub
         await _wait_for(_async(lambda: "event=admin.refused uid=65534" in proxy.log()))
         # the worker is unharmed
         assert (await ctl_json(sock, "status"))["state"] == "serving"
-        await _round_trip(proxy.address("tcp"))
+        assert await echo_round_trip(proxy.address("tcp")) == b"hello"
 
 
 async def test_allowed_uids_lets_another_uid_in(nursery, tmp_path, public_dir):

@@ -19,7 +19,7 @@ import trio
 import yaml
 
 from proxy.cli import _alive
-from tests.integration.harness import _STARTED, echo_handler, start_server, tcp_config
+from tests.integration.harness import _STARTED, echo_handler, echo_round_trip, start_server, tcp_config
 
 SERVING = re.compile(r"proxy: serving \(pid (\d+)\)")
 
@@ -107,18 +107,6 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:
             await trio.sleep(0.02)
 
 
-async def echo_roundtrip(address: tuple[str, int], payload: bytes = b"hello daemon") -> bytes:
-    stream = await trio.open_tcp_stream(*address)
-    async with stream:
-        await stream.send_all(payload)
-        await stream.send_eof()
-        got = b""
-        with trio.fail_after(5):
-            async for data in stream:
-                got += data
-    return got
-
-
 async def test_daemon_serves_when_it_returns_refuses_a_second_and_stops(nursery, tmp_path, daemons):
     upstream = await start_server(nursery, echo_handler)
     write_config(tmp_path / "proxy.yaml", tcp_config([upstream]))
@@ -129,7 +117,7 @@ async def test_daemon_serves_when_it_returns_refuses_a_second_and_stops(nursery,
     first = await launch("run", "--daemon", "-c", "proxy.yaml", "--pid-file", "run/p.pid", "--log-file", "log/l.log", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     # serving already: the listener accepts and relays right after the launcher returns
-    assert await echo_roundtrip(listener_address(log_file)) == b"hello daemon"
+    assert await echo_round_trip(listener_address(log_file), b"hello daemon") == b"hello daemon"
     pid = _read_pid(pid_file)
     assert pid is not None and _alive(pid)
     assert pid != first.launcher_pid
@@ -142,7 +130,7 @@ async def test_daemon_serves_when_it_returns_refuses_a_second_and_stops(nursery,
     assert second.returncode == 1
     assert f"already running (pid {pid})" in second.stderr
     assert _read_pid(pid_file) == pid and _alive(pid)  # the running daemon is untouched
-    assert await echo_roundtrip(listener_address(log_file), b"still") == b"still"
+    assert await echo_round_trip(listener_address(log_file), b"still") == b"still"
 
     stop = await launch("stop", "--pid-file", str(pid_file), cwd=tmp_path)
     assert stop.returncode == 0, stop.stderr
@@ -219,7 +207,7 @@ async def test_sigusr1_reopens_the_daemon_log_file(nursery, tmp_path, daemons):
     log_file.rename(rotated)
     os.kill(pid, signal.SIGUSR1)
     await wait_for(lambda: log_file.exists() and "action=reopen_logs" in log_file.read_text())
-    assert await echo_roundtrip(address) == b"hello daemon"
+    assert await echo_round_trip(address, b"hello daemon") == b"hello daemon"
     os.kill(pid, signal.SIGTERM)
     await wait_for(lambda: not _alive(pid))
     new, old = log_file.read_text(), rotated.read_text()
@@ -259,7 +247,7 @@ async def test_sd_notify_ready_and_stopping_in_the_foreground(nursery, tmp_path,
         try:
             assert await _receive(sock) == "READY=1"
             assert "event=ready" in log_file.read_text()  # sent only once serving
-            assert await echo_roundtrip(listener_address(log_file)) == b"hello daemon"
+            assert await echo_round_trip(listener_address(log_file), b"hello daemon") == b"hello daemon"
             proc.send_signal(signal.SIGTERM)
             assert await _receive(sock) == "STOPPING=1"
             await wait_for(lambda: proc.poll() is not None)
@@ -313,7 +301,7 @@ async def test_every_ctl_command_against_a_running_daemon(nursery, tmp_path, dae
         return result
 
     for _ in range(3):
-        assert await echo_roundtrip(address) == b"hello daemon"
+        assert await echo_round_trip(address, b"hello daemon") == b"hello daemon"
     status = json.loads((await ctl("status")).stdout)
     assert status["pid"] == _read_pid(pid_file) and status["state"] == "serving"
     stats = json.loads((await ctl("stats", "downstream_cx_total")).stdout)
@@ -327,14 +315,14 @@ async def test_every_ctl_command_against_a_running_daemon(nursery, tmp_path, dae
     await ctl("host", "disable", "up", up_a)
     before = json.loads((await ctl("clusters")).stdout)[0]["hosts"]
     for _ in range(4):
-        assert await echo_roundtrip(address) == b"hello daemon"
+        assert await echo_round_trip(address, b"hello daemon") == b"hello daemon"
     after = json.loads((await ctl("clusters")).stdout)[0]["hosts"]
     totals = {h["address"]: h["stats"]["cx_total"] for h in after}
     first = {h["address"]: h["stats"]["cx_total"] for h in before}
     assert totals[up_a] == first[up_a] and totals[up_b] == first[up_b] + 4
     await ctl("host", "enable", "up", up_a)
     await ctl("log-level", "debug")
-    assert await echo_roundtrip(address) == b"hello daemon"
+    assert await echo_round_trip(address, b"hello daemon") == b"hello daemon"
     await wait_for(lambda: "level=debug" in log_file.read_text())
     assert "children" in (await ctl("tasks")).stdout
     assert 'proxy_listener_downstream_cx_total{listener="tcp"}' in (await ctl("metrics", json_out=False)).stdout

@@ -246,8 +246,7 @@ async def test_routes_direct_response_redirect_rewrite_headers_and_no_route(tmp_
         response, body = await client.request("GET", "/api/v1")
         assert json.loads(body)["target"] == "/echo/v1"
         response, body = await client.request("GET", "/nowhere")
-        assert response.status_code == 404
-        assert "NR" in proxy.log() or True  # flags go to the access log when one is configured
+        assert response.status_code == 404  # (its NR flag is checked by the access log test)
 
 
 # ---------------------------------------------------------------- bad requests never reach the upstream
@@ -392,14 +391,14 @@ async def test_1gib_upload_and_download_with_bounded_memory(tmp_path, upstream):
 
 
 async def test_websocket_echo_through_the_proxy(tmp_path, nursery):
-    from trio_websocket import open_websocket_url, serve_websocket
+    from trio_websocket import ConnectionClosed, open_websocket_url, serve_websocket
 
     async def echo(request):
         ws = await request.accept()
         try:
             while True:
                 await ws.send_message(await ws.get_message())
-        except Exception:
+        except ConnectionClosed:
             pass
 
     server = await nursery.start(serve_websocket, echo, "127.0.0.1", 0, None)
@@ -426,7 +425,6 @@ async def test_access_log_file_has_flags_and_wrk_runs_clean(tmp_path, upstream):
         await client.request("GET", "/echo", headers=[("user-agent", "test-agent")])
         await client.request("GET", "/nothing")
         client2 = await Client.open(proxy.address("http"))
-        response, _ = await client2.request("GET", "/x", headers=[]) if False else (None, None)
         await client2.send_raw(b"GET /x HTTP/1.1\r\nHost: other.test\r\n\r\n")
         response, _ = await client2.response()
         assert response.status_code == 404

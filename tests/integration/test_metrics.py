@@ -3,17 +3,14 @@ while serving and while draining, the same text on the admin socket, bad request
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
 import socket
-import subprocess
 
 import pytest
 import trio
 
-from tests.integration.harness import ProxyProcess, connect, echo_handler, read_all, running_proxy, start_server, tcp_config
+from tests.integration.harness import ProxyProcess, connect, echo_handler, echo_round_trip, promtool_check, read_all, running_proxy, start_server, tcp_config
 
 _METRICS_STARTED = re.compile(r"event=metrics\.started address=(\S+)")
 
@@ -38,23 +35,6 @@ async def _http(address: tuple[str, int] | str, target: str, method: str = "GET"
     return int(lines[0].split(" ")[1]), headers, body
 
 
-async def _round_trip(address: tuple[str, int] | str, message: bytes = b"hello") -> None:
-    stream = await connect(address)
-    async with stream:
-        await stream.send_all(message)
-        await stream.send_eof()
-        assert await read_all(stream) == message
-
-
-def _promtool(text: bytes) -> subprocess.CompletedProcess[bytes]:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):  # CI installs it: a missing promtool is a failure there
-            pytest.fail("promtool not installed")
-        pytest.skip("promtool not installed (scripts/setup installs Debian's prometheus)")
-    return subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
-
-
 def _without_uptime(body: bytes) -> bytes:
     return re.sub(rb"(?m)^proxy_uptime_seconds \S+$", b"", body)
 
@@ -73,7 +53,7 @@ async def test_metrics_ready_and_draining(nursery, tmp_path):
     async with running_proxy(config, tmp_path) as proxy:
         metrics = await _metrics_address(proxy)
         for _ in range(3):
-            await _round_trip(proxy.address("tcp"))
+            assert await echo_round_trip(proxy.address("tcp")) == b"hello"
 
         status, headers, body = await _http(metrics, "/metrics")
         assert status == 200
@@ -84,7 +64,7 @@ async def test_metrics_ready_and_draining(nursery, tmp_path):
         assert f'proxy_host_cx_total{{cluster="up",host="{upstream}"}} 3\n' in text
         assert 'proxy_state{state="serving"} 1\n' in text
         assert re.search(r'(?m)^proxy_info\{version="[^"]+"\} 1$', text)
-        result = _promtool(body)
+        result = promtool_check(body)
         assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (result.stdout, result.stderr)
 
         assert (await _http(metrics, "/ready"))[::2] == (200, b"ready\n")
