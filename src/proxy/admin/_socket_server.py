@@ -4,6 +4,7 @@ traffic listeners' batched accept loop, one task per connection, closed when ser
 from __future__ import annotations
 
 import socket
+from http import HTTPStatus
 from typing import Any
 
 import trio
@@ -46,3 +47,29 @@ class SocketServer:
 
     async def _accepted(self, conn: socket.socket, peer: Any) -> None:
         await self._connection(conn)
+
+
+class HeadTooLarge(Exception):
+    pass
+
+
+async def read_head(stream: trio.SocketStream, buf: bytes, max_head: int) -> tuple[bytes, bytes] | None:
+    """Read until a blank line ends an HTTP request head: (head, bytes after it), or None if the
+    peer closed first. Raises HeadTooLarge past `max_head` bytes. The caller bounds the time."""
+    while b"\r\n\r\n" not in buf:
+        if len(buf) > max_head:
+            raise HeadTooLarge
+        data = await stream.receive_some(65536)
+        if not data:
+            return None
+        buf += data
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    return head, rest
+
+
+def status_line(status: int) -> str:
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Unknown"
+    return f"HTTP/1.1 {status} {reason}"

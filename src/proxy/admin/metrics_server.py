@@ -20,7 +20,7 @@ import trio
 
 from proxy import metrics
 from proxy.config.values import Address
-from proxy.admin._socket_server import SocketServer
+from proxy.admin._socket_server import HeadTooLarge, SocketServer, read_head, status_line
 from proxy.log import get_logger
 from proxy.network.listener import bind, bound_address
 
@@ -29,12 +29,11 @@ log = get_logger("admin")
 MAX_HEAD = 8 * 1024
 READ_TIMEOUT = 10.0
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 def response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8", *, head_only: bool = False, allow: str | None = None) -> bytes:
     lines = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        status_line(status),
         f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         "Cache-Control: no-cache",
@@ -89,20 +88,17 @@ class MetricsServer(SocketServer):
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
         try:
             async with stream:
-                buf = b""
+                got = None
                 with trio.move_on_after(READ_TIMEOUT):
-                    while b"\r\n\r\n" not in buf:
-                        if len(buf) > MAX_HEAD:
-                            await stream.send_all(response(431, b"request head too large\n"))
-                            return
-                        data = await stream.receive_some(65536)
-                        if not data:
-                            return
-                        buf += data
-                if b"\r\n\r\n" not in buf:
-                    return  # timed out: close without an answer
+                    try:
+                        got = await read_head(stream, b"", MAX_HEAD)
+                    except HeadTooLarge:
+                        await stream.send_all(response(431, b"request head too large\n"))
+                        return
+                if got is None:
+                    return  # closed or timed out: no answer
                 try:
-                    answer = handle(self.worker, buf.split(b"\r\n\r\n", 1)[0])
+                    answer = handle(self.worker, got[0])
                 except Exception as exc:  # noqa: BLE001 - a metrics request must never end the worker
                     log.error("metrics.handler_error", exc_info=exc, error=str(exc))
                     answer = response(500, b"internal error\n")

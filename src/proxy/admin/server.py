@@ -30,7 +30,7 @@ import proxy
 from proxy import log as proxy_log
 from proxy import metrics as proxy_metrics
 from proxy.config.values import Address, Duration
-from proxy.admin._socket_server import SocketServer
+from proxy.admin._socket_server import HeadTooLarge, SocketServer, read_head, status_line
 from proxy.log import get_logger
 from proxy.network.listener import bind
 
@@ -41,7 +41,6 @@ MAX_BODY = 1024 * 1024
 IDLE_TIMEOUT = 60.0
 TASK_CHILD_LIMIT = 50
 
-_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 500: "Internal Server Error"}
 
 
 class TextBody:
@@ -204,18 +203,16 @@ class AdminServer(SocketServer):
     async def _serve_requests(self, stream: trio.SocketStream) -> None:
         buf = b""
         while True:
+            got = None
             with trio.move_on_after(IDLE_TIMEOUT):
-                while b"\r\n\r\n" not in buf:
-                    if len(buf) > MAX_HEAD:
-                        await stream.send_all(_response(400, {"error": "request head too large"}, keep_alive=False))
-                        return
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    buf += data
-            if b"\r\n\r\n" not in buf:
-                return  # idle timeout
-            head, buf = buf.split(b"\r\n\r\n", 1)
+                try:
+                    got = await read_head(stream, buf, MAX_HEAD)
+                except HeadTooLarge:
+                    await stream.send_all(_response(400, {"error": "request head too large"}, keep_alive=False))
+                    return
+            if got is None:
+                return  # closed, or the idle timeout
+            head, buf = got
             try:
                 method, target, version, headers = _parse_head(head)
             except HttpError as exc:
@@ -399,7 +396,7 @@ def _response(status: int, payload: Any, *, keep_alive: bool, allow: str | None 
     else:
         body, content_type = json.dumps(payload, default=str).encode() + b"\n", "application/json"
     head = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        status_line(status),
         f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         f"Connection: {'keep-alive' if keep_alive else 'close'}",
