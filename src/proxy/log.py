@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any, TextIO
@@ -120,7 +119,3 @@ def reopen() -> None:
     for handler in logging.getLogger(_ROOT).handlers:
         if isinstance(handler, _ReopenableFileHandler):
             handler.reopen()
-
-
-def pid_fields() -> dict[str, int]:
-    return {"pid": os.getpid()}

@@ -205,6 +205,19 @@ class _Parser:
         self._upgraded = False
 
     # Raising inside a callback makes llhttp stop; feed() finds the real error in self._error.
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """llhttp callback, once per complete header line: keep the field; the few names that
+        decide framing (`_special_names`, per direction) go to the subclass's `_special`."""
+        if value and value[-1] in _OWS:
+            value = value.rstrip(b" \t")
+        self._fields.append((name, value))
+        lname = name.lower()
+        if lname in self._special_names:
+            self._special(lname, value)
+
+    def _special(self, lname: bytes, value: bytes) -> None:
+        raise NotImplementedError
+
     def _fail(self, err: ProtocolError) -> NoReturn:
         self._error = err
         raise err
@@ -290,6 +303,8 @@ class RequestParser(_Parser):
     Upgrade and Connection headers stay in `headers`; strip_hop_by_hop drops them.
     After a message with keep_alive False, further bytes are ignored (feed returns []).
     """
+
+    _special_names = _REQUEST_SPECIAL
 
     __slots__ = (
         "_url",
@@ -394,14 +409,6 @@ class RequestParser(_Parser):
             if len(self._parser.get_method()) + len(url) + 10 > self._max_line:
                 self._fail(ProtocolError("request line too long", 414, "uri_too_long"))
         self._url = url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if value and value[-1] in _OWS:
-            value = value.rstrip(b" \t")
-        self._fields.append((name, value))
-        lname = name.lower()
-        if lname in _REQUEST_SPECIAL:
-            self._special(lname, value)
 
     def _special(self, lname: bytes, value: bytes) -> None:
         if not self._in_head:
@@ -520,6 +527,8 @@ class ResponseParser(_Parser):
     complete response, which may be served, but the connection must not be reused.
     """
 
+    _special_names = _RESPONSE_SPECIAL
+
     __slots__ = (
         "_reason",
         "_connection",
@@ -625,14 +634,6 @@ class ResponseParser(_Parser):
         if len(reason) > self._max_head:
             self._fail(self._limit_error("status line", 431, "header_too_large"))
         self._reason = reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if value and value[-1] in _OWS:
-            value = value.rstrip(b" \t")
-        self._fields.append((name, value))
-        lname = name.lower()
-        if lname in _RESPONSE_SPECIAL:
-            self._special(lname, value)
 
     def _special(self, lname: bytes, value: bytes) -> None:
         if not self._in_head:

@@ -53,17 +53,22 @@ class Header(_Model):
     value: str
 
 
-class HeaderMatcher(_Model):
-    """Exactly one of exact | prefix | suffix | regex (a full match) | present; `invert`
-    negates the result. With several headers of one name, their values are joined with ","."""
+class _ValueCondition(_Model):
+    """Exactly one of exact | prefix | suffix | regex (a full match) | present; `invert` negates
+    the result. Shared by header and variable matchers, which differ only in what is matched."""
 
-    name: HeaderName
     exact: str | None = None
     prefix: str | None = None
     suffix: str | None = None
     regex: str | None = None
     present: bool | None = None
     invert: bool = False
+
+
+class HeaderMatcher(_ValueCondition, kw_only=True):
+    """A request header; with several headers of one name, their values are joined with ","."""
+
+    name: HeaderName
 
 
 class QueryParameterMatcher(_Model):
@@ -76,19 +81,12 @@ class QueryParameterMatcher(_Model):
     present: bool | None = None
 
 
-class VariableMatcher(_Model):
+class VariableMatcher(_ValueCondition, kw_only=True):
     """MOSN's variable matcher: `variable` is a template of %variables% (e.g.
-    "%downstream_remote_ip%" or "%request_header(x-user)%-%method%"), rendered per request and
-    matched like a header: exactly one of exact | prefix | suffix | regex | present; `invert`
-    negates. An empty rendering counts as absent."""
+    "%downstream_remote_ip%" or "%request_header(x-user)%-%method%"), rendered per request;
+    an empty rendering counts as absent."""
 
     variable: Annotated[str, msgspec.Meta(min_length=1)]
-    exact: str | None = None
-    prefix: str | None = None
-    suffix: str | None = None
-    regex: str | None = None
-    present: bool | None = None
-    invert: bool = False
 
 
 class Match(_Model):

@@ -196,12 +196,7 @@ def _route(base: PathTuple, route: dict[str, Any], clusters: list[str], issues: 
 
 
 def _match(base: PathTuple, match: dict[str, Any], issues: Issues) -> None:
-    kinds = _one_of(match, PATH_MATCHERS)
-    if not kinds:
-        if not _typo(match, _MATCH_KEYS):
-                issues.add(base, f"a match needs one of {_choices(PATH_MATCHERS)}")
-    elif len(kinds) > 1:
-        issues.add(base, f"a match takes one of {_choices(PATH_MATCHERS)}, got {_and(kinds)}")
+    _one_kind(base, match, PATH_MATCHERS, _MATCH_KEYS, "a match", issues)
     for key in ("prefix", "path"):
         value = match.get(key)
         if isinstance(value, str) and not value.startswith("/"):
@@ -221,13 +216,18 @@ def _match(base: PathTuple, match: dict[str, Any], issues: Issues) -> None:
                 issues.add(base + ("variables", index, "variable"), str(exc))
 
 
-def _condition(base: PathTuple, value: dict[str, Any], keys: tuple[str, ...], known: frozenset[str], what: str, issues: Issues) -> None:
+def _one_kind(base: PathTuple, value: dict[str, Any], keys: tuple[str, ...], known: frozenset[str], what: str, issues: Issues) -> None:
+    """`value` must set exactly one of `keys` (unless a misspelt key already explains it)."""
     kinds = _one_of(value, keys)
     if not kinds:
         if not _typo(value, known):
-                issues.add(base, f"{what} needs one of {_choices(keys)}")
+            issues.add(base, f"{what} needs one of {_choices(keys)}")
     elif len(kinds) > 1:
         issues.add(base, f"{what} takes one of {_choices(keys)}, got {_and(kinds)}")
+
+
+def _condition(base: PathTuple, value: dict[str, Any], keys: tuple[str, ...], known: frozenset[str], what: str, issues: Issues) -> None:
+    _one_kind(base, value, keys, known, what, issues)
     _regex(value.get("regex"), base + ("regex",), issues)
 
 

@@ -155,7 +155,6 @@ class HttpConnectionManager:
         self.request_id = http.request_id
         self.server_name = http.server_name.encode()
         self.tcp = not config.address.is_unix
-        self.local_address = ""
         self.connections: set[_Downstream] = set()
         self.draining = False
 
@@ -592,7 +591,6 @@ class HttpConnectionManager:
         cstats = cluster.stats
         cstats.upstream_rq_total += 1
         cstats.upstream_rq_active += 1
-        released = False
         try:
             start = trio.current_time()
             if route.request_mutations:
@@ -609,34 +607,23 @@ class HttpConnectionManager:
                 await self._stream_request_body(dc, stream, conn, up_head)
             per_try = route.retry.per_try_timeout if route.retry is not None else None
             if per_try is None:
-                response, events = await self._read_response_head(dc, conn, reused and retry_on_reuse)
+                response, events = await self._read_response_head(conn, reused and retry_on_reuse)
             else:
                 with trio.CancelScope(deadline=trio.current_time() + per_try) as scope:
-                    response, events = await self._read_response_head(dc, conn, reused and retry_on_reuse)
-            if per_try is not None and scope.cancelled_caught:
-                cstats.upstream_rq_per_try_timeout += 1
-                pool.release(conn, False)
-                released = True
-                raise _UpstreamFailure("timeout", flags.UPSTREAM_TIMEOUT, "upstream per-try timeout")
+                    response, events = await self._read_response_head(conn, reused and retry_on_reuse)
+                if scope.cancelled_caught:
+                    cstats.upstream_rq_per_try_timeout += 1
+                    raise _UpstreamFailure("timeout", flags.UPSTREAM_TIMEOUT, "upstream per-try timeout")
             info.upstream_service_time = trio.current_time() - start
             return conn, response, events
-        except _UpstreamFailure:
-            if not released:
-                pool.release(conn, False)
-                released = True
-            raise
-        except (ConnectionLost, http1.ProtocolError) as exc:
-            if not released:
-                pool.release(conn, False)
-                released = True
-            cstats.upstream_rq_reset += 1
-            if isinstance(exc, _ReusedClosed):
-                raise _UpstreamFailure("reused-closed", flags.UPSTREAM_CONNECTION_TERMINATION, "upstream closed a reused connection") from exc
-            flag = flags.UPSTREAM_PROTOCOL_ERROR if isinstance(exc, http1.ProtocolError) else flags.UPSTREAM_CONNECTION_TERMINATION
-            raise _UpstreamFailure("reset", flag, "upstream connect error or disconnect/reset before headers") from exc
-        except BaseException:
-            if not released:
-                pool.release(conn, False)
+        except BaseException as exc:
+            pool.release(conn, False)  # whatever went wrong, this connection is not reused
+            if isinstance(exc, (ConnectionLost, http1.ProtocolError)):
+                cstats.upstream_rq_reset += 1
+                if isinstance(exc, _ReusedClosed):
+                    raise _UpstreamFailure("reused-closed", flags.UPSTREAM_CONNECTION_TERMINATION, "upstream closed a reused connection") from exc
+                flag = flags.UPSTREAM_PROTOCOL_ERROR if isinstance(exc, http1.ProtocolError) else flags.UPSTREAM_CONNECTION_TERMINATION
+                raise _UpstreamFailure("reset", flag, "upstream connect error or disconnect/reset before headers") from exc
             raise
         finally:
             cstats.upstream_rq_active -= 1
@@ -667,9 +654,7 @@ class HttpConnectionManager:
             else:
                 raise ConnectionLost("client closed mid-body")
 
-    async def _read_response_head(
-        self, dc: _Downstream, conn: UpstreamConnection, reused: bool
-    ) -> tuple[ResponseHead, collections.deque[Any]]:
+    async def _read_response_head(self, conn: UpstreamConnection, reused: bool) -> tuple[ResponseHead, collections.deque[Any]]:
         events: collections.deque[Any] = collections.deque()
         got_any = False
         while True:

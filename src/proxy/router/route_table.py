@@ -41,7 +41,6 @@ from proxy.config.routes import (
     DEFAULT,
     EXACT,
     SUFFIX,
-    HeaderMatcher,
     HeaderValue,
     QueryParameterMatcher,
     Route,
