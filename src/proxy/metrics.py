@@ -44,6 +44,8 @@ _HELP: dict[str, str] = {
     "downstream_rx_bytes_total": "Bytes received from downstream.",
     "downstream_tx_bytes_total": "Bytes sent to downstream.",
     "accept_errors": "Errors from accept() on the listening socket.",
+    "downstream_cx_migrated_out": "Live downstream connections handed to the next worker generation.",
+    "downstream_cx_migrated_in": "Live downstream connections adopted from the previous worker generation.",
     "downstream_rq_total": "Downstream HTTP requests.",
     "downstream_rq_active": "Downstream HTTP requests in flight.",
     "downstream_rq_1xx": "Downstream HTTP responses with a 1xx status.",

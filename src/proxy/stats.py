@@ -69,6 +69,9 @@ class ListenerStats(_Stats):
         "downstream_rx_bytes_total",
         "downstream_tx_bytes_total",
         "accept_errors",
+        # hot upgrade: live connections handed to the next generation / taken from the last one
+        "downstream_cx_migrated_out",
+        "downstream_cx_migrated_in",
         # HTTP listeners
         "downstream_rq_total",
         "downstream_rq_active",
