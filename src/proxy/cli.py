@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--pid-file", default=DEFAULT_PID_FILE, help=f"pid file of the running proxy (default {DEFAULT_PID_FILE})")
     stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to exit")
 
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)  # spawned by the keeper only
+    worker.add_argument("--control-fd", type=int, required=True)
+
     from proxy.admin import client as admin_client  # `proxy ctl`
 
     admin_client.add_parser(sub)
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "stop":
         return _stop(args.pid_file, args.timeout)
+    if args.command == "worker":
+        from proxy.upgrade import control
+
+        return control.main(args.control_fd)
     if args.command == "ctl":
         from proxy.admin import client as admin_client
 
@@ -102,7 +109,11 @@ def _check_filters(path: str, config: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from proxy.config import ConfigError, load
+    from proxy.upgrade import reexec
 
+    state = reexec.load_state()
+    if state is not None:  # a keeper re-executed by an upgrade: already detached, already serving
+        return _serve(args, None, state=state)
     if args.daemon:
         # the daemon runs in "/": every path given relative is resolved against the launch directory
         args.config = os.path.abspath(args.config)
@@ -120,12 +131,17 @@ def _run(args: argparse.Namespace) -> int:
     return _serve(args, config)
 
 
-def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] | None = None) -> int:
-    """Run the proxy in this process until it stops. `report` is the `--daemon` readiness pipe:
-    it gets "ok" once serving, or "error: <reason>" when the start fails."""
-    from proxy import log, server
+def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] | None = None, state: dict[str, Any] | None = None) -> int:
+    """Run the keeper in this process until it stops. `report` is the `--daemon` readiness pipe:
+    it gets "ok" once the first worker generation serves, or "error: <reason>" when the start
+    fails. `state`: what a keeper passed to itself across an upgrade's re-exec."""
+    from proxy import log
+    from proxy.config import load_text
     from proxy.http.filter import FilterLoadError
     from proxy.network.listener import BindError
+    from proxy.server import raise_fd_limit
+    from proxy.upgrade import reexec
+    from proxy.upgrade.keeper import Keeper, StartFailed
 
     def fail(message: str) -> int:
         print(f"proxy: {message}", file=sys.stderr)
@@ -133,7 +149,16 @@ def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] 
             report(f"error: {message}")
         return 1
 
-    log.setup(args.log_level or config.logging.level, config.logging.format, args.log_file)
+    if state is not None:
+        config = load_text(state["config_text"], state["config_path"])
+        text = state["config_text"]
+        logging_ = state["logging"]
+    else:
+        with open(args.config, "rb") as f:
+            text = f.read().decode("utf-8-sig")
+        logging_ = {"level": args.log_level or config.logging.level, "format": config.logging.format, "file": args.log_file}
+    log.setup(logging_["level"], logging_["format"], logging_["file"])
+    raise_fd_limit()
     pid_file = None
     if args.pid_file:
         try:
@@ -143,6 +168,8 @@ def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] 
         except OSError as exc:
             return fail(f"refusing to start: cannot write pid file {args.pid_file}: {exc.strerror or exc}")
 
+    keeper = Keeper(config, text, args.config, logging_)
+
     def ready() -> None:
         if report is not None:
             report("ok")
@@ -151,16 +178,34 @@ def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] 
     def stopping() -> None:
         sd_notify("STOPPING=1")
 
-    server.on_ready.append(ready)
-    server.on_stopping.append(stopping)
+    def reloading(phase: str) -> None:
+        # systemd Type=notify-reload: RELOADING=1 with the monotonic time, then READY=1
+        if phase == "start":
+            sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        else:
+            _, result, error = phase.split(":", 2)
+            sd_notify("READY=1" + ("" if result == "ok" else f"\nSTATUS=Reload failed: {error}"))
+
+    keeper.on_ready.append(ready)
+    keeper.on_stopping.append(stopping)
+    keeper.on_reload.append(reloading)
     try:
-        return server.run_worker(config)
+        if state is not None:
+            reexec.restore(keeper, state)
+        else:
+            keeper.bind_for(config)
+            keeper.bind_admin()
+        import trio
+
+        return trio.run(keeper.run)
     except (BindError, FilterLoadError) as exc:
         log.get_logger("server").error("start.failed", error=str(exc))
         return fail(f"refusing to start: {exc}")
+    except StartFailed as exc:
+        return fail(f"refusing to start: the worker did not start ({exc})")
     finally:
-        server.on_ready.remove(ready)
-        server.on_stopping.remove(stopping)
+        if not keeper._exec_requested:
+            keeper._close_all()
         if pid_file is not None:
             pid_file.release()
 

@@ -24,12 +24,14 @@ from typing import Any
 
 import trio
 
+from proxy import stats as stats_mod
 from proxy.config.model import Config
 from proxy.log import get_logger, reopen
-from proxy.network.listener import accept_loop, bind, bound_address, close_listener
+from proxy.network.listener import BindError, accept_loop, bind, bound_address, close_listener
 from proxy.network.tcp_proxy import TcpProxy
 from proxy.stats import ListenerStats
 from proxy.upstream.cluster import Cluster
+from proxy.upgrade.migration import release
 from proxy.upstream.pool import PoolManager
 
 log = get_logger("server")
@@ -49,15 +51,21 @@ def _run_hooks(hooks: list[Callable[[], None]]) -> None:
 
 
 class ListenerRuntime:
-    """A listener at run time: its config, bound socket and stats."""
+    """A listener at run time: its config, listening sockets and stats. Usually one socket;
+    under a keeper, a worker may be given several of one listener (its own SO_REUSEPORT
+    socket plus those of workers the new generation no longer has)."""
 
-    __slots__ = ("config", "sock", "stats", "address")
+    __slots__ = ("config", "socks", "stats", "address")
 
     def __init__(self, config: Any, sock: socket.socket) -> None:
         self.config = config
-        self.sock = sock
+        self.socks = [sock]
         self.stats = ListenerStats()
         self.address = bound_address(sock)
+
+    @property
+    def sock(self) -> socket.socket:
+        return self.socks[0]
 
 
 def raise_fd_limit() -> int:
@@ -70,8 +78,13 @@ def raise_fd_limit() -> int:
 
 
 class Worker:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, inherited: dict[str, list[socket.socket]] | None = None) -> None:
+        """`inherited`: listening sockets by listener name, from a keeper. The worker then binds
+        nothing (the keeper owns the sockets and serves the admin socket and metrics listener)
+        and never closes a listener for good: it only drops its own copies."""
         self.config = config
+        self.inherited = inherited
+        self.handlers: dict[str, Any] = {}  # listener name -> TcpProxy | HttpConnectionManager
         self.clusters = {c.name: Cluster(c) for c in config.clusters}
         self.pools = PoolManager()
         self.route_tables = _compile_route_tables(config)
@@ -81,6 +94,9 @@ class Worker:
         self.listeners: list[ListenerRuntime] = []
         self.state = "starting"
         self._stop_accepting = trio.Event()
+        self._accept_scope: trio.CancelScope | None = None
+        self._resume = trio.Event()
+        self._connection_nursery: trio.Nursery | None = None
         self._root: trio.Nursery | None = None
         self.admin: Any = None  # AdminServer when config.admin.socket is set
         self.metrics: Any = None  # MetricsServer when config.admin.metrics is set
@@ -88,6 +104,15 @@ class Worker:
 
     def bind_listeners(self) -> None:
         """Bind every listener up front so any failure is reported before serving starts."""
+        if self.inherited is not None:
+            for lc in self.config.listeners:
+                socks = self.inherited.get(lc.name)
+                if not socks:
+                    raise BindError(f"listener {lc.name}: no socket from the keeper")
+                lr = ListenerRuntime(lc, socks[0])
+                lr.socks.extend(socks[1:])
+                self.listeners.append(lr)
+            return
         try:
             for lc in self.config.listeners:
                 self.listeners.append(ListenerRuntime(lc, bind(lc.address, lc.backlog)))
@@ -104,8 +129,7 @@ class Worker:
                 self.metrics = MetricsServer(self, self.config.admin.metrics)
                 self.metrics.bind()
         except BaseException:
-            for lr in self.listeners:
-                close_listener(lr.sock)
+            self._close_listeners()
             self.listeners.clear()
             if self.admin is not None:
                 self.admin.close()
@@ -121,8 +145,7 @@ class Worker:
         try:
             await self._serve(task_status)
         finally:
-            for lr in self.listeners:
-                close_listener(lr.sock)
+            self._close_listeners()
             if self.admin is not None:
                 self.admin.close()
             if self.metrics is not None:
@@ -148,21 +171,33 @@ class Worker:
 
                 root.start_soon(Watcher(self.config.diagnostics, self).run)
             async with trio.open_nursery() as connection_nursery:
-                async with trio.open_nursery() as listener_nursery:
-                    for lr in self.listeners:
-                        handler = self._handler_for(lr, connection_nursery)
-                        listener_nursery.start_soon(
-                            accept_loop, lr.config.name, lr.sock, handler, connection_nursery, lr.stats, lr.config.max_connections
-                        )
-                        log.info("listener.started", listener=lr.config.name, address=lr.address, protocol=lr.config.protocol)
-                    self.state = "serving"
-                    log.info("ready", pid=os.getpid(), listeners=len(self.listeners))
-                    _run_hooks(on_ready)
-                    task_status.started(self)
-                    await self._stop_accepting.wait()
-                    listener_nursery.cancel_scope.cancel()
+                self._connection_nursery = connection_nursery
                 for lr in self.listeners:
-                    close_listener(lr.sock)
+                    self.handlers[lr.config.name] = self._handler_for(lr, connection_nursery)
+                    log.info("listener.started", listener=lr.config.name, address=lr.address, protocol=lr.config.protocol)
+                first = True
+                while not self._stop_accepting.is_set():
+                    # The accept loops run in their own scope: a keeper pauses them during an
+                    # upgrade's probation and resumes them if the new generation fails.
+                    with trio.CancelScope() as self._accept_scope:
+                        async with trio.open_nursery() as listener_nursery:
+                            for lr in self.listeners:
+                                handle = self.handlers[lr.config.name].handle
+                                for sock in lr.socks:
+                                    listener_nursery.start_soon(
+                                        accept_loop, lr.config.name, sock, handle, connection_nursery, lr.stats, lr.config.max_connections
+                                    )
+                            if first:
+                                first = False
+                                self.state = "serving"
+                                log.info("ready", pid=os.getpid(), listeners=len(self.listeners))
+                                _run_hooks(on_ready)
+                                task_status.started(self)
+                            await trio.sleep_forever()
+                    if not self._stop_accepting.is_set():
+                        await self._resume.wait()
+                        self._resume = trio.Event()
+                self._close_listeners()
                 active = sum(lr.stats.downstream_cx_active for lr in self.listeners)
                 log.info("draining", active_connections=active, drain_timeout=drain_timeout)
                 _run_hooks(on_stopping)
@@ -172,10 +207,72 @@ class Worker:
             self.state = "stopped"
             root.cancel_scope.cancel()
 
+    def _close_listeners(self) -> None:
+        for lr in self.listeners:
+            for sock in lr.socks:
+                if self.inherited is None:
+                    close_listener(sock)
+                else:
+                    release(sock)  # the keeper's copy stays open (and its Unix socket file)
+
+    def pause_accepting(self) -> None:
+        """Stop the accept loops but keep the listening sockets open (upgrade probation)."""
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+
+    def resume_accepting(self) -> None:
+        self._resume.set()
+
+    def start_migration(self, migration: Any) -> None:
+        """Hand live connections to the next generation as each reaches a safe point."""
+        for handler in self.handlers.values():
+            handler.start_migration(migration)
+
+    def adopt(self, kind: str, listener: str, socks: list[socket.socket], state: dict[str, Any]) -> Callable[[], None] | None:
+        """Take a connection handed over by the previous generation: returns the starter to call
+        once ADOPTED is sent, or None if this worker has no such listener any more (the old
+        worker then keeps the connection)."""
+        handler = self.handlers.get(listener)
+        nursery = self._connection_nursery
+        if handler is None or nursery is None:
+            return None
+        protocol = next(lr for lr in self.listeners if lr.config.name == listener).config.protocol
+        if (kind == "tcp") != (protocol == "tcp"):
+            return None
+        if kind == "http1":
+            return lambda: nursery.start_soon(handler.adopt, socks[0], state)
+        if kind == "tunnel":
+            return lambda: nursery.start_soon(handler.adopt_tunnel, socks[0], socks[1], state)
+        return lambda: nursery.start_soon(handler.adopt, socks[0], socks[1], state)
+
+    def active_connections(self) -> int:
+        return sum(lr.stats.downstream_cx_active for lr in self.listeners)
+
+    def export_stats(self) -> dict[str, Any]:
+        """Counters of every listener, cluster and host, to carry into the next generation."""
+        return {
+            "listeners": {lr.config.name: stats_mod.export(lr.stats) for lr in self.listeners},
+            "clusters": {c.name: stats_mod.export(c.stats) for c in self.clusters.values()},
+            "hosts": {f"{c.name}|{h.address}": stats_mod.export(h.stats) for c in self.clusters.values() for h in c.hosts},
+        }
+
+    def absorb_stats(self, data: dict[str, Any]) -> None:
+        """Add the previous generation's counters (those it shares with this config)."""
+        for lr in self.listeners:
+            if lr.config.name in data.get("listeners", {}):
+                stats_mod.absorb(lr.stats, data["listeners"][lr.config.name])
+        for c in self.clusters.values():
+            if c.name in data.get("clusters", {}):
+                stats_mod.absorb(c.stats, data["clusters"][c.name])
+            for h in c.hosts:
+                key = f"{c.name}|{h.address}"
+                if key in data.get("hosts", {}):
+                    stats_mod.absorb(h.stats, data["hosts"][key])
+
     def _handler_for(self, lr: ListenerRuntime, connection_nursery: trio.Nursery) -> Any:
         lc = lr.config
         if lc.protocol == "tcp":
-            return TcpProxy(lc, self.clusters[lc.cluster], lr.stats, connection_nursery).handle
+            return TcpProxy(lc, self.clusters[lc.cluster], lr.stats, connection_nursery)
         if lc.protocol == "http1":
             from proxy.http.access_log import AccessLogger
             from proxy.http.connection_manager import HttpConnectionManager
@@ -188,7 +285,7 @@ class Worker:
             assert self._root is not None
             self._root.start_soon(hcm.run_watchdog)
             self.http_managers.append(hcm)
-            return hcm.handle
+            return hcm
         raise ValueError(f"listener {lc.name}: unsupported protocol {lc.protocol}")
 
     def drain(self) -> None:
@@ -196,6 +293,9 @@ class Worker:
         if self.state == "serving":
             self.state = "draining"
         self._stop_accepting.set()
+        self._resume.set()
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
         for hcm in self.http_managers:
             hcm.drain()
 

@@ -128,3 +128,61 @@ class HostStats(_Stats):
     def __init__(self) -> None:
         for name in self.COUNTERS:
             setattr(self, name, 0)
+
+
+# ---------------------------------------------------------------- carrying counts across generations
+
+
+def export(stats: _Stats) -> dict[str, Any]:
+    """Everything `absorb` needs to add these counts to another process's stats: counters
+    (gauges excluded: an open connection is counted by whichever process holds it), full
+    histograms and per-code counts. Plain JSON values."""
+    out: dict[str, Any] = {name: getattr(stats, name) for name in stats.COUNTERS if "_active" not in name}
+    for name in stats.HISTOGRAMS:
+        h = getattr(stats, name)
+        out[name] = {"counts": h.counts, "sum": h.sum, "count": h.count}
+    codes = getattr(stats, "downstream_rq_code", None)
+    if codes:
+        out["downstream_rq_code"] = {str(k): v for k, v in codes.items()}
+    return out
+
+
+def absorb(stats: _Stats, data: dict[str, Any]) -> None:
+    """Add exported counts (from the previous generation) to `stats`; unknown names (a stat
+    an older release had) are ignored, so counters stay monotonic across upgrades."""
+    for name in stats.COUNTERS:
+        value = data.get(name)
+        if isinstance(value, int) and "_active" not in name:
+            setattr(stats, name, getattr(stats, name) + value)
+    for name in stats.HISTOGRAMS:
+        value = data.get(name)
+        h = getattr(stats, name)
+        if isinstance(value, dict) and len(value.get("counts", ())) == len(h.counts):
+            h.counts = [a + b for a, b in zip(h.counts, value["counts"])]
+            h.sum += value["sum"]
+            h.count += value["count"]
+    codes = data.get("downstream_rq_code")
+    if isinstance(codes, dict):
+        own = stats.downstream_rq_code  # type: ignore[attr-defined]
+        for code, n in codes.items():
+            own[int(code)] = own.get(int(code), 0) + n
+
+
+def subtract(later: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+    """later - earlier for two `export`s of the same stats (what changed in between)."""
+    out: dict[str, Any] = {}
+    for name, value in later.items():
+        before = earlier.get(name)
+        if isinstance(value, int):
+            out[name] = value - (before if isinstance(before, int) else 0)
+        elif name == "downstream_rq_code":
+            b = before or {}
+            out[name] = {k: v - b.get(k, 0) for k, v in value.items()}
+        elif isinstance(value, dict) and "counts" in value:
+            b = before or {"counts": [0] * len(value["counts"]), "sum": 0.0, "count": 0}
+            out[name] = {
+                "counts": [x - y for x, y in zip(value["counts"], b["counts"])],
+                "sum": value["sum"] - b["sum"],
+                "count": value["count"] - b["count"],
+            }
+    return out

@@ -84,6 +84,10 @@ class MetricsServer(SocketServer):
     def started_fields(self) -> dict[str, Any]:
         return {"address": self.address}
 
+    async def answer(self, head: bytes) -> bytes:
+        """The response to one request head (the keeper's metrics server asks its worker)."""
+        return handle(self.worker, head)
+
     async def _connection(self, conn: socket.socket) -> None:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
         try:
@@ -98,7 +102,7 @@ class MetricsServer(SocketServer):
                 if got is None:
                     return  # closed or timed out: no answer
                 try:
-                    answer = handle(self.worker, got[0])
+                    answer = await self.answer(got[0])
                 except Exception as exc:  # noqa: BLE001 - a metrics request must never end the worker
                     log.error("metrics.handler_error", exc_info=exc, error=str(exc))
                     answer = response(500, b"internal error\n")

@@ -99,6 +99,12 @@ class Runtime(_Model):
     workers: PositiveInt | Literal["auto"] = 1
     # SIGTERM lets open connections finish for this long, then cancels them.
     drain_timeout: Duration = Duration(30.0)
+    # Reload/upgrade: a new worker generation must be READY within this, or it is killed and
+    # the old one serves on (tableflip's default).
+    upgrade_timeout: Duration = Duration(60.0)
+    # After READY the new generation accepts alone for this long before the old one commits its
+    # live connections to it; a new worker that dies meanwhile is rolled back at once.
+    upgrade_probation: Duration = Duration(1.0)
 
 
 class Diagnostics(_Model):

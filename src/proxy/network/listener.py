@@ -38,22 +38,25 @@ class BindError(Exception):
     pass
 
 
-def bind(address: Address, backlog: int = 1024) -> socket.socket:
-    """Create a non-blocking listening socket on `address`; raise BindError with a clear reason."""
+def bind(address: Address, backlog: int = 1024, reuseport: bool = False) -> socket.socket:
+    """Create a non-blocking listening socket on `address`; raise BindError with a clear reason.
+    `reuseport`: one of a keeper's SO_REUSEPORT group (one socket per worker)."""
     try:
         if address.is_unix:
             return _bind_unix(address.path, backlog)
-        return _bind_inet(address, backlog)
+        return _bind_inet(address, backlog, reuseport)
     except OSError as exc:
         raise BindError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
 
 
-def _bind_inet(address: Address, backlog: int) -> socket.socket:
+def _bind_inet(address: Address, backlog: int, reuseport: bool = False) -> socket.socket:
     infos = socket.getaddrinfo(address.host, address.port, address.family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     family, type_, proto, _, sockaddr = infos[0]
     sock = socket.socket(family, type_, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)

@@ -1,0 +1,802 @@
+"""The keeper: `proxy run`'s process. Stable pid, owner of every listening socket and of the admin
+socket, supervisor of worker generations; it serves no traffic.
+
+    keeper
+     ├─ signals        SIGHUP reload, SIGUSR2 upgrade (re-exec first), SIGTERM drain, SIGINT stop,
+     │                 SIGUSR1 reopen logs
+     ├─ admin socket   keeper endpoints (/status /reload /upgrade /drain) answered here, the rest
+     │                 forwarded to worker 0 over its control channel; metrics listener likewise
+     └─ workers        one supervisor task per worker process: a worker that dies is replaced
+                       (within 1 s), and since the keeper never closes a listener, connections
+                       queued in the kernel meanwhile are served by the replacement
+
+A reload (SIGHUP, `proxy ctl reload`) or upgrade builds generation g+1 next to g (upgrade.md
+§7.4), with rollback at every step:
+
+    validate config ─► spawn N workers ─► HELLO/WELCOME/LISTENERS ─► READY    (fail: kill N)
+      ─► PAUSE old accept loops ─► probation                              (N dies: RESUME old)
+      ─► COMMIT: a socketpair per old worker; old hands live connections to new
+      ─► old: DRAINED, exits                          (N dies: old resumes and stays current)
+
+Only one runs at a time; another request meanwhile is refused as busy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+import proxy
+from proxy.config.model import Config
+from proxy.log import get_logger
+from proxy.network.listener import BindError, bind, bound_address, close_listener
+from proxy.upgrade.fdpass import Channel, PeerGone, socketpair
+from proxy.upgrade.protocol import MAX_FDS, Msg, ProtocolError, expect, negotiate
+
+log = get_logger("keeper")
+
+HELLO_TIMEOUT = 10.0
+PAUSE_TIMEOUT = 5.0
+COMMIT_ACK_TIMEOUT = 10.0
+RESPAWN_DELAY = 0.2  # first retry; doubles while a worker keeps dying at start, up to 1 s
+STATE_ENV = "PROXY_KEEPER_STATE"
+
+
+class StartFailed(Exception):
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+class ListenerSocket:
+    __slots__ = ("key", "name", "address", "index", "sock", "bound")
+
+    def __init__(self, key: str, name: str, address: str, index: int, sock: socket.socket) -> None:
+        self.key = key
+        self.name = name
+        self.address = address  # as configured
+        self.index = index
+        self.sock = sock
+        self.bound = bound_address(sock)
+
+
+class WorkerProc:
+    """One worker process and its control channel, as the keeper sees it."""
+
+    def __init__(self, index: int, generation: int, pid: int, ctrl: Channel) -> None:
+        self.index = index
+        self.generation = generation
+        self.pid = pid
+        self.ctrl = ctrl
+        self.state = "starting"
+        self.started = time.time()
+        self.gone = trio.Event()  # control channel closed
+        self.exited = trio.Event()  # process reaped
+        self.returncode: int | None = None
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Msg, dict[str, Any]]](256)
+        self._replies: dict[int, list[Any]] = {}
+        self._next_id = 0
+
+    async def run(self) -> None:
+        """Read the control channel and reap the process, until both are done."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reap)
+            try:
+                while True:
+                    mtype, body, fds = await self.ctrl.recv()
+                    for fd in fds:
+                        os.close(fd)
+                    if mtype == Msg.ADMIN_REPLY:
+                        entry = self._replies.get(body.get("id", -1))
+                        if entry is not None:
+                            entry[1] = body
+                            entry[0].set()
+                    else:
+                        self._inbox_send.send_nowait((mtype, body))
+            except (PeerGone, ProtocolError, trio.WouldBlock, OSError) as exc:
+                if not isinstance(exc, PeerGone):
+                    log.warning("worker.control_error", pid=self.pid, error=str(exc))
+            self.gone.set()
+            for entry in self._replies.values():
+                entry[0].set()
+            self.ctrl.close()
+
+    async def _reap(self) -> None:
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            pidfd = None
+        if pidfd is not None:
+            try:
+                await trio.lowlevel.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+                break
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                break
+            await trio.sleep(0.05)  # only without pidfd (not a child of ours after a re-exec race)
+        self.state = "exited"
+        self.exited.set()
+
+    async def expect(self, *wanted: Msg, timeout: float) -> dict[str, Any]:
+        """The next message, which must be one of `wanted`; StartFailed on timeout or death."""
+        with trio.move_on_after(timeout) as scope:
+            async with trio.open_nursery() as nursery:
+                result: list[Any] = []
+
+                async def read() -> None:
+                    result.append(await self._inbox.receive())
+                    nursery.cancel_scope.cancel()
+
+                async def watch() -> None:
+                    await self.gone.wait()
+                    await trio.sleep(0.05)  # let a last message already queued win
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(read)
+                nursery.start_soon(watch)
+        if result:
+            mtype, body = result[0]
+            try:
+                return expect(mtype, body, *wanted)
+            except ProtocolError as exc:
+                raise StartFailed("protocol", str(exc)) from None
+        if scope.cancelled_caught:
+            raise StartFailed("timeout", f"worker {self.pid} sent no {'/'.join(w.name for w in wanted)} within {timeout:g}s")
+        raise StartFailed("exited", f"worker {self.pid} went away (exit code {self.returncode})")
+
+    async def send(self, mtype: Msg, body: dict[str, Any] | None = None, fds: list[int] | tuple[int, ...] = ()) -> bool:
+        try:
+            await self.ctrl.send(mtype, body, fds)
+            return True
+        except (PeerGone, OSError):
+            return False
+
+    async def admin(self, method: str, target: str, body: bytes, timeout: float = 120.0) -> dict[str, Any] | None:
+        from proxy.upgrade.migration import b64e
+
+        self._next_id += 1
+        rid = self._next_id
+        entry: list[Any] = [trio.Event(), None]
+        self._replies[rid] = entry
+        try:
+            if not await self.send(Msg.ADMIN, {"id": rid, "method": method, "target": target, "body": b64e(body)}):
+                return None
+            with trio.move_on_after(timeout):
+                await entry[0].wait()
+            return entry[1]
+        finally:
+            self._replies.pop(rid, None)
+
+    def kill(self) -> None:
+        if not self.exited.is_set():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"index": self.index, "pid": self.pid, "generation": self.generation, "state": self.state}
+
+
+class Keeper:
+    def __init__(self, config: Config, config_text: str, config_path: str, logging_: dict[str, Any]) -> None:
+        self.config = config
+        self.config_text = config_text
+        self.config_path = config_path
+        self.logging = logging_
+        self.sockets: dict[str, ListenerSocket] = {}
+        self.current: list[WorkerProc] = []
+        self.all_workers: set[WorkerProc] = set()
+        self.generation = 0
+        self.state = "starting"
+        self.busy: str | None = None
+        self.last_result: dict[str, Any] | None = None
+        self.upgrades: dict[str, int] = {"ok": 0, "failed": 0, "refused": 0}
+        self.migrated_total: dict[str, int] = {}
+        self.started = time.monotonic()
+        self.admin: Any = None
+        self.metrics: Any = None
+        self.on_ready: list[Callable[[], None]] = []
+        self.on_stopping: list[Callable[[], None]] = []
+        self.on_reload: list[Callable[[str], None]] = []  # "start" / "done:<result>" (sd_notify)
+        self._nursery: trio.Nursery | None = None
+        self._stopped = trio.Event()
+        self._exec_requested = False
+        self._reexec_state: Any = None
+        self._reply_fd: int | None = None  # after a re-exec: the `ctl upgrade` waiting for the outcome
+
+    # ------------------------------------------------------------ listening sockets
+
+    def worker_count(self, config: Config) -> int:
+        workers = config.runtime.workers
+        return (os.cpu_count() or 1) if workers == "auto" else int(workers)
+
+    def bind_for(self, config: Config) -> list[ListenerSocket]:
+        """Make sure every listener of `config` has its sockets (one per worker, an SO_REUSEPORT
+        group, when there are several workers and the address is not a Unix path); returns the
+        ones bound now (closed again by the caller if the reload fails)."""
+        n = self.worker_count(config)
+        fresh: list[ListenerSocket] = []
+        try:
+            for lc in config.listeners:
+                address = str(lc.address)
+                group = [s for s in self.sockets.values() if s.name == lc.name and s.address == address]
+                if not group:
+                    reuseport = n > 1 and not lc.address.is_unix
+                    first = bind(lc.address, lc.backlog, reuseport=reuseport)
+                    group.append(self._add(lc.name, address, 0, first))
+                    fresh.append(group[0])
+                if _reuseport(group[0].sock):
+                    port_address = _same_port(lc.address, group[0].sock)
+                    for i in range(len(group), n):
+                        s = self._add(lc.name, address, i, bind(port_address, lc.backlog, reuseport=True))
+                        fresh.append(s)
+        except BindError:
+            for s in fresh:
+                self.sockets.pop(s.key, None)
+                close_listener(s.sock)
+            raise
+        return fresh
+
+    def _add(self, name: str, address: str, index: int, sock: socket.socket) -> ListenerSocket:
+        s = ListenerSocket(f"{name}|{address}|{index}", name, address, index, sock)
+        self.sockets[s.key] = s
+        return s
+
+    def sockets_for(self, config: Config, index: int, n: int) -> list[ListenerSocket]:
+        """Worker `index` of `n` accepts from socket i of each group with i % n == index (so a
+        smaller generation still accepts from every socket the kernel queues on)."""
+        wanted = {(lc.name, str(lc.address)) for lc in config.listeners}
+        out = []
+        for s in self.sockets.values():
+            if (s.name, s.address) in wanted:
+                group_size = sum(1 for t in self.sockets.values() if t.name == s.name and t.address == s.address)
+                if s.index % n == index or (group_size == 1):
+                    out.append(s)
+        return out
+
+    def close_unused(self) -> None:
+        wanted = {(lc.name, str(lc.address)) for lc in self.config.listeners}
+        for key, s in list(self.sockets.items()):
+            if (s.name, s.address) not in wanted:
+                del self.sockets[key]
+                close_listener(s.sock)
+                log.info("listener.closed", listener=s.name, address=s.bound)
+
+    def bind_admin(self) -> None:
+        from proxy.upgrade.keeper_admin import KeeperAdmin, KeeperMetrics
+
+        if self.config.admin.socket:
+            self.admin = KeeperAdmin(self, self.config.admin.socket, self.config.admin.allowed_uids)
+            self.admin.bind()
+        if self.config.admin.metrics is not None:
+            self.metrics = KeeperMetrics(self, self.config.admin.metrics)
+            self.metrics.bind()
+
+    # ------------------------------------------------------------ running
+
+    async def run(self) -> int:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._signals)
+            if self.admin is not None:
+                nursery.start_soon(self.admin.serve, name="KeeperAdmin.serve")
+            if self.metrics is not None:
+                nursery.start_soon(self.metrics.serve, name="KeeperMetrics.serve")
+            restored = bool(self.current)
+            for w in list(self.all_workers):  # re-attached after a re-exec
+                nursery.start_soon(self._track, w)
+            try:
+                if not restored:
+                    self.generation = 1
+                    self.current = await self._spawn_generation(1, self.config, self.config_text)
+            except StartFailed as exc:
+                log.error("start.failed", stage=exc.stage, error=exc.reason)
+                self._close_all()
+                nursery.cancel_scope.cancel()
+                raise
+            for w in self.current:
+                nursery.start_soon(self._supervise, w)
+            self.state = "serving"
+            log.info("keeper.ready", pid=os.getpid(), generation=self.generation, workers=[w.pid for w in self.current])
+            _run_hooks(self.on_ready)
+            if restored:
+                nursery.start_soon(self._after_reexec)
+            await self._stopped.wait()
+            nursery.cancel_scope.cancel()
+        if self._exec_requested:
+            self._reexec()  # does not return unless exec failed
+        self._close_all()
+        log.info("keeper.stopped")
+        return 0
+
+    def _close_all(self) -> None:
+        for s in self.sockets.values():
+            close_listener(s.sock)
+        self.sockets.clear()
+        if self.admin is not None:
+            self.admin.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    async def _spawn_generation(self, generation: int, config: Config, text: str) -> list[WorkerProc]:
+        n = self.worker_count(config)
+        procs: list[WorkerProc | None] = [None] * n
+        errors: list[StartFailed] = []
+
+        async def one(i: int) -> None:
+            try:
+                procs[i] = await self._start_worker(i, n, generation, config, text)
+            except StartFailed as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(one, i)
+        if errors:
+            for p in procs:
+                if p is not None:
+                    p.kill()
+            raise errors[0]
+        return [p for p in procs if p is not None]
+
+    async def _start_worker(self, index: int, n: int, generation: int, config: Config, text: str) -> WorkerProc:
+        assert self._nursery is not None
+        mine, theirs = socketpair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "proxy", "worker", "--control-fd", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            mine.close()
+            raise StartFailed("spawn", str(exc)) from exc
+        finally:
+            theirs.close()
+        w = WorkerProc(index, generation, proc.pid, Channel(mine))
+        proc.returncode = 0  # reaped by WorkerProc (pidfd); keep subprocess from reaping it too
+        self.all_workers.add(w)
+        self._nursery.start_soon(self._track, w)
+        try:
+            hello = await w.expect(Msg.HELLO, timeout=HELLO_TIMEOUT)
+            proto = negotiate(int(hello.get("proto_min", 1)), int(hello.get("proto_max", 1)))
+            if proto is None:
+                await w.send(Msg.ABORT, {"reason": "no common protocol version"})
+                raise StartFailed("hello", f"worker speaks protocol {hello.get('proto_min')}..{hello.get('proto_max')}")
+            w.ctrl.proto = proto
+            memfd = os.memfd_create("proxy-config", os.MFD_CLOEXEC)
+            try:
+                os.write(memfd, text.encode())
+                os.lseek(memfd, 0, os.SEEK_SET)
+                welcome = {
+                    "proto": proto,
+                    "generation": generation,
+                    "worker_index": index,
+                    "workers": n,
+                    "config_path": self.config_path,
+                    "logging": self.logging,
+                }
+                if not await w.send(Msg.WELCOME, welcome, [memfd]):
+                    raise StartFailed("welcome", "worker went away")
+            finally:
+                os.close(memfd)
+            mine_sockets = self.sockets_for(config, index, n)
+            for at in range(0, max(len(mine_sockets), 1), MAX_FDS):
+                batch = mine_sockets[at : at + MAX_FDS]
+                items = [{"key": s.key, "name": s.name, "address": s.bound, "index": s.index} for s in batch]
+                more = at + MAX_FDS < len(mine_sockets)
+                if not await w.send(Msg.LISTENERS, {"items": items, "more": more}, [s.sock.fileno() for s in batch]):
+                    raise StartFailed("listeners", "worker went away")
+            await w.expect(Msg.LISTENERS_ACK, timeout=float(config.runtime.upgrade_timeout))
+            ready = await w.expect(Msg.READY, timeout=float(config.runtime.upgrade_timeout))
+        except StartFailed:
+            w.kill()
+            raise
+        w.state = "serving"
+        log.info("worker.ready", pid=w.pid, generation=generation, index=index, startup_ms=ready.get("startup_ms"))
+        return w
+
+    async def _track(self, w: WorkerProc) -> None:
+        await w.run()
+        await w.exited.wait()
+        self.all_workers.discard(w)
+        level = log.info if w.returncode == 0 else log.warning
+        level("worker.exited", pid=w.pid, generation=w.generation, index=w.index, code=w.returncode)
+
+    async def _supervise(self, w: WorkerProc) -> None:
+        """Replace the worker if it dies while it is current (not when an upgrade retires it)."""
+        delay = RESPAWN_DELAY
+        while True:
+            await w.exited.wait()
+            while self.busy is not None:  # an upgrade in progress decides for itself
+                await trio.sleep(0.05)
+            if self.state != "serving" or w not in self.current:
+                return
+            log.warning("worker.died", pid=w.pid, index=w.index, code=w.returncode, action="respawn")
+            n = len(self.current)
+            while self.state == "serving":
+                try:
+                    new = await self._start_worker(w.index, n, self.generation, self.config, self.config_text)
+                except StartFailed as exc:
+                    log.error("worker.respawn_failed", index=w.index, error=str(exc))
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                break
+            else:
+                return
+            if w in self.current:
+                self.current[self.current.index(w)] = new
+            w = new
+            delay = RESPAWN_DELAY
+
+    # ------------------------------------------------------------ reload and upgrade
+
+    async def reload(self, kind: str = "reload") -> dict[str, Any]:
+        """Start a new generation from the config file; the outcome as a dict (`result`: ok,
+        failed, busy). Never raises for an expected failure."""
+        if self.busy is not None or self.state != "serving":
+            self.upgrades["refused"] += 1
+            log.warning(f"{kind}.refused", reason=f"busy: a {self.busy} is running" if self.busy else f"state is {self.state}")
+            return {"result": "busy", "running": self.busy}
+        self.busy = kind
+        _run_hooks(self.on_reload, "start")
+        t0 = time.monotonic()
+        result: dict[str, Any] = {"kind": kind, "generation": self.generation}
+        try:
+            result.update(await self._reload(kind, t0))
+        except Exception as exc:  # noqa: BLE001 - the keeper survives any bug in a reload
+            log.error(f"{kind}.error", exc_info=exc, error=repr(exc))
+            result.update({"result": "failed", "stage": "internal", "error": repr(exc)})
+        finally:
+            self.busy = None
+        result["seconds"] = round(time.monotonic() - t0, 3)
+        result["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.last_result = result
+        self.upgrades["ok" if result["result"] == "ok" else "failed"] += 1
+        (log.info if result["result"] == "ok" else log.error)(f"{kind}.done", **{k: v for k, v in result.items() if k != "kind"})
+        _run_hooks(self.on_reload, f"done:{result['result']}:{result.get('error', '')}")
+        return result
+
+    async def _reload(self, kind: str, t0: float) -> dict[str, Any]:
+        from proxy.config import ConfigError
+
+        try:
+            config, text = read_config(self.config_path)
+        except ConfigError as exc:
+            errors = [str(i) for i in exc.issues]
+            log.error(f"{kind}.config_invalid", path=self.config_path, errors=len(errors))
+            for e in errors:
+                log.error("config.error", detail=e)
+            return {"result": "failed", "stage": "config", "error": f"{self.config_path} has {len(errors)} error(s)", "errors": errors}
+        if _admin_changed(self.config, config):
+            log.warning(f"{kind}.admin_unchanged", message="admin settings take effect only at a restart")
+        gen = self.generation + 1
+        log.info(f"{kind}.start", generation=gen)
+        try:
+            fresh = self.bind_for(config)
+        except BindError as exc:
+            return {"result": "failed", "stage": "bind", "error": str(exc)}
+        try:
+            new = await self._spawn_generation(gen, config, text)
+        except StartFailed as exc:
+            for s in fresh:
+                self.sockets.pop(s.key, None)
+                close_listener(s.sock)
+            return {"result": "failed", "stage": exc.stage, "error": exc.reason}
+        ready_s = time.monotonic() - t0
+        old = list(self.current)
+        # Pause the old accept loops: the new generation accepts from the same sockets.
+        for o in old:
+            if await o.send(Msg.PAUSE):
+                try:
+                    await o.expect(Msg.PAUSED, timeout=PAUSE_TIMEOUT)
+                    o.state = "paused"
+                except StartFailed:
+                    pass
+        # Probation: the new generation serves alone; if it fails now, the old one resumes.
+        probation = float(config.runtime.upgrade_probation)
+        failed = await _first_gone(new, probation)
+        if failed is not None:
+            for o in old:
+                await o.send(Msg.RESUME)
+                o.state = "serving"
+            for n_ in new:
+                n_.kill()
+            log.error(f"{kind}.rolled_back", stage="probation", pid=failed.pid)
+            self._forget_fresh(fresh)
+            return {"result": "failed", "stage": "probation", "error": f"new worker {failed.pid} exited during probation (code {failed.returncode})"}
+        # COMMIT: old worker i hands its live connections to new worker i % n.
+        drain_timeout = float(config.runtime.drain_timeout)
+        acks = []
+        for i, o in enumerate(old):
+            if o.exited.is_set():
+                continue
+            target = new[i % len(new)]
+            a, b = socketpair()
+            try:
+                await target.send(Msg.COMMIT, {"role": "new"}, [b.fileno()])
+                await o.send(Msg.COMMIT, {"role": "old", "drain_timeout": drain_timeout}, [a.fileno()])
+            finally:
+                a.close()
+                b.close()
+            o.state = "handing_over"
+            acks.append(target)
+        for target in acks:  # the new worker merged the old counters: switch the admin view
+            try:
+                await target.expect(Msg.COMMIT_ACK, timeout=COMMIT_ACK_TIMEOUT)
+            except StartFailed:
+                pass
+        commit_s = time.monotonic() - t0
+        self.current = list(new)
+        self.config, self.config_text, self.generation = config, text, gen
+        assert self._nursery is not None
+        for n_ in new:
+            self._nursery.start_soon(self._supervise, n_)
+        log.info(f"{kind}.committed", generation=gen, ready_s=round(ready_s, 3))
+        # Wait for each old worker to hand over or drain everything and exit.
+        migrated: dict[str, int] = {}
+        forced = 0
+        rolled_back = []
+        for o in old:
+            outcome = await self._retire(o, drain_timeout)
+            if outcome.get("resumed"):
+                rolled_back.append(o)
+                continue
+            for k, v in (outcome.get("migrated") or {}).items():
+                migrated[k] = migrated.get(k, 0) + v
+                self.migrated_total[k] = self.migrated_total.get(k, 0) + v
+            forced += outcome.get("forced", 0)
+        if rolled_back:
+            for o in rolled_back:
+                idx = old.index(o) % len(new)
+                dead = self.current[idx]
+                dead.kill()
+                self.current[idx] = o
+                o.state = "serving"
+                self._nursery.start_soon(self._supervise, o)
+            return {"result": "failed", "stage": "handover", "error": "a new worker went away during the handover; the old one serves on"}
+        self.close_unused()
+        return {
+            "result": "ok",
+            "generation": gen,
+            "ready_seconds": round(ready_s, 3),
+            "commit_seconds": round(commit_s, 3),
+            "migrated": migrated,
+            "forced": forced,
+            "workers": [w.pid for w in new],
+        }
+
+    def _forget_fresh(self, fresh: list[ListenerSocket]) -> None:
+        for s in fresh:
+            self.sockets.pop(s.key, None)
+            close_listener(s.sock)
+
+    async def _retire(self, o: WorkerProc, drain_timeout: float) -> dict[str, Any]:
+        """Wait for an old worker's DRAINED (or RESUMED: its new peer died) and its exit."""
+        outcome: dict[str, Any] = {}
+        with trio.move_on_after(drain_timeout + 10):
+            try:
+                while True:
+                    body = await o.expect(Msg.DRAINED, Msg.RESUMED, Msg.COMMIT_ACK, timeout=drain_timeout + 10)
+                    if "migrated" in body or "forced" in body:
+                        outcome = body
+                        break
+                    if body.get("after_commit"):
+                        return {"resumed": True}
+            except StartFailed:
+                pass
+            await o.exited.wait()
+            return outcome
+        log.warning("worker.retire_timeout", pid=o.pid, action="kill")
+        o.kill()
+        return outcome
+
+    # ------------------------------------------------------------ stop and signals
+
+    async def drain(self) -> None:
+        """Graceful stop: close the listeners (new connections are refused), let every worker
+        finish its connections (up to drain_timeout), then exit."""
+        if self.state in ("draining", "stopping", "stopped"):
+            return
+        self.state = "draining"
+        log.info("keeper.draining", workers=len(self.all_workers))
+        _run_hooks(self.on_stopping)
+        while self.busy is not None:
+            await trio.sleep(0.05)
+        for s in self.sockets.values():
+            close_listener(s.sock)
+        self.sockets.clear()
+        for w in list(self.all_workers):
+            await w.send(Msg.DRAIN)
+        with trio.move_on_after(float(self.config.runtime.drain_timeout) + 5):
+            for w in list(self.all_workers):
+                await w.exited.wait()
+        for w in list(self.all_workers):
+            w.kill()
+        self.state = "stopped"
+        self._stopped.set()
+
+    async def stop_now(self) -> None:
+        self.state = "stopping"
+        for w in list(self.all_workers):
+            await w.send(Msg.STOP)
+        with trio.move_on_after(5):
+            for w in list(self.all_workers):
+                await w.exited.wait()
+        for w in list(self.all_workers):
+            w.kill()
+        self.state = "stopped"
+        self._stopped.set()
+
+    async def _signals(self) -> None:
+        signums = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+        with trio.open_signal_receiver(*signums) as signals:
+            # A re-executed keeper blocks these across exec (so none can kill it meanwhile);
+            # they are safe to take now.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
+            assert self._nursery is not None
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGTERM:
+                    log.info("signal", signal=name, action="drain")
+                    self._nursery.start_soon(self.drain)
+                elif signum == signal.SIGINT:
+                    log.info("signal", signal=name, action="stop")
+                    self._nursery.start_soon(self.stop_now)
+                elif signum == signal.SIGHUP:
+                    log.info("signal", signal=name, action="reload")
+                    self._nursery.start_soon(self.reload, "reload")
+                elif signum == signal.SIGUSR2:
+                    log.info("signal", signal=name, action="upgrade")
+                    self._nursery.start_soon(self.upgrade)
+                elif signum == signal.SIGUSR1:
+                    from proxy.log import reopen
+
+                    reopen()
+                    for w in list(self.all_workers):
+                        await w.send(Msg.REOPEN_LOGS)
+                    log.info("signal", signal=name, action="reopen_logs")
+
+    async def upgrade(self, reply: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+        """Hot upgrade: re-execute the keeper in place (same pid, sockets and workers kept), and
+        the new keeper then starts a new generation, so new code runs everywhere."""
+        if self.busy is not None or self.state != "serving":
+            return await self.reload("upgrade")  # refused as busy, consistently
+        from proxy.upgrade import reexec
+
+        self.busy = "upgrade"
+        try:
+            reexec.prepare(self, reply)
+        except Exception as exc:  # noqa: BLE001
+            self.busy = None
+            log.error("upgrade.reexec_failed", exc_info=exc, error=repr(exc))
+            return await self.reload("upgrade")
+        self._exec_requested = True
+        self._stopped.set()
+        return {"result": "reexec"}
+
+    async def _after_reexec(self) -> None:
+        """The second half of an upgrade, in the new keeper image: a new generation."""
+        self.upgrades["ok"] += 0
+        result = await self.reload("upgrade")
+        fd, self._reply_fd = self._reply_fd, None
+        if fd is not None:
+            from proxy.admin.server import _response
+            from proxy.upgrade.keeper_admin import reload_status
+
+            sock = socket.socket(fileno=fd)
+            try:
+                sock.setblocking(True)
+                sock.settimeout(5)
+                sock.sendall(_response(reload_status(result), result, keep_alive=False))
+            except OSError:
+                pass
+            finally:
+                sock.close()
+
+    def _reexec(self) -> None:
+        from proxy.upgrade import reexec
+
+        reexec.execute(self)
+
+    # ------------------------------------------------------------ admin view
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "state": self.state,
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            "generation": self.generation,
+            "version": proxy.__version__,
+            "listeners": len(self.config.listeners),
+            "workers": [w.describe() for w in self.current],
+            "retiring": [w.describe() for w in self.all_workers if w not in self.current and w.generation < self.generation],
+            "busy": self.busy,
+            "last_reload": self.last_result,
+        }
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def read_config(path: str) -> tuple[Config, str]:
+    """Read and validate a config file, filters included (what `proxy check` does)."""
+    from proxy.config import ConfigError, ConfigIssue, load_text
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        text = data.decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigIssue((), f"cannot read config file: {exc}", None, path)]) from None
+    config = load_text(text, path)
+    from proxy.cli import _check_filters
+
+    _check_filters(path, config)
+    return config, text
+
+
+def _admin_changed(a: Config, b: Config) -> bool:
+    return a.admin != b.admin
+
+
+def _reuseport(sock: socket.socket) -> bool:
+    if sock.family == socket.AF_UNIX:
+        return False
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+
+
+def _same_port(address: Any, sock: socket.socket) -> Any:
+    """`address` with the port the first socket of the group got (port 0 binds resolve once)."""
+    from proxy.config.values import Address
+
+    port = sock.getsockname()[1]
+    host = address.host
+    return Address.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+
+async def _first_gone(workers: list[WorkerProc], seconds: float) -> WorkerProc | None:
+    """Watch `workers` for `seconds`; the first one that went away, or None."""
+    gone: list[WorkerProc] = []
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+
+            async def watch(w: WorkerProc) -> None:
+                await w.gone.wait()
+                gone.append(w)
+                nursery.cancel_scope.cancel()
+
+            for w in workers:
+                nursery.start_soon(watch, w)
+    return gone[0] if gone else None
+
+
+def _run_hooks(hooks: list[Callable[..., None]], *args: Any) -> None:
+    for hook in hooks:
+        try:
+            hook(*args)
+        except Exception:
+            log.error("hook.failed", exc_info=True, hook=getattr(hook, "__name__", repr(hook)))
+
+
+def state_json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))

@@ -1,0 +1,165 @@
+"""The keeper's admin socket and metrics listener.
+
+The keeper answers what is its own (`/status` with generations and the last reload, `/reload`,
+`/upgrade`, `/drain`) and forwards everything else to worker 0 of the current generation over
+its control channel (ADMIN / ADMIN_REPLY), so the worker's stats, clusters, config, task tree
+and profiles are read where they live. Commands that change worker state (`/log_level`, host
+enable/disable) go to every current worker. `/metrics` is the worker's text plus the keeper's
+upgrade families.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+
+from proxy import log as proxy_log
+from proxy.admin.metrics_server import MetricsServer, response
+from proxy.admin.server import AdminServer, TextBody
+from proxy.log import get_logger
+from proxy.metrics import CONTENT_TYPE, escape_label_value
+from proxy.upgrade.migration import b64d
+
+log = get_logger("admin")
+
+_current_conn: contextvars.ContextVar[socket.socket | None] = contextvars.ContextVar("admin_conn", default=None)
+_BROADCAST = re.compile(r"/log_level|/clusters/[^/]+/hosts/[^/]+/(enable|disable)")
+
+
+class KeeperAdmin(AdminServer):
+    def __init__(self, keeper: Any, path: str, allowed_uids: Any = ()) -> None:
+        super().__init__(keeper, path, allowed_uids)
+        self.keeper = keeper
+
+    def close(self) -> None:
+        if not self.keeper._exec_requested:  # a re-executed keeper keeps serving this socket
+            super().close()
+
+    async def _connection(self, conn: socket.socket) -> None:
+        _current_conn.set(conn)
+        await super()._connection(conn)
+
+    async def _dispatch_async(self, method: str, target: str, body: bytes) -> tuple[int, Any, str | None]:
+        keeper = self.keeper
+        path = urlsplit(target).path.rstrip("/") or "/"
+        try:
+            if path == "/status":
+                if method != "GET":
+                    return 405, {"error": f"{method} not allowed on /status"}, "GET"
+                return 200, keeper.status(), None
+            if path in ("/reload", "/upgrade"):
+                if method != "POST":
+                    return 405, {"error": f"{method} not allowed on {path}"}, "POST"
+                if path == "/reload":
+                    result = await keeper.reload("reload")
+                else:
+                    result = await keeper.upgrade(reply=_current_conn.get())
+                    if result.get("result") == "reexec":
+                        await trio.sleep_forever()  # the re-executed keeper answers on this connection
+                return reload_status(result), result, None
+            if path == "/drain":
+                if method != "POST":
+                    return 405, {"error": f"{method} not allowed on /drain"}, "POST"
+                assert keeper._nursery is not None
+                keeper._nursery.start_soon(keeper.drain)
+                return 200, {"draining": True}, None
+            workers = [w for w in keeper.current if not w.gone.is_set()]
+            if not workers:
+                return 503, {"error": "no worker is running"}, None
+            if _BROADCAST.fullmatch(path) and method in ("PUT", "POST"):
+                replies = [await w.admin(method, target, body) for w in workers]
+                reply = replies[0]
+                if path == "/log_level" and reply is not None and reply.get("status") == 200:
+                    level = _json_field(reply, "level")
+                    if level in proxy_log.LEVELS:
+                        proxy_log.set_level(level)
+            else:
+                reply = await workers[0].admin(method, target, body)
+            if reply is None:
+                return 503, {"error": "the worker did not answer"}, None
+            data = b64d(reply.get("body", ""))
+            if path == "/metrics" and reply.get("status") == 200:
+                data += keeper_metrics(keeper).encode()
+            return int(reply["status"]), TextBody(reply.get("content_type", "application/json"), data), reply.get("allow")
+        except Exception as exc:  # noqa: BLE001 - an admin request never takes the keeper down
+            log.error("admin.handler_error", exc_info=exc, method=method, target=target)
+            return 500, {"error": f"internal error: {exc}"}, None
+
+
+def reload_status(result: dict[str, Any]) -> int:
+    outcome = result.get("result")
+    if outcome == "ok":
+        return 200
+    if outcome == "busy":
+        return 409
+    if result.get("stage") == "config":
+        return 400
+    return 500
+
+
+def _json_field(reply: dict[str, Any], name: str) -> Any:
+    import json
+
+    try:
+        return json.loads(b64d(reply.get("body", ""))).get(name)
+    except (ValueError, AttributeError):
+        return None
+
+
+def keeper_metrics(keeper: Any) -> str:
+    lines = [
+        "# HELP proxy_upgrade_generation Current worker generation (1 at start, +1 per reload or upgrade).",
+        "# TYPE proxy_upgrade_generation gauge",
+        f"proxy_upgrade_generation {keeper.generation}",
+        "# HELP proxy_upgrades_total Reloads and upgrades by result.",
+        "# TYPE proxy_upgrades_total counter",
+    ]
+    for result, n in sorted(keeper.upgrades.items()):
+        lines.append(f'proxy_upgrades_total{{result="{escape_label_value(result)}"}} {n}')
+    lines += [
+        "# HELP proxy_workers Worker processes of the current generation.",
+        "# TYPE proxy_workers gauge",
+        f"proxy_workers {len(keeper.current)}",
+    ]
+    if keeper.migrated_total:
+        lines += [
+            "# HELP proxy_connections_migrated_total Live connections handed to a new generation, by kind.",
+            "# TYPE proxy_connections_migrated_total counter",
+        ]
+        for kind, n in sorted(keeper.migrated_total.items()):
+            lines.append(f'proxy_connections_migrated_total{{kind="{escape_label_value(kind)}"}} {n}')
+    last = keeper.last_result or {}
+    durations = [(stage, last[key]) for key, stage in (("ready_seconds", "ready"), ("seconds", "total")) if key in last]
+    if durations:
+        lines += [
+            "# HELP proxy_upgrade_duration_seconds Duration of the last reload or upgrade, by stage.",
+            "# TYPE proxy_upgrade_duration_seconds gauge",
+        ]
+        lines += [f'proxy_upgrade_duration_seconds{{stage="{stage}"}} {value}' for stage, value in durations]
+    return "\n".join(lines) + "\n"
+
+
+class KeeperMetrics(MetricsServer):
+    def __init__(self, keeper: Any, address: Any) -> None:
+        super().__init__(keeper, address)
+        self.keeper = keeper
+
+    def close(self) -> None:
+        if not self.keeper._exec_requested:
+            super().close()
+
+    async def answer(self, head: bytes) -> bytes:
+        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+        if len(parts) == 3 and parts[1].split("?", 1)[0] == "/metrics" and parts[0] in ("GET", "HEAD"):
+            workers = [w for w in self.keeper.current if not w.gone.is_set()]
+            reply = await workers[0].admin("GET", "/metrics", b"") if workers else None
+            if reply is None or reply.get("status") != 200:
+                return response(503, b"no worker is running\n")
+            body = b64d(reply.get("body", "")) + keeper_metrics(self.keeper).encode()
+            return response(200, body, CONTENT_TYPE, head_only=parts[0] == "HEAD")
+        return await super().answer(head)  # /ready and errors from the keeper's state
