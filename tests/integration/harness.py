@@ -78,8 +78,23 @@ class ProxyProcess:
                 await trio.sleep(0.02)
         return self.proc.returncode
 
+    def worker_pids(self) -> list[int]:
+        """The keeper's children: its worker processes."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                return [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+
     def fd_count(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        """Open fds of the keeper and its workers (the connections live in the workers)."""
+        total = 0
+        for pid in [self.pid, *self.worker_pids()]:
+            try:
+                total += len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:
+                pass
+        return total
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -139,8 +139,8 @@ async def test_every_ctl_command(nursery, tmp_path):
         # tasks
         tasks = await ctl_json(sock, "tasks")
         text = json.dumps(tasks)
-        assert "Worker.run" in text and "AdminServer.serve" in text and "accept_loop" in text
-        assert "AdminServer.serve" in (await ctl(sock, "tasks")).stdout
+        assert "Worker.run" in text and "serve_control" in text and "accept_loop" in text
+        assert "serve_control" in (await ctl(sock, "tasks")).stdout
 
         # log-level: debug lines appear
         assert "debug" in (await ctl(sock, "log-level", "debug")).stdout
