@@ -23,6 +23,15 @@ class CtlError(Exception):
 
 def request(path: str, method: str = "GET", target: str = "/", body: Any = None, timeout: float = TIMEOUT) -> Any:
     """One request over the Unix socket at `path`; returns the decoded JSON or raises CtlError."""
+    status, payload = exchange(path, method, target, body, timeout)
+    if status != 200:
+        message = payload.get("error") if isinstance(payload, dict) else None
+        raise CtlError(f"{message or 'error'} (HTTP {status})")
+    return payload
+
+
+def exchange(path: str, method: str = "GET", target: str = "/", body: Any = None, timeout: float = TIMEOUT) -> tuple[int, Any]:
+    """One request; the status and decoded body, whatever the status."""
     data = b"" if body is None else json.dumps(body).encode()
     head = f"{method} {target} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {len(data)}\r\n"
     if body is not None:
@@ -57,11 +66,7 @@ def request(path: str, method: str = "GET", target: str = "/", body: Any = None,
     finally:
         sock.close()
     raw = b"".join(chunks)
-    status, payload = _parse_response(raw, path)
-    if status != 200:
-        message = payload.get("error") if isinstance(payload, dict) else None
-        raise CtlError(f"{message or 'error'} (HTTP {status})")
-    return payload
+    return _parse_response(raw, path)
 
 
 def _parse_response(raw: bytes, path: str) -> tuple[int, Any]:
@@ -110,6 +115,9 @@ def add_parser(sub: Any) -> None:
     level = cmds.add_parser("log-level", help="change the log level")
     level.add_argument("level", choices=["debug", "info", "warning", "error"])
     cmds.add_parser("drain", help="stop accepting; let open connections finish")
+    for name, what in (("reload", "re-read the config and start a new worker generation"), ("upgrade", "re-execute the keeper, then start a new generation (new code)")):
+        cmd = cmds.add_parser(name, help=f"{what}; waits for the outcome (exit 1 on failure)")
+        cmd.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the outcome (default 600)")
     host = cmds.add_parser("host", help="enable or disable an upstream host")
     host.add_argument("action", choices=["enable", "disable"])
     host.add_argument("cluster")
@@ -154,6 +162,12 @@ def main(args: argparse.Namespace) -> int:
             result = request(path, "PUT", "/log_level", {"level": args.level})
         elif cmd == "drain":
             result = request(path, "POST", "/drain")
+        elif cmd in ("reload", "upgrade"):
+            status, result = exchange(path, "POST", f"/{cmd}", timeout=args.timeout)
+            if not isinstance(result, dict):
+                raise CtlError(f"bad answer (HTTP {status})")
+            print(json.dumps(result, indent=2) if args.json else render_reload(cmd, result))
+            return 0 if status == 200 else 1
         elif cmd == "host":
             target = f"/clusters/{quote(args.cluster, safe='')}/hosts/{quote(args.address, safe='')}/{args.action}"
             result = request(path, "POST", target)
@@ -177,9 +191,33 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
+def render_reload(cmd: str, r: dict[str, Any]) -> str:
+    outcome = r.get("result")
+    if outcome == "ok":
+        migrated = r.get("migrated") or {}
+        moved = ", ".join(f"{n} {kind}" for kind, n in sorted(migrated.items())) or "none"
+        return (
+            f"{cmd}: ok, generation {r.get('generation')} serving (workers {r.get('workers')})\n"
+            f"  ready after {r.get('ready_seconds')}s, done after {r.get('seconds')}s\n"
+            f"  live connections migrated: {moved}; closed at the drain deadline: {r.get('forced', 0)}"
+        )
+    if outcome == "busy":
+        return f"{cmd}: refused, busy (a {r.get('running') or 'reload'} is running)"
+    lines = [f"{cmd}: FAILED at {r.get('stage')}: {r.get('error')}; generation {r.get('generation')} serves on"]
+    lines += [f"  {e}" for e in r.get("errors", ())]
+    return "\n".join(lines)
+
+
 def render(cmd: str, result: Any) -> str:
     if cmd == "status":
-        return "\n".join(f"{k}: {v}" for k, v in result.items())
+        lines = []
+        for k, v in result.items():
+            if k in ("workers", "retiring"):
+                v = ", ".join(f"#{w['index']} pid {w['pid']} gen {w['generation']} {w['state']}" for w in v) or "-"
+            elif k == "last_reload" and isinstance(v, dict):
+                v = f"{v.get('kind')} {v.get('result')} at {v.get('at')}" + (f" ({v.get('stage')}: {v.get('error')})" if v.get("result") != "ok" else "")
+            lines.append(f"{k}: {v}")
+        return "\n".join(lines)
     if cmd == "stats":
         return table(["NAME", "VALUE"], [[k, v] for k, v in sorted(result.items())])
     if cmd == "listeners":

@@ -78,7 +78,7 @@ async def _run(fd: int) -> int:
             await worker.run(task_status=task_status)
             nursery.cancel_scope.cancel()  # the worker stopped: so does its control channel
 
-        await nursery.start(serve)
+        await nursery.start(serve, name="proxy.server.Worker.run")
         chaos.point("after_listening")
         await ctrl.send(Msg.READY, {"startup_ms": round((time.monotonic() - started) * 1000, 1)})
         chaos.point("after_ready")
