@@ -29,11 +29,14 @@ _READY = re.compile(r'event=ready|"event": "ready"')  # text or JSON logs
 
 
 class ProxyProcess:
-    def __init__(self, config: dict[str, Any], workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, config: dict[str, Any], workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
         self.config_path = workdir / "proxy.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = workdir / "proxy.log"
         self.extra_args = extra_args
+        self.env = env  # extra environment variables for the proxy (e.g. PROXY_CHAOS_FILE)
         self.proc: subprocess.Popen[bytes] | None = None
         self.addresses: dict[str, str] = {}
 
@@ -51,6 +54,7 @@ class ProxyProcess:
             [sys.executable, "-m", "proxy", "run", "-c", str(self.config_path), *self.extra_args],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env} if self.env else None,
         )
         with trio.fail_after(timeout):
             while not _READY.search(self.log()):
@@ -109,8 +113,10 @@ class ProxyProcess:
 
 
 @asynccontextmanager
-async def running_proxy(config: dict[str, Any], workdir: Path, *extra_args: str) -> AsyncIterator[ProxyProcess]:
-    proxy = ProxyProcess(config, workdir, extra_args)
+async def running_proxy(
+    config: dict[str, Any], workdir: Path, *extra_args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[ProxyProcess]:
+    proxy = ProxyProcess(config, workdir, extra_args, env)
     try:
         await proxy.start()
         yield proxy

@@ -355,6 +355,12 @@ class RequestParser(_Parser):
             self._account(events, len(data))
         return events
 
+    @property
+    def between_messages(self) -> bool:
+        """No request is partly parsed and parsing can go on: a fresh parser fed the bytes still
+        to come would read them the same (a connection's safe point for a hot upgrade)."""
+        return not self._in_message and not self._blocked
+
     def feed_eof(self) -> None:
         if self._in_message and not self._blocked:
             raise self._dead(ProtocolError("connection closed in the middle of a request", 400, "incomplete"))

@@ -8,6 +8,14 @@ served in order, so pipelined requests get their responses in order by construct
 Errors become local replies with an Envoy response flag (see stream_info); a malformed request
 gets its 4xx and the connection closes; it never reaches an upstream. After a `101` (WebSocket
 or another upgrade the route allows) both directions become a byte tunnel on the L4 relay.
+
+Hot upgrade (`start_migration`): a keep-alive connection moves to the next worker generation at
+its safe point, waiting for its next request with nothing of one parsed (kind "http1"). Idle
+ones are woken at once; busy ones when they get there (the watchdog looks every tick), so an
+in-flight request finishes here and no `Connection: close` is added. A request that arrives
+just as the connection is woken goes along unparsed (`leftover`). Tunnels move as their relay
+stops (kind "tunnel"). A refused connection is served on here. The per-request cost is one
+attribute test after the idle receive.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import random
 from proxy.router.retry import RetryState
 from proxy.router.route_table import choose_cluster, mutate_headers, redirect_location, rewrite_path
 from proxy.stats import ListenerStats
+from proxy.upgrade import migration as migration_mod
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.pool import PoolManager, PoolOverflow, UpstreamConnection
 
@@ -50,7 +59,20 @@ WATCHDOG_TICK = 0.1
 class _Downstream:
     """Reading side of a client connection: socket, parser and parsed events not yet used."""
 
-    __slots__ = ("io", "parser", "events", "eof", "limits", "scope", "phase", "response_started", "deadline")
+    __slots__ = (
+        "io",
+        "parser",
+        "events",
+        "eof",
+        "limits",
+        "scope",
+        "phase",
+        "response_started",
+        "deadline",
+        "served",
+        "leftover",
+        "handover",
+    )
 
     def __init__(self, io: SockIO, limits: http1.Limits) -> None:
         self.io = io
@@ -68,6 +90,11 @@ class _Downstream:
         self.phase = _IDLE
         self.response_started = False
         self.deadline = _INF
+        # Hot upgrade: requests served so far, bytes received but not fed to the parser (only
+        # around a handover), and where the connection stands in a migration (_STAY, ...).
+        self.served = 0
+        self.leftover = b""
+        self.handover = _STAY
 
     async def next_event(self) -> Any:
         """The next request event; None at a clean EOF between requests."""
@@ -105,6 +132,24 @@ _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})
 _IDLE = 0  # between requests: idle_timeout, close quietly
 _HEAD = 1  # a head is arriving: request_header_timeout, answer 408
 _UPSTREAM = 2  # a request is being served: the route timeout, answer 504 (or cut the response)
+
+# A connection in a migration (`_Downstream.handover`).
+_STAY = 0  # served here
+_WANTED = 1  # to be handed over at its next safe point
+_WOKEN = 2  # its scope was cancelled at the safe point, to hand it over
+
+# How `_serve` ended.
+_CLOSE = 0
+_TUNNEL = 1  # the relay owns the sockets
+_HANDOVER = 2
+
+
+class _Handover(Exception):
+    """A connection marked for a handover received bytes at its safe point: they go along."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
 
 
 class _Abort(Exception):
@@ -157,6 +202,8 @@ class HttpConnectionManager:
         self.tcp = not config.address.is_unix
         self.connections: set[_Downstream] = set()
         self.draining = False
+        self.migration: migration_mod.Migration = migration_mod.NO_MIGRATION
+        self.tunnels: dict[relay_mod.Relay, str | None] = {}  # live tunnels and their upstream host
 
     # ------------------------------------------------------------------ connection
 
@@ -178,13 +225,20 @@ class HttpConnectionManager:
             for dc in connections:
                 if dc.deadline <= now:
                     dc.scope.cancel()
+            if self.migration.active:
+                self._wake_for_handover()
 
     async def handle(self, sock: socket.socket, peer: Any) -> None:
+        self.stats.downstream_cx_total += 1
+        await self._connection(sock, peer, 0, b"")
+
+    async def _connection(self, sock: socket.socket, peer: Any, served: int, leftover: bytes) -> None:
+        """Serve one client connection (accepted, or adopted with `served` requests already
+        served and `leftover` bytes to parse first) until it ends or moves on."""
         stats = self.stats
-        stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         io = SockIO(sock)
-        handed_to_tunnel = False
+        owned = True  # False once a tunnel or the next worker generation owns the socket
         try:
             if self.tcp:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -192,14 +246,41 @@ class HttpConnectionManager:
             client_ip = peer[0] if isinstance(peer, tuple) else "unix"
             local = _sockname(sock)
             dc = _Downstream(io, self.limits)
-            self.connections.add(dc)
-            try:
-                with dc.scope:
-                    handed_to_tunnel = await self._serve(dc, remote, client_ip, local)
-            finally:
-                self.connections.discard(dc)
-            if dc.scope.cancelled_caught:
-                await self._timed_out(dc)
+            dc.served = served
+            dc.leftover = leftover
+            # Accepted while a migration runs: straight over, nothing read yet.
+            outcome = _HANDOVER if self.migration.active else _CLOSE
+            while True:
+                if outcome != _HANDOVER:
+                    self.connections.add(dc)
+                    try:
+                        with dc.scope:
+                            outcome = await self._serve(dc, remote, client_ip, local)
+                    except _Handover as wake:
+                        dc.leftover = wake.data
+                        outcome = _HANDOVER
+                    finally:
+                        self.connections.discard(dc)
+                    if dc.scope.cancelled_caught:
+                        if dc.handover == _WOKEN:
+                            outcome = _HANDOVER  # woken at the safe point, not a timeout
+                        else:
+                            await self._timed_out(dc)
+                if outcome == _TUNNEL:
+                    owned = False
+                    return
+                if outcome != _HANDOVER:
+                    return
+                if await self._hand_over(dc):
+                    owned = False
+                    migration_mod.release(sock)
+                    stats.downstream_cx_active -= 1
+                    stats.downstream_cx_migrated_out += 1
+                    return
+                # Refused (or the migration is over): serve on here, as if nothing happened.
+                dc.handover = _STAY
+                dc.scope = trio.CancelScope()
+                outcome = _CLOSE
         except (ConnectionLost, _Abort) as exc:
             if log.is_debug():
                 log.debug("connection.ended", listener=self.name, reason=repr(exc))
@@ -211,29 +292,39 @@ class HttpConnectionManager:
         finally:
             stats.downstream_rx_bytes_total += io.bytes_received
             stats.downstream_tx_bytes_total += io.bytes_sent
-            if not handed_to_tunnel:
+            if owned:
                 io.close()
                 stats.downstream_cx_active -= 1
                 stats.downstream_cx_destroy += 1
 
-    async def _serve(self, dc: _Downstream, remote: str, client_ip: str, local: str) -> bool:
-        """Serve requests until the connection ends. True if it became a tunnel (the relay owns
-        the sockets then)."""
-        served = 0
+    async def _serve(self, dc: _Downstream, remote: str, client_ip: str, local: str) -> int:
+        """Serve requests until the connection ends: _CLOSE, or _TUNNEL if it became a tunnel
+        (the relay owns the sockets then). A handover leaves by _Handover or a cancel."""
+        served = dc.served
+        if dc.leftover:  # adopted, or a refused handover: bytes that came with the connection
+            leftover, dc.leftover = dc.leftover, b""
+            try:
+                dc.events.extend(dc.parser.feed(leftover))
+            except ProtocolError as exc:
+                await self._protocol_error(dc, exc, remote, local)
+                return _CLOSE
         while True:
             try:
                 head = await self._read_head(dc)
             except ProtocolError as exc:
                 await self._protocol_error(dc, exc, remote, local)
-                return False
+                return _CLOSE
+            except (trio.Cancelled, _Handover):
+                dc.served = served  # (for a handover)
+                raise
             if head is None:
-                return False
+                return _CLOSE
             served += 1
             keep_alive, tunnel = await self._handle_request(dc, head, remote, client_ip, local, served)
             if tunnel:
-                return True
+                return _TUNNEL
             if not keep_alive:
-                return False
+                return _CLOSE
 
     async def _read_head(self, dc: _Downstream) -> RequestHead | None:
         """Wait for the next request head: up to idle_timeout for its first byte, then up to
@@ -245,6 +336,8 @@ class HttpConnectionManager:
             io = dc.io
             # After a response the client's next request cannot be here yet: wait, then read.
             data = await (io.recv_reply() if dc.response_started else io.recv())
+            if dc.handover and dc.parser.between_messages:
+                raise _Handover(data)  # the safe point of a migration: these bytes go along, unparsed
             while True:
                 if not data:
                     dc.eof = True
@@ -294,6 +387,103 @@ class HttpConnectionManager:
                 await dc.io.send_all(data)
         except ConnectionLost:
             pass
+
+    # ------------------------------------------------------------------ hot upgrade
+
+    def start_migration(self, migration: migration_mod.Migration) -> None:
+        """Hand every live connection over to the next generation, each at its safe point:
+        idle keep-alive connections now, busy ones once their response is out (the watchdog
+        wakes them), tunnels as their relay stops. Connections accepted from now on go
+        straight over."""
+        self.migration = migration
+        for dc in self.connections:
+            dc.handover = _WANTED
+        for relay, host in list(self.tunnels.items()):
+            relay.stop(self._tunnel_handover(host))
+        self._wake_for_handover()
+
+    def _wake_for_handover(self) -> None:
+        """Wake each connection waiting at its safe point: between requests, nothing of the
+        next one received (a recv may have brought part of it along with the last request)."""
+        if self.draining:
+            return
+        for dc in self.connections:
+            if dc.handover == _WANTED and dc.phase == _IDLE and not dc.events and dc.parser.between_messages:
+                dc.handover = _WOKEN
+                dc.scope.cancel()
+
+    async def _hand_over(self, dc: _Downstream) -> bool:
+        migration = self.migration
+        if not migration.active or self.draining:
+            return False
+        state = {"served": dc.served, "leftover": migration_mod.b64e(dc.leftover)}
+        return await migration.hand_over("http1", self.name, [dc.io.sock], state)
+
+    async def adopt(self, sock: socket.socket, state: dict[str, Any]) -> None:
+        """The new generation's side of an "http1" handover: serve the connection as if just
+        accepted, `served` requests already counted and the `leftover` bytes parsed first."""
+        try:
+            served = int(state["served"])
+            leftover = migration_mod.b64d(state["leftover"])
+            sock.setblocking(False)
+        except (KeyError, TypeError, ValueError, OSError) as exc:  # a bad state, or a dead socket
+            self._adopt_failed(exc, sock)
+            return
+        try:
+            peer: Any = sock.getpeername()
+        except OSError:
+            peer = ""  # the client is already gone; the first read will tell
+        self.stats.downstream_cx_migrated_in += 1
+        await self._connection(sock, peer, served, leftover)
+
+    async def adopt_tunnel(self, down: socket.socket, up: socket.socket, state: dict[str, Any]) -> None:
+        """The new generation's side of a "tunnel" handover: relay on, carried bytes first."""
+        try:
+            carried = relay_mod.carried(state)
+            host = state.get("host")
+            down.setblocking(False)
+            up.setblocking(False)
+        except (KeyError, TypeError, ValueError, OSError) as exc:  # a bad state, or a dead socket
+            self._adopt_failed(exc, down, up)
+            return
+        stats = self.stats
+        stats.downstream_cx_active += 1
+        stats.downstream_cx_migrated_in += 1
+        relay = relay_mod.Relay(down, up, splice=relay_mod.HAVE_SPLICE, idle_timeout=self.idle_timeout, on_close=self._tunnel_closed, **carried)
+        self.tunnels[relay] = host
+        if self.migration.active:
+            relay.stop(self._tunnel_handover(host))
+        await relay.run(self.nursery)
+
+    def _adopt_failed(self, exc: Exception, *socks: socket.socket) -> None:
+        self.stats.downstream_cx_error += 1
+        log.error("connection.adopt_failed", listener=self.name, error=repr(exc), exc_info=exc)
+        for sock in socks:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+    def _tunnel_handover(self, host: str | None) -> relay_mod.Handover:
+        migration = self.migration
+        name = self.name
+
+        async def hand_over(relay: relay_mod.Relay) -> bool:
+            if self.draining:
+                return False
+            state = {"host": host, **relay.migration_state()}
+            return await migration.hand_over("tunnel", name, [relay.down, relay.up], state)
+
+        return hand_over
+
+    def _tunnel_closed(self, relay: relay_mod.Relay) -> None:
+        stats = self.stats
+        self.tunnels.pop(relay, None)
+        stats.downstream_cx_active -= 1
+        if relay.outcome == relay_mod.MIGRATED:
+            stats.downstream_cx_migrated_out += 1
+        else:
+            stats.downstream_cx_destroy += 1
+        stats.downstream_rx_bytes_total += relay.rx_bytes
+        stats.downstream_tx_bytes_total += relay.tx_bytes
 
     # ------------------------------------------------------------------ one request
 
@@ -809,15 +999,11 @@ class HttpConnectionManager:
         except BaseException:
             conn.io.close()
             raise
-        stats = self.stats
-
-        def closed(relay: relay_mod.Relay) -> None:
-            stats.downstream_cx_active -= 1
-            stats.downstream_cx_destroy += 1
-            stats.downstream_rx_bytes_total += relay.rx_bytes
-            stats.downstream_tx_bytes_total += relay.tx_bytes
-
-        relay = relay_mod.Relay(dc.io.sock, conn.io.sock, splice=relay_mod.HAVE_SPLICE, idle_timeout=self.idle_timeout, on_close=closed)
+        relay = relay_mod.Relay(dc.io.sock, conn.io.sock, splice=relay_mod.HAVE_SPLICE, idle_timeout=self.idle_timeout, on_close=self._tunnel_closed)
+        host = str(conn.host.address)
+        self.tunnels[relay] = host
+        if self.migration.active:
+            relay.stop(self._tunnel_handover(host))  # opened during a migration: over at once
         self.nursery.start_soon(relay.run, self.nursery)
         return False, True
 

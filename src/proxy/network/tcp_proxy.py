@@ -4,6 +4,11 @@ For each downstream connection: pick a host of the cluster (its balancer), conne
 cluster's connect timeout, and on failure move on to the next host, up to
 `max_connect_attempts`; when every attempt fails the downstream is closed. Then relay bytes
 both ways (`relay.Relay`) until both directions end.
+
+Hot upgrade: `start_migration` stops every live relay at a safe point and hands it (both
+sockets, kind "tcp") to the next generation, whose `adopt` carries on relaying; a relay whose
+handover is refused resumes here. A connection that finishes connecting upstream during a
+migration is handed over before it relays anything.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from proxy.log import get_logger
 from proxy.network import relay as relay_mod
 from proxy.network.connect import ConnectFailed, connect
 from proxy.stats import ListenerStats
+from proxy.upgrade import migration as migration_mod
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.host import Host
 
@@ -42,6 +48,8 @@ class TcpProxy:
         self.max_connect_attempts = config.max_connect_attempts
         self.splice = config.relay != "copy" and relay_mod.HAVE_SPLICE
         self.tcp = not config.address.is_unix
+        self.migration: migration_mod.Migration = migration_mod.NO_MIGRATION
+        self.relays: dict[relay_mod.Relay, Host | None] = {}  # live relays, for a migration
 
     async def handle(self, down: socket.socket, peer: Any) -> None:
         """Entry point per accepted connection. Never raises: a failing connection is counted and
@@ -61,6 +69,9 @@ class TcpProxy:
                 down, up, splice=self.splice, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host)
             )
             owned_by_relay = True
+            self.relays[relay] = host
+            if self.migration.active:
+                relay.stop(self._handover(host))  # connected during a migration: hand over at once
             await relay.run(self.nursery)
         except trio.Cancelled:
             raise
@@ -73,6 +84,56 @@ class TcpProxy:
                 down.close()
                 stats.downstream_cx_active -= 1
                 stats.downstream_cx_destroy += 1
+
+    # ------------------------------------------------------------------ hot upgrade
+
+    def start_migration(self, migration: migration_mod.Migration) -> None:
+        """Hand every live connection over to the next generation (each at its next safe
+        point); connections that connect upstream from now on are handed over right away."""
+        self.migration = migration
+        for relay, host in list(self.relays.items()):
+            relay.stop(self._handover(host))
+
+    def _handover(self, host: Host | None) -> relay_mod.Handover:
+        migration = self.migration
+        name = self.name
+        address = str(host.address) if host is not None else None
+
+        async def hand_over(relay: relay_mod.Relay) -> bool:
+            state = {"host": address, **relay.migration_state()}
+            return await migration.hand_over("tcp", name, [relay.down, relay.up], state)
+
+        return hand_over
+
+    async def adopt(self, down: socket.socket, up: socket.socket, state: dict[str, Any]) -> None:
+        """The new generation's side: relay a connection the previous one handed over (kind
+        "tcp"), its carried bytes first. Never raises, like `handle`."""
+        stats = self.stats
+        try:
+            carried = relay_mod.carried(state)
+            address = state.get("host")
+            for sock in (down, up):
+                sock.setblocking(False)
+                if sock.family != socket.AF_UNIX:
+                    relay_mod.tune_tcp_socket(sock, self.splice)
+        except (KeyError, TypeError, ValueError, OSError) as exc:  # a bad state, or a dead socket
+            stats.downstream_cx_error += 1
+            log.error("connection.adopt_failed", listener=self.name, error=repr(exc), exc_info=exc)
+            for sock in (down, up):
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
+            return
+        stats.downstream_cx_active += 1
+        stats.downstream_cx_migrated_in += 1
+        self.cluster.stats.upstream_cx_active += 1
+        host = next((h for h in self.cluster.hosts if str(h.address) == address), None)
+        if host is not None:
+            host.stats.cx_active += 1
+        relay = relay_mod.Relay(down, up, splice=self.splice, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host), **carried)
+        self.relays[relay] = host
+        if self.migration.active:
+            relay.stop(self._handover(host))
+        await relay.run(self.nursery)
 
     async def _connect_upstream(self, peer: Any) -> tuple[socket.socket | None, Host | None]:
         cluster = self.cluster
@@ -108,10 +169,15 @@ class TcpProxy:
     def _relay_closed(self, host: Host | None) -> Any:
         stats = self.stats
         cstats = self.cluster.stats
+        relays = self.relays
 
         def closed(relay: relay_mod.Relay) -> None:
+            relays.pop(relay, None)
             stats.downstream_cx_active -= 1
-            stats.downstream_cx_destroy += 1
+            if relay.outcome == relay_mod.MIGRATED:
+                stats.downstream_cx_migrated_out += 1
+            else:
+                stats.downstream_cx_destroy += 1
             stats.downstream_rx_bytes_total += relay.rx_bytes
             stats.downstream_tx_bytes_total += relay.tx_bytes
             cstats.upstream_cx_active -= 1

@@ -724,7 +724,7 @@ class Keeper:
         return {
             "pid": os.getpid(),
             "state": self.state,
-            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            "uptime_seconds": round(time.monotonic() - self.started, 3),  # survives re-execs
             "generation": self.generation,
             "version": proxy.__version__,
             "listeners": len(self.config.listeners),

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from proxy.log import get_logger
@@ -37,6 +38,7 @@ def prepare(keeper: Any, reply: socket.socket | None) -> None:
 
     state = {
         "generation": keeper.generation,
+        "uptime": time.monotonic() - keeper.started,
         "config_path": keeper.config_path,
         "config_text": keeper.config_text,
         "logging": keeper.logging,
@@ -95,6 +97,7 @@ def restore(keeper: Any, state: dict[str, Any]) -> None:
     from proxy.upgrade.keeper import ListenerSocket, WorkerProc
 
     keeper.generation = state["generation"]
+    keeper.started = time.monotonic() - float(state.get("uptime", 0.0))
     keeper.last_result = state.get("last_result")
     keeper.upgrades.update(state.get("upgrades") or {})
     keeper.migrated_total.update(state.get("migrated_total") or {})
