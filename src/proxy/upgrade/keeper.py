@@ -555,6 +555,7 @@ class Keeper:
         # Wait for each old worker to hand over or drain everything and exit.
         migrated: dict[str, int] = {}
         forced = 0
+        handover_s = 0.0
         rolled_back = []
         for o in old:
             outcome = await self._retire(o, drain_timeout)
@@ -565,6 +566,7 @@ class Keeper:
                 migrated[k] = migrated.get(k, 0) + v
                 self.migrated_total[k] = self.migrated_total.get(k, 0) + v
             forced += outcome.get("forced", 0)
+            handover_s = max(handover_s, float(outcome.get("seconds", 0.0)))
         if rolled_back:
             for o in rolled_back:
                 idx = old.index(o) % len(new)
@@ -580,6 +582,7 @@ class Keeper:
             "generation": gen,
             "ready_seconds": round(ready_s, 3),
             "commit_seconds": round(commit_s, 3),
+            "handover_seconds": handover_s,  # COMMIT to the last connection handed over or drained
             "migrated": migrated,
             "forced": forced,
             "workers": [w.pid for w in new],
