@@ -78,6 +78,9 @@ class KeeperAdmin(AdminServer):
                     level = _json_field(reply, "level")
                     if level in proxy_log.LEVELS:
                         proxy_log.set_level(level)
+            elif method == "GET" and path in _SUMMED and len(workers) > 1:
+                replies = [await w.admin(method, target, body) for w in workers]
+                reply = _sum_replies(path, [r for r in replies if r is not None and r.get("status") == 200]) or replies[0]
             else:
                 reply = await workers[0].admin(method, target, body)
             if reply is None:
@@ -89,6 +92,56 @@ class KeeperAdmin(AdminServer):
         except Exception as exc:  # noqa: BLE001 - an admin request never takes the keeper down
             log.error("admin.handler_error", exc_info=exc, method=method, target=target)
             return 500, {"error": f"internal error: {exc}"}, None
+
+
+_SUMMED = {"/stats", "/listeners", "/clusters", "/metrics"}
+_NOT_SUMMED = ("proxy_info", "proxy_uptime_seconds", "proxy_state")
+
+
+def _sum_replies(path: str, replies: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One view over several workers: counters and gauges added up (worker 0 gives the shape)."""
+    import json
+
+    from proxy.upgrade.migration import b64e
+
+    if not replies:
+        return None
+    bodies = [b64d(r.get("body", "")) for r in replies]
+    if path == "/metrics":
+        merged = _sum_metrics([b.decode() for b in bodies]).encode()
+    else:
+        docs = [json.loads(b) for b in bodies]
+        merged = json.dumps(_sum_json(docs), default=str).encode() + b"\n"
+    return {**replies[0], "body": b64e(merged)}
+
+
+def _sum_json(docs: list[Any]) -> Any:
+    first = docs[0]
+    if isinstance(first, bool) or not isinstance(first, (int, float, dict, list)):
+        return first
+    if isinstance(first, (int, float)):
+        return sum(d for d in docs if isinstance(d, (int, float)) and not isinstance(d, bool))
+    if isinstance(first, dict):
+        return {k: _sum_json([d.get(k, v) if isinstance(d, dict) else v for d in docs]) for k, v in first.items()}
+    # lists of listeners/clusters/hosts: matched by position (every worker has the same config)
+    return [_sum_json([d[i] if isinstance(d, list) and i < len(d) else item for d in docs]) for i, item in enumerate(first)]
+
+
+def _sum_metrics(texts: list[str]) -> str:
+    values: dict[str, float] = {}
+    for text in texts[1:]:
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                values[key] = values.get(key, 0.0) + float(value)
+    out = []
+    for line in texts[0].splitlines():
+        if line and not line.startswith("#") and not line.startswith(_NOT_SUMMED):
+            key, _, value = line.rpartition(" ")
+            total = float(value) + values.get(key, 0.0)
+            line = f"{key} {int(total) if total.is_integer() and '.' not in value else repr(total)}"
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def reload_status(result: dict[str, Any]) -> int:
