@@ -73,8 +73,8 @@ class Workers:
         self.address = address
         self.new_nursery = new_nursery
 
-    def handoff(self, accept: bool = True) -> Handoff:
-        return Handoff(self.new_nursery, {"http1": self.new.adopt, "tunnel": self.new.adopt_tunnel}, accept)
+    def handoff(self, accept: bool = True, broken: bool = False) -> Handoff:
+        return Handoff(self.new_nursery, {"http1": self.new.adopt, "tunnel": self.new.adopt_tunnel}, accept, broken)
 
     async def client(self) -> Client:
         return Client(await trio.open_tcp_stream(*self.address))
@@ -121,7 +121,25 @@ async def upstream(nursery):
 # ---------------------------------------------------------------- keep-alive connections
 
 
-@pytest.mark.parametrize("accept", [True, False], ids=["adopted", "refused"])
+async def test_connection_the_new_worker_refuses_closes_after_its_next_response(make_workers, upstream):
+    """The migration goes on without this connection (e.g. its listener left the config): the
+    old worker serves its next request with `Connection: close`, so it can exit soon."""
+    workers = await make_workers(upstream.address)
+    client = await workers.client()
+    response, _ = await client.get("/echo?before")
+    assert response.status_code == 200
+    await wait_for(lambda: len(workers.old.connections) == 1)
+    handoff = workers.handoff(accept=False)
+    workers.old.start_migration(handoff)
+    await wait_for(lambda: len(handoff.offered) == 1)
+    response, body = await client.get("/echo?after")
+    assert response.status_code == 200 and json.loads(body)["target"] == "/echo?after"
+    assert header(response, b"connection") == b"close"
+    await wait_for(lambda: workers.old.stats.downstream_cx_destroy == 1)
+    assert workers.old.stats.downstream_cx_active == 0 and len(handoff.offered) == 1
+
+
+@pytest.mark.parametrize("accept", [True, False], ids=["adopted", "new-worker-died"])
 async def test_idle_keep_alive_connection_moves_between_requests(make_workers, upstream, accept):
     workers = await make_workers(upstream.address)
     client = await workers.client()
@@ -130,7 +148,7 @@ async def test_idle_keep_alive_connection_moves_between_requests(make_workers, u
         assert response.status_code == 200 and json.loads(body)["target"] == f"/echo?before={i}"
     await wait_for(lambda: len(workers.old.connections) == 1)
 
-    handoff = workers.handoff(accept)
+    handoff = workers.handoff(accept, broken=True)
     workers.old.start_migration(handoff)
     await wait_for(lambda: len(handoff.offered) == 1)
     assert handoff.offered[0] == ("http1", "http", {"served": 3, "leftover": ""})

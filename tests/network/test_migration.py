@@ -34,8 +34,11 @@ class Handoff:
     `adopters[kind]` in `nursery` (the new worker); the old worker then drops its copies.
     Refusing: hand_over answers False and the old worker must keep serving."""
 
-    def __init__(self, nursery: trio.Nursery | None, adopters: dict[str, Callable[..., Awaitable[None]]], accept: bool = True) -> None:
+    def __init__(
+        self, nursery: trio.Nursery | None, adopters: dict[str, Callable[..., Awaitable[None]]], accept: bool = True, broken: bool = False
+    ) -> None:
         self.active = True
+        self.broken = broken  # refusing because the new worker died: the migration ends
         self.nursery = nursery
         self.adopters = adopters
         self.accept = accept
@@ -46,6 +49,8 @@ class Handoff:
         self.offered.append((kind, listener, state))
         await trio.lowlevel.checkpoint()  # the round trip to the new worker
         if not self.accept:
+            if self.broken:
+                self.active = False
             return False
         assert self.nursery is not None
         copies = [socket.socket(fileno=os.dup(s.fileno())) for s in socks]

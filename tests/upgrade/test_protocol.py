@@ -147,3 +147,23 @@ async def test_truncated_control_message_is_detected():
     a.close()
     right.close()
     await trio.lowlevel.checkpoint()
+
+
+async def test_a_big_body_travels_in_a_memfd_with_the_frames_fds():
+    """A TCP relay's in-flight megabytes must not outgrow a SEQPACKET message."""
+    a, b = socketpair()
+    left, right = Channel(a), Channel(b)
+    r, w = os.pipe()
+    blob = "x" * (3 << 20)
+    before = len(os.listdir("/proc/self/fd"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(left.send, Msg.CONN, {"items": [{"state": blob}]}, [w])
+        mtype, body, fds = await right.recv()
+    assert mtype == Msg.CONN and body["items"][0]["state"] == blob and len(fds) == 1
+    assert len(os.listdir("/proc/self/fd")) == before + 1  # the passed fd; the memfd is closed
+    os.write(fds[0], b"ok")
+    assert os.read(r, 2) == b"ok"
+    for fd in (fds[0], r, w):
+        os.close(fd)
+    left.close()
+    right.close()

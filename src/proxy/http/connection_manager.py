@@ -72,6 +72,7 @@ class _Downstream:
         "served",
         "leftover",
         "handover",
+        "closing",
     )
 
     def __init__(self, io: SockIO, limits: http1.Limits) -> None:
@@ -95,6 +96,7 @@ class _Downstream:
         self.served = 0
         self.leftover = b""
         self.handover = _STAY
+        self.closing = False  # the next response ends the connection (a refused handover)
 
     async def next_event(self) -> Any:
         """The next request event; None at a clean EOF between requests."""
@@ -277,8 +279,11 @@ class HttpConnectionManager:
                     stats.downstream_cx_active -= 1
                     stats.downstream_cx_migrated_out += 1
                     return
-                # Refused (or the migration is over): serve on here, as if nothing happened.
+                # Refused: serve on here. If the migration goes on (the new generation just
+                # cannot take this one), the next response closes it so this worker can exit;
+                # if the new generation died, this worker is current again: nothing changes.
                 dc.handover = _STAY
+                dc.closing = self.migration.active
                 dc.scope = trio.CancelScope()
                 outcome = _CLOSE
         except (ConnectionLost, _Abort) as exc:
@@ -497,7 +502,7 @@ class HttpConnectionManager:
         info = StreamInfo(head, self.name, remote, local)
         stream = Stream(head, info, client_ip)
         bytes_before = (dc.io.bytes_received, dc.io.bytes_sent)
-        keep_alive = head.keep_alive and not self.draining and (self.max_requests is None or served < self.max_requests)
+        keep_alive = head.keep_alive and not self.draining and not dc.closing and (self.max_requests is None or served < self.max_requests)
         tunnel = False
         dc.response_started = False
         if not (head.chunked or head.content_length):

@@ -15,11 +15,42 @@ from typing import Any
 
 import trio
 
-from proxy.upgrade.protocol import MAX_BODY, MAX_FDS, HEADER, Msg, ProtocolError, decode, encode
+from proxy.upgrade.protocol import (
+    HEADER,
+    INLINE_MAX,
+    MAX_BODY,
+    MAX_FDS,
+    MAX_OUT_OF_BAND,
+    Msg,
+    ProtocolError,
+    decode,
+    decode_body,
+    encode_body,
+    frame,
+)
 
 _BUF = 4 << 20
 _RECV_SIZE = MAX_BODY + HEADER.size + 1  # one byte over: a bigger message shows as MSG_TRUNC
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    if size > MAX_OUT_OF_BAND:
+        raise ProtocolError(f"out-of-band body of {size} bytes, over {MAX_OUT_OF_BAND}")
+    chunks = []
+    while True:
+        chunk = os.pread(fd, 1 << 20, sum(len(c) for c in chunks))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 class PeerGone(Exception):
@@ -61,15 +92,29 @@ class Channel:
         return cls(sock)
 
     async def send(self, mtype: Msg, body: dict[str, Any] | None = None, fds: list[int] | tuple[int, ...] = ()) -> None:
-        if len(fds) > MAX_FDS:
-            raise ProtocolError(f"{len(fds)} fds in one message, over {MAX_FDS}")
-        frame = encode(mtype, {**(body or {}), "fds": len(fds)}, self.proto)
+        if len(fds) > MAX_FDS - 1:
+            raise ProtocolError(f"{len(fds)} fds in one message, over {MAX_FDS - 1}")
+        payload = encode_body({**(body or {}), "fds": len(fds)})
+        memfd = None
+        if len(payload) > INLINE_MAX:
+            # A big body (a TCP relay's in-flight bytes, a large stats blob) rides in a memfd.
+            if len(payload) > MAX_OUT_OF_BAND:
+                raise ProtocolError(f"{mtype.name} body is {len(payload)} bytes, over {MAX_OUT_OF_BAND}")
+            memfd = os.memfd_create("proxy-frame", os.MFD_CLOEXEC)
+            _write_all(memfd, payload)
+            fds = [*fds, memfd]
+            payload = encode_body({"fds": len(fds), "body_in_fd": True})
+        data = frame(mtype, payload, self.proto)
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        async with self._send_lock:
-            try:
-                await self.sock.sendmsg([frame], anc)
-            except (BrokenPipeError, ConnectionResetError, ConnectionRefusedError) as exc:
-                raise PeerGone(str(exc)) from exc
+        try:
+            async with self._send_lock:
+                try:
+                    await self.sock.sendmsg([data], anc)
+                except (BrokenPipeError, ConnectionResetError, ConnectionRefusedError) as exc:
+                    raise PeerGone(str(exc)) from exc
+        finally:
+            if memfd is not None:
+                os.close(memfd)
 
     async def recv(self) -> tuple[Msg, dict[str, Any], list[int]]:
         """The next frame and the fds that came with it (the caller owns them)."""
@@ -95,6 +140,14 @@ class Channel:
             mtype, body = decode(data)
             if body.get("fds", 0) != len(fds):
                 raise ProtocolError(f"{mtype.name} announces {body.get('fds', 0)} fds, {len(fds)} arrived")
+            if body.get("body_in_fd"):
+                body_fd = fds.pop()
+                try:
+                    body = decode_body(_read_all(body_fd), mtype.name)
+                finally:
+                    os.close(body_fd)
+                if body.get("fds", 0) != len(fds):
+                    raise ProtocolError(f"{mtype.name} announces {body.get('fds', 0)} fds, {len(fds)} arrived")
         except ProtocolError:
             for fd in fds:
                 os.close(fd)

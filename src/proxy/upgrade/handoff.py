@@ -27,6 +27,8 @@ from proxy.upgrade.protocol import MAX_FDS, Msg, ProtocolError
 
 log = get_logger("upgrade")
 
+BATCH_BYTES = 8 << 20
+
 
 class Sender:
     """O's end: implements `Migration`."""
@@ -73,11 +75,15 @@ class Sender:
                 while self._queue:
                     items: list[dict[str, Any]] = []
                     fds: list[int] = []
-                    while self._queue and len(fds) + self._queue[0][0]["nfds"] <= MAX_FDS:
+                    size = 0
+                    # A batch: up to MAX_FDS - 1 fds (one slot stays free for a big body's
+                    # memfd) and about BATCH_BYTES of carried state.
+                    while self._queue and len(fds) + self._queue[0][0]["nfds"] < MAX_FDS and size < BATCH_BYTES:
                         item, item_fds = self._queue.pop(0)
                         if item["id"] in self._waiting:  # not cancelled meanwhile
                             items.append(item)
                             fds.extend(item_fds)
+                            size += sum(len(v) for v in item["state"].values() if isinstance(v, str))
                     if items:
                         await self.channel.send(Msg.CONN, {"items": items}, fds)
         except (PeerGone, ProtocolError, OSError) as exc:

@@ -40,7 +40,7 @@ from proxy.config.model import Config
 from proxy.log import get_logger
 from proxy.network.listener import BindError, bind, bound_address, close_listener
 from proxy.upgrade.fdpass import Channel, PeerGone, socketpair
-from proxy.upgrade.protocol import MAX_FDS, Msg, ProtocolError, expect, negotiate
+from proxy.upgrade.protocol import MAX_FDS, Msg, ProtocolError, negotiate
 
 log = get_logger("keeper")
 
@@ -135,31 +135,47 @@ class WorkerProc:
         self.exited.set()
 
     async def expect(self, *wanted: Msg, timeout: float) -> dict[str, Any]:
-        """The next message, which must be one of `wanted`; StartFailed on timeout or death."""
+        """The next message of a `wanted` type (reports of other types that arrive meanwhile,
+        e.g. a new worker's HANDOVER_DONE, are logged and skipped); StartFailed on ABORT,
+        timeout or the worker's death."""
         with trio.move_on_after(timeout) as scope:
-            async with trio.open_nursery() as nursery:
-                result: list[Any] = []
+            while True:
+                got = await self._next_or_gone()
+                if got is None:
+                    raise StartFailed("exited", f"worker {self.pid} went away (exit code {self.returncode})")
+                mtype, body = got
+                if mtype in wanted:
+                    return body
+                if mtype == Msg.ABORT:
+                    raise StartFailed("aborted", str(body.get("reason", "?")))
+                log.debug("worker.report", pid=self.pid, message=mtype.name, body=body)
+        assert scope.cancelled_caught
+        raise StartFailed("timeout", f"worker {self.pid} sent no {'/'.join(w.name for w in wanted)} within {timeout:g}s")
 
-                async def read() -> None:
-                    result.append(await self._inbox.receive())
-                    nursery.cancel_scope.cancel()
+    async def _next_or_gone(self) -> tuple[Msg, dict[str, Any]] | None:
+        try:
+            return self._inbox.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        result: list[Any] = []
+        async with trio.open_nursery() as nursery:
 
-                async def watch() -> None:
-                    await self.gone.wait()
-                    await trio.sleep(0.05)  # let a last message already queued win
-                    nursery.cancel_scope.cancel()
+            async def read() -> None:
+                result.append(await self._inbox.receive())
+                nursery.cancel_scope.cancel()
 
-                nursery.start_soon(read)
-                nursery.start_soon(watch)
+            async def watch() -> None:
+                await self.gone.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(read)
+            nursery.start_soon(watch)
         if result:
-            mtype, body = result[0]
-            try:
-                return expect(mtype, body, *wanted)
-            except ProtocolError as exc:
-                raise StartFailed("protocol", str(exc)) from None
-        if scope.cancelled_caught:
-            raise StartFailed("timeout", f"worker {self.pid} sent no {'/'.join(w.name for w in wanted)} within {timeout:g}s")
-        raise StartFailed("exited", f"worker {self.pid} went away (exit code {self.returncode})")
+            return result[0]
+        try:  # the channel closed: a last message may still be queued
+            return self._inbox.receive_nowait()
+        except trio.WouldBlock:
+            return None
 
     async def send(self, mtype: Msg, body: dict[str, Any] | None = None, fds: list[int] | tuple[int, ...] = ()) -> bool:
         try:
@@ -399,10 +415,11 @@ class Keeper:
             finally:
                 os.close(memfd)
             mine_sockets = self.sockets_for(config, index, n)
-            for at in range(0, max(len(mine_sockets), 1), MAX_FDS):
-                batch = mine_sockets[at : at + MAX_FDS]
+            per = MAX_FDS - 1
+            for at in range(0, max(len(mine_sockets), 1), per):
+                batch = mine_sockets[at : at + per]
                 items = [{"key": s.key, "name": s.name, "address": s.bound, "index": s.index} for s in batch]
-                more = at + MAX_FDS < len(mine_sockets)
+                more = at + per < len(mine_sockets)
                 if not await w.send(Msg.LISTENERS, {"items": items, "more": more}, [s.sock.fileno() for s in batch]):
                     raise StartFailed("listeners", "worker went away")
             await w.expect(Msg.LISTENERS_ACK, timeout=float(config.runtime.upgrade_timeout))

@@ -30,6 +30,10 @@ PROTO_MAX = 1
 HEADER = struct.Struct("!4sHHI")
 # A SEQPACKET message must fit the socket buffer; both ends raise it (fdpass.tune) to 4 MiB.
 MAX_BODY = 1 << 20
+# Bodies bigger than this travel in a memfd passed as the frame's last fd (fdpass), so no frame
+# outgrows a socket buffer an unprivileged process can get (net.core.wmem_max, ~208 KiB).
+INLINE_MAX = 48 * 1024
+MAX_OUT_OF_BAND = 1 << 30
 MAX_FDS = 250  # per message (SCM_MAX_FD is 253)
 
 
@@ -68,33 +72,44 @@ class ProtocolError(Exception):
 
 
 def encode(mtype: Msg, body: dict[str, Any] | None = None, proto: int = PROTO_MAX) -> bytes:
-    payload = json.dumps(body or {}, separators=(",", ":")).encode()
+    return frame(mtype, encode_body(body), proto)
+
+
+def encode_body(body: dict[str, Any] | None) -> bytes:
+    return json.dumps(body or {}, separators=(",", ":")).encode()
+
+
+def frame(mtype: Msg, payload: bytes, proto: int = PROTO_MAX) -> bytes:
     if len(payload) > MAX_BODY:
         raise ProtocolError(f"{mtype.name} body is {len(payload)} bytes, over {MAX_BODY}")
     return HEADER.pack(MAGIC, proto, mtype, len(payload)) + payload
 
 
-def decode(frame: bytes) -> tuple[Msg, dict[str, Any]]:
-    if len(frame) < HEADER.size:
-        raise ProtocolError(f"short frame ({len(frame)} bytes)")
-    magic, proto, mtype, length = HEADER.unpack_from(frame)
+def decode_body(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise ProtocolError(f"{what}: body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{what}: body is not an object")
+    return body
+
+
+def decode(data: bytes) -> tuple[Msg, dict[str, Any]]:
+    if len(data) < HEADER.size:
+        raise ProtocolError(f"short frame ({len(data)} bytes)")
+    magic, proto, mtype, length = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}")
     if not PROTO_MIN <= proto <= PROTO_MAX and mtype not in _FROZEN:
         raise ProtocolError(f"unsupported protocol version {proto}")
-    if length != len(frame) - HEADER.size:
-        raise ProtocolError(f"body length {length} but {len(frame) - HEADER.size} bytes follow")
+    if length != len(data) - HEADER.size:
+        raise ProtocolError(f"body length {length} but {len(data) - HEADER.size} bytes follow")
     try:
         kind = Msg(mtype)
     except ValueError:
         raise ProtocolError(f"unknown message type {mtype}") from None
-    try:
-        body = json.loads(frame[HEADER.size :])
-    except ValueError as exc:
-        raise ProtocolError(f"{kind.name}: body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ProtocolError(f"{kind.name}: body is not an object")
-    return kind, body
+    return kind, decode_body(data[HEADER.size :], kind.name)
 
 
 _FROZEN = {m.value for m in Msg if m.value <= 7}
