@@ -167,3 +167,16 @@ async def test_a_big_body_travels_in_a_memfd_with_the_frames_fds():
         os.close(fd)
     left.close()
     right.close()
+
+
+def test_h2_state_format_round_trips_as_json():
+    """The h2c handover state is designed now (HTTP/2 lands later): JSON in, the same out."""
+    import msgspec
+
+    from proxy.upgrade.migration import H2State
+
+    state = H2State(
+        decoder_table=[("eC1h", "MQ==")], local_settings={4: 1 << 20}, remote_settings={3: 100},
+        inbound_window=1 << 20, highest_inbound_stream_id=7, outstanding_pings=["AAAAAAAAAAA="],
+    )
+    assert msgspec.json.decode(msgspec.json.encode(state), type=H2State) == state
