@@ -91,9 +91,9 @@ class _StartFailed(Exception):
 
 
 async def _start(ctrl: Channel) -> tuple[Any, dict[str, Any]]:
+    from proxy import log as proxy_log
     from proxy.config import ConfigError, load_text
     from proxy.http.filter import FilterLoadError
-    from proxy import log as proxy_log
     from proxy.server import Worker
 
     await ctrl.send(
@@ -193,8 +193,9 @@ class _Agent:
                 self.worker.drain()
 
     async def _admin_request(self, body: dict[str, Any]) -> None:
-        from proxy.admin.server import AdminServer, TextBody
         import json
+
+        from proxy.admin.server import AdminServer, TextBody
 
         if self._admin is None:
             self._admin = AdminServer(self.worker, "")

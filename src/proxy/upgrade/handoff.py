@@ -179,7 +179,7 @@ async def _adopt_batch(
                 for s in socks:
                     s.setblocking(False)
                 starter = adopt(kind, item.get("listener"), socks, item.get("state") or {})
-            except Exception as exc:  # noqa: BLE001 - a bad item is rejected, never fatal
+            except Exception as exc:
                 log.error("upgrade.adopt_failed", kind=kind, error=repr(exc), exc_info=exc)
                 starter = None
         if starter is None:

@@ -23,7 +23,6 @@ Only one runs at a time; another request meanwhile is refused as busy.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -59,7 +58,7 @@ class StartFailed(Exception):
 
 
 class ListenerSocket:
-    __slots__ = ("key", "name", "address", "index", "sock", "bound")
+    __slots__ = ("address", "bound", "index", "key", "name", "sock")
 
     def __init__(self, key: str, name: str, address: str, index: int, sock: socket.socket) -> None:
         self.key = key
@@ -480,7 +479,7 @@ class Keeper:
         result: dict[str, Any] = {"kind": kind, "generation": self.generation}
         try:
             result.update(await self._reload(kind, t0))
-        except Exception as exc:  # noqa: BLE001 - the keeper survives any bug in a reload
+        except Exception as exc:
             log.error(f"{kind}.error", exc_info=exc, error=repr(exc))
             result.update({"result": "failed", "stage": "internal", "error": repr(exc)})
         finally:
@@ -515,23 +514,13 @@ class Keeper:
         try:
             new = await self._spawn_generation(gen, config, text)
         except StartFailed as exc:
-            for s in fresh:
-                self.sockets.pop(s.key, None)
-                close_listener(s.sock)
+            self._forget_fresh(fresh)
             return {"result": "failed", "stage": exc.stage, "error": exc.reason}
         ready_s = time.monotonic() - t0
         old = list(self.current)
-        # Pause the old accept loops: the new generation accepts from the same sockets.
-        for o in old:
-            if await o.send(Msg.PAUSE):
-                try:
-                    await o.expect(Msg.PAUSED, timeout=PAUSE_TIMEOUT)
-                    o.state = "paused"
-                except StartFailed:
-                    pass
-        # Probation: the new generation serves alone; if it fails now, the old one resumes.
-        probation = float(config.runtime.upgrade_probation)
-        failed = await _first_gone(new, probation)
+        await self._pause(old)
+        # Probation: the new generation accepts alone; if it fails now, the old one resumes.
+        failed = await _first_gone(new, float(config.runtime.upgrade_probation))
         if failed is not None:
             for o in old:
                 await o.send(Msg.RESUME)
@@ -541,9 +530,62 @@ class Keeper:
             log.error(f"{kind}.rolled_back", stage="probation", pid=failed.pid)
             self._forget_fresh(fresh)
             return {"result": "failed", "stage": "probation", "error": f"new worker {failed.pid} exited during probation (code {failed.returncode})"}
-        # COMMIT: old worker i hands its live connections to new worker i % n.
         drain_timeout = float(config.runtime.drain_timeout)
-        acks = []
+        await self._commit(old, new, drain_timeout)
+        commit_s = time.monotonic() - t0
+        previous = (self.config, self.config_text, self.generation)
+        self.current = list(new)
+        self.config, self.config_text, self.generation = config, text, gen
+        assert self._nursery is not None
+        for n_ in new:
+            self._nursery.start_soon(self._supervise, n_)
+        log.info(f"{kind}.committed", generation=gen, ready_s=round(ready_s, 3))
+        # Each old worker hands over or drains everything, then exits.
+        outcomes = [(o, await self._retire(o, drain_timeout)) for o in old]
+        rolled_back = [o for o, outcome in outcomes if outcome.get("resumed")]
+        if rolled_back:
+            for o in rolled_back:  # its new peer died: the old worker took its connections back
+                idx = old.index(o) % len(new)
+                self.current[idx].kill()
+                self.current[idx] = o
+                o.state = "serving"
+                self._nursery.start_soon(self._supervise, o)
+            if all(w.generation < gen for w in self.current):
+                self.config, self.config_text, self.generation = previous
+            return {"result": "failed", "stage": "handover", "error": "a new worker went away during the handover; the old one serves on"}
+        migrated: dict[str, int] = {}
+        for _, outcome in outcomes:
+            for k, v in (outcome.get("migrated") or {}).items():
+                migrated[k] = migrated.get(k, 0) + v
+                self.migrated_total[k] = self.migrated_total.get(k, 0) + v
+        self.close_unused()
+        return {
+            "result": "ok",
+            "generation": gen,
+            "ready_seconds": round(ready_s, 3),
+            "commit_seconds": round(commit_s, 3),
+            # COMMIT to the last connection handed over (or closed at drain_timeout)
+            "handover_seconds": max((float(o.get("seconds", 0.0)) for _, o in outcomes), default=0.0),
+            "migrated": migrated,
+            "forced": sum(o.get("forced", 0) for _, o in outcomes),
+            "workers": [w.pid for w in new],
+        }
+
+    async def _pause(self, old: list[WorkerProc]) -> None:
+        """Stop the old accept loops: the new generation accepts from the same sockets."""
+        for o in old:
+            if await o.send(Msg.PAUSE):
+                try:
+                    await o.expect(Msg.PAUSED, timeout=PAUSE_TIMEOUT)
+                    o.state = "paused"
+                except StartFailed:
+                    pass  # it died: the supervisor of the new generation's era handles it
+
+    async def _commit(self, old: list[WorkerProc], new: list[WorkerProc], drain_timeout: float) -> None:
+        """Old worker i hands its live connections to new worker i % n over a socketpair of
+        their own; returns once each new worker has merged its old peer's counters (so the
+        admin view can switch to it and stay monotonic)."""
+        targets = []
         for i, o in enumerate(old):
             if o.exited.is_set():
                 continue
@@ -556,54 +598,12 @@ class Keeper:
                 a.close()
                 b.close()
             o.state = "handing_over"
-            acks.append(target)
-        for target in acks:  # the new worker merged the old counters: switch the admin view
+            targets.append(target)
+        for target in targets:
             try:
                 await target.expect(Msg.COMMIT_ACK, timeout=COMMIT_ACK_TIMEOUT)
             except StartFailed:
                 pass
-        commit_s = time.monotonic() - t0
-        self.current = list(new)
-        self.config, self.config_text, self.generation = config, text, gen
-        assert self._nursery is not None
-        for n_ in new:
-            self._nursery.start_soon(self._supervise, n_)
-        log.info(f"{kind}.committed", generation=gen, ready_s=round(ready_s, 3))
-        # Wait for each old worker to hand over or drain everything and exit.
-        migrated: dict[str, int] = {}
-        forced = 0
-        handover_s = 0.0
-        rolled_back = []
-        for o in old:
-            outcome = await self._retire(o, drain_timeout)
-            if outcome.get("resumed"):
-                rolled_back.append(o)
-                continue
-            for k, v in (outcome.get("migrated") or {}).items():
-                migrated[k] = migrated.get(k, 0) + v
-                self.migrated_total[k] = self.migrated_total.get(k, 0) + v
-            forced += outcome.get("forced", 0)
-            handover_s = max(handover_s, float(outcome.get("seconds", 0.0)))
-        if rolled_back:
-            for o in rolled_back:
-                idx = old.index(o) % len(new)
-                dead = self.current[idx]
-                dead.kill()
-                self.current[idx] = o
-                o.state = "serving"
-                self._nursery.start_soon(self._supervise, o)
-            return {"result": "failed", "stage": "handover", "error": "a new worker went away during the handover; the old one serves on"}
-        self.close_unused()
-        return {
-            "result": "ok",
-            "generation": gen,
-            "ready_seconds": round(ready_s, 3),
-            "commit_seconds": round(commit_s, 3),
-            "handover_seconds": handover_s,  # COMMIT to the last connection handed over or drained
-            "migrated": migrated,
-            "forced": forced,
-            "workers": [w.pid for w in new],
-        }
 
     def _forget_fresh(self, fresh: list[ListenerSocket]) -> None:
         for s in fresh:
@@ -696,7 +696,7 @@ class Keeper:
                         await w.send(Msg.REOPEN_LOGS)
                     log.info("signal", signal=name, action="reopen_logs")
 
-    async def upgrade(self, reply: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+    async def upgrade(self, reply: socket.socket | None = None) -> dict[str, Any]:
         """Hot upgrade: re-execute the keeper in place (same pid, sockets and workers kept), and
         the new keeper then starts a new generation, so new code runs everywhere."""
         if self.busy is not None or self.state != "serving":
@@ -706,7 +706,7 @@ class Keeper:
         self.busy = "upgrade"
         try:
             reexec.prepare(self, reply)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.busy = None
             log.error("upgrade.reexec_failed", exc_info=exc, error=repr(exc))
             return await self.reload("upgrade")
@@ -716,7 +716,6 @@ class Keeper:
 
     async def _after_reexec(self) -> None:
         """The second half of an upgrade, in the new keeper image: a new generation."""
-        self.upgrades["ok"] += 0
         result = await self.reload("upgrade")
         fd, self._reply_fd = self._reply_fd, None
         if fd is not None:
@@ -817,6 +816,3 @@ def _run_hooks(hooks: list[Callable[..., None]], *args: Any) -> None:
         except Exception:
             log.error("hook.failed", exc_info=True, hook=getattr(hook, "__name__", repr(hook)))
 
-
-def state_json(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))

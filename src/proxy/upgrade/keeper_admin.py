@@ -89,7 +89,7 @@ class KeeperAdmin(AdminServer):
             if path == "/metrics" and reply.get("status") == 200:
                 data += keeper_metrics(keeper).encode()
             return int(reply["status"]), TextBody(reply.get("content_type", "application/json"), data), reply.get("allow")
-        except Exception as exc:  # noqa: BLE001 - an admin request never takes the keeper down
+        except Exception as exc:
             log.error("admin.handler_error", exc_info=exc, method=method, target=target)
             return 500, {"error": f"internal error: {exc}"}, None
 
