@@ -27,11 +27,17 @@ import trio
 from proxy import stats as stats_mod
 from proxy.config.model import Config
 from proxy.log import get_logger, reopen
-from proxy.network.listener import BindError, accept_loop, bind, bound_address, close_listener
+from proxy.network.listener import (
+    BindError,
+    accept_loop,
+    bind,
+    bound_address,
+    close_listener,
+)
 from proxy.network.tcp_proxy import TcpProxy
 from proxy.stats import ListenerStats
-from proxy.upstream.cluster import Cluster
 from proxy.upgrade.migration import release
+from proxy.upstream.cluster import Cluster
 from proxy.upstream.pool import PoolManager
 
 log = get_logger("server")
@@ -55,7 +61,7 @@ class ListenerRuntime:
     under a keeper, a worker may be given several of one listener (its own SO_REUSEPORT
     socket plus those of workers the new generation no longer has)."""
 
-    __slots__ = ("config", "socks", "stats", "address")
+    __slots__ = ("address", "config", "socks", "stats")
 
     def __init__(self, config: Any, sock: socket.socket) -> None:
         self.config = config
