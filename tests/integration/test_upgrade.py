@@ -1025,6 +1025,41 @@ async def test_old_generation_exits_promptly_with_idle_keepalive_connections(tmp
             await c.aclose()
 
 
+async def test_old_generation_never_outlives_drain_timeout(tmp_path, nursery):
+    """A request that outlasts drain_timeout keeps the old worker only until the deadline: then
+    it is closed (counted as forced) and the old worker exits."""
+    up = HttpUpstream("slow")
+    await up.start(nursery)
+    config = make_config(tmp_path, routes=[to_cluster("/")], clusters={"up": up.address}, drain_timeout="2s")
+    async with running_proxy(config, tmp_path) as proxy:
+        hung = await KeepAlive.open(proxy.address("http"))
+        result: list[Any] = []
+
+        async def hang() -> None:
+            try:
+                result.append(await hung.get("/slow/20000", timeout=30))
+            except Exception as exc:  # noqa: BLE001 - the connection is cut at the deadline
+                result.append(exc)
+
+        nursery.start_soon(hang)
+        with trio.fail_after(5):
+            while up.requests < 1:
+                await trio.sleep(0.01)
+        old = worker_pid(await status(proxy))
+        t0 = time.monotonic()
+        outcome = await reload(proxy)
+        took = time.monotonic() - t0
+        assert_ok(outcome)
+        assert outcome["forced"] == 1, outcome
+        assert 2.0 <= took < 5.0, took  # the deadline, not the 20 s request
+        assert not alive(old)
+        with trio.fail_after(5):
+            while not result:
+                await trio.sleep(0.01)
+        assert not (isinstance(result[0], tuple) and result[0][0] == 200), result  # it was cut, not answered
+        assert await one_shot(proxy.address("http"))  # the new generation serves
+
+
 async def test_dead_worker_is_replaced_and_queued_connections_are_served(tmp_path):
     async with running_proxy(make_config(tmp_path), tmp_path) as proxy:
         address = proxy.address("http")
