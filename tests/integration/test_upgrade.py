@@ -1088,3 +1088,51 @@ async def test_dead_worker_is_replaced_and_queued_connections_are_served(tmp_pat
         print(f"worker killed: first queued connection answered after {replaced:.3f}s, last after {max(served):.3f}s")
         assert replaced < 1.0, served  # the replacement served its first connection within 1 s
         assert st["generation"] == 1 and st["pid"] == proxy.pid
+
+
+# ---------------------------------------------------------------- worker count changes, T22
+
+
+async def test_worker_count_shrinks_and_grows_across_reloads(tmp_path, nursery):
+    """workers 2 -> 1 -> 2: the single worker accepts from both SO_REUSEPORT sockets, then two
+    again; keep-alive clients keep their connections and every request is counted once."""
+    config = make_config(tmp_path, workers=2)
+    async with running_proxy(config, tmp_path) as proxy:
+        address = proxy.address("http")
+        clients = [await KeepAlive.open(address) for _ in range(20)]
+        errors = Errors()
+        for c in clients:
+            assert await c.check(errors)
+        assert len((await status(proxy))["workers"]) == 2
+        for workers in (1, 2):
+            config["runtime"]["workers"] = workers
+            proxy.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            outcome = await reload(proxy)
+            assert_ok(outcome)
+            assert (outcome.get("migrated") or {}).get("http1") == 20, outcome
+            assert len((await status(proxy))["workers"]) == workers
+            for c in clients:
+                assert await c.check(errors), errors.summary()
+            # new connections reach every socket of the group: none is left unaccepted
+            for _ in range(40):
+                assert await one_shot(address, errors=errors), errors.summary()
+        assert errors.total() == 0, errors.summary()
+        for c in clients:
+            assert c.stream.socket.getsockname() == c.local
+        sent = sum(c.requests for c in clients) + 80
+        assert await stat(proxy, "listener.http.downstream_rq_total") == sent
+        for c in clients:
+            await c.aclose()
+
+
+async def test_t22_no_abstract_unix_sockets_and_a_private_admin_socket(tmp_path):
+    """The control channels are anonymous socketpairs: nothing in the abstract namespace (which
+    any process of the network namespace could reach); the admin socket is mode 0600."""
+    async with running_proxy(make_config(tmp_path), tmp_path) as proxy:
+        assert_ok(await reload(proxy))  # old and new generations have talked
+        pids = {proxy.pid, *proxy.worker_pids()}
+        listing = subprocess.run(["ss", "-xlp"], capture_output=True, text=True, check=True).stdout
+        ours = [line for line in listing.splitlines() if any(f"pid={pid}," in line for pid in pids)]
+        assert ours, listing  # the admin socket at least
+        assert not [line for line in ours if " @" in line], ours
+        assert os.stat(admin_path(proxy)).st_mode & 0o777 == 0o600
