@@ -313,7 +313,7 @@ class AdminServer(SocketServer):
             "pid": os.getpid(),
             "state": self.worker.state,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
-            "generation": 1,
+            "generation": getattr(self.worker, "generation", 1),
             "version": proxy.__version__,
             "listeners": len(self.worker.listeners),
         }

@@ -34,7 +34,7 @@ from proxy.log import get_logger
 from proxy.upgrade import chaos
 from proxy.upgrade.fdpass import Channel, PeerGone
 from proxy.upgrade.handoff import Sender, adopt_all
-from proxy.upgrade.migration import SCHEMAS
+from proxy.upgrade.migration import NO_MIGRATION, SCHEMAS, b64d, b64e
 from proxy.upgrade.protocol import PROTO_MAX, PROTO_MIN, Msg, ProtocolError, expect
 
 log = get_logger("worker")
@@ -204,8 +204,6 @@ class _Agent:
             content_type, data = payload.content_type, payload.body
         else:
             content_type, data = "application/json", json.dumps(payload, default=str).encode() + b"\n"
-        from proxy.upgrade.migration import b64e
-
         try:
             await self.ctrl.send(
                 Msg.ADMIN_REPLY, {"id": body["id"], "status": status, "content_type": content_type, "body": b64e(data), "allow": allow}
@@ -239,7 +237,7 @@ class _Agent:
             nursery.cancel_scope.cancel()
         if not sender.active:
             # The new worker died or broke the protocol: this one serves on, as before.
-            worker.start_migration(_NO_MIGRATION)
+            worker.start_migration(NO_MIGRATION)
             worker.resume_accepting()
             pair.close()
             log.warning("upgrade.rolled_back", reason="the new worker went away during the handover")
@@ -296,16 +294,5 @@ def _delta(later: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
 
 
 def _b64d(text: str) -> bytes:
-    from proxy.upgrade.migration import b64d
-
     return b64d(text) if text else b""
 
-
-class _NoMigration:
-    active = False
-
-    async def hand_over(self, *args: Any) -> bool:
-        return False
-
-
-_NO_MIGRATION = _NoMigration()
