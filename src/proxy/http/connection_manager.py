@@ -480,15 +480,8 @@ class HttpConnectionManager:
         return hand_over
 
     def _tunnel_closed(self, relay: relay_mod.Relay) -> None:
-        stats = self.stats
         self.tunnels.pop(relay, None)
-        stats.downstream_cx_active -= 1
-        if relay.outcome == relay_mod.MIGRATED:
-            stats.downstream_cx_migrated_out += 1
-        else:
-            stats.downstream_cx_destroy += 1
-        stats.downstream_rx_bytes_total += relay.rx_bytes
-        stats.downstream_tx_bytes_total += relay.tx_bytes
+        relay_mod.count_downstream_close(self.stats, relay)
 
     # ------------------------------------------------------------------ one request
 

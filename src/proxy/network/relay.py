@@ -441,3 +441,15 @@ def carried(state: dict[str, Any]) -> dict[str, Any]:
         "pending": (b64d(state["to_up"]), b64d(state["to_down"])),
         "finished": (bool(state["down_eof"]), bool(state["up_eof"])),
     }
+
+
+def count_downstream_close(stats: Any, relay: Relay) -> None:
+    """Listener bookkeeping when a relayed connection leaves this worker: closed, or handed
+    to the next generation (then it is not destroyed, it lives on there)."""
+    stats.downstream_cx_active -= 1
+    if relay.outcome == MIGRATED:
+        stats.downstream_cx_migrated_out += 1
+    else:
+        stats.downstream_cx_destroy += 1
+    stats.downstream_rx_bytes_total += relay.rx_bytes
+    stats.downstream_tx_bytes_total += relay.tx_bytes

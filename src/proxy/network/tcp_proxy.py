@@ -173,13 +173,7 @@ class TcpProxy:
 
         def closed(relay: relay_mod.Relay) -> None:
             relays.pop(relay, None)
-            stats.downstream_cx_active -= 1
-            if relay.outcome == relay_mod.MIGRATED:
-                stats.downstream_cx_migrated_out += 1
-            else:
-                stats.downstream_cx_destroy += 1
-            stats.downstream_rx_bytes_total += relay.rx_bytes
-            stats.downstream_tx_bytes_total += relay.tx_bytes
+            relay_mod.count_downstream_close(stats, relay)
             cstats.upstream_cx_active -= 1
             if host is not None:
                 host.stats.cx_active -= 1

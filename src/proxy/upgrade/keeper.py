@@ -645,21 +645,17 @@ class Keeper:
         for s in self.sockets.values():
             close_listener(s.sock)
         self.sockets.clear()
-        for w in list(self.all_workers):
-            await w.send(Msg.DRAIN)
-        with trio.move_on_after(float(self.config.runtime.drain_timeout) + 5):
-            for w in list(self.all_workers):
-                await w.exited.wait()
-        for w in list(self.all_workers):
-            w.kill()
-        self.state = "stopped"
-        self._stopped.set()
+        await self._stop_workers(Msg.DRAIN, float(self.config.runtime.drain_timeout) + 5)
 
     async def stop_now(self) -> None:
         self.state = "stopping"
+        await self._stop_workers(Msg.STOP, 5)
+
+    async def _stop_workers(self, how: Msg, timeout: float) -> None:
+        """Tell every worker to DRAIN or STOP, wait up to `timeout` for them, kill the rest."""
         for w in list(self.all_workers):
-            await w.send(Msg.STOP)
-        with trio.move_on_after(5):
+            await w.send(how)
+        with trio.move_on_after(timeout):
             for w in list(self.all_workers):
                 await w.exited.wait()
         for w in list(self.all_workers):
