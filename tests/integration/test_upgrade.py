@@ -1136,3 +1136,23 @@ async def test_t22_no_abstract_unix_sockets_and_a_private_admin_socket(tmp_path)
         assert ours, listing  # the admin socket at least
         assert not [line for line in ours if " @" in line], ours
         assert os.stat(admin_path(proxy)).st_mode & 0o777 == 0o600
+
+
+async def test_upgrade_with_a_config_the_new_code_refuses_does_not_reexec(tmp_path):
+    """`proxy ctl upgrade` runs the new code's `proxy check` first: a keeper that could not come
+    back must not replace itself. Nothing changes, the command exits 1 with the errors."""
+    async with running_proxy(make_config(tmp_path), tmp_path) as proxy:
+        before = await status(proxy)
+        good = proxy.config_path.read_text()
+        proxy.config_path.write_text(good + "\nlisteners: [\n")
+        result = await ctl(proxy, "upgrade")
+        assert result.returncode == 1 and "FAILED at precheck" in result.stdout, (result.stdout, result.stderr)
+        after = await status(proxy)
+        assert after["pid"] == before["pid"] and after["generation"] == before["generation"]
+        assert after["uptime_seconds"] > before["uptime_seconds"]  # the same keeper image
+        assert after["last_reload"]["stage"] == "precheck"
+        assert await one_shot(proxy.address("http"))
+        proxy.config_path.write_text(good)
+        ok = await ctl(proxy, "upgrade")
+        assert ok.returncode == 0, ok.stdout
+        assert (await status(proxy))["generation"] == before["generation"] + 1

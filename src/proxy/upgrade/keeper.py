@@ -700,9 +700,22 @@ class Keeper:
         from proxy.upgrade import reexec
 
         self.busy = "upgrade"
+        # The code on disk must at least start and accept the config before this process
+        # replaces itself with it: a keeper that cannot come back would take everything down.
+        check = await trio.run_process(
+            [sys.executable, "-m", "proxy", "check", "-c", self.config_path], capture_stdout=True, capture_stderr=True, check=False
+        )
+        if check.returncode != 0:
+            self.busy = None
+            error = (check.stderr or check.stdout).decode(errors="replace").strip().splitlines()
+            result = {"kind": "upgrade", "result": "failed", "stage": "precheck", "generation": self.generation, "error": "the new code refuses the config or does not start", "errors": error[-20:]}
+            self.upgrades["failed"] += 1
+            self.last_result = result
+            log.error("upgrade.precheck_failed", detail=" | ".join(error[-5:]))
+            return result
         try:
             reexec.prepare(self, reply)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             self.busy = None
             log.error("upgrade.reexec_failed", exc_info=exc, error=repr(exc))
             return await self.reload("upgrade")
