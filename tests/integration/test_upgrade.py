@@ -713,6 +713,32 @@ async def test_t11_new_generation_exiting_during_init_changes_nothing(tmp_path, 
         await keepalive.aclose()
 
 
+async def test_new_generation_that_hangs_is_killed_at_upgrade_timeout(tmp_path, nursery):
+    """A new worker that never gets READY: killed at upgrade_timeout, the old one never paused."""
+    chaos = tmp_path / "chaos"
+    config = make_config(tmp_path, upgrade_timeout="2s")
+    async with running_proxy(config, tmp_path, env={"PROXY_CHAOS_FILE": str(chaos)}) as proxy:
+        load = ConnectLoad(proxy.address("http"), clients=2)
+        await nursery.start(load.run)
+        await load.wait_some()
+        before = await status(proxy)
+        chaos.write_text("init hang\n")
+        t0 = time.monotonic()
+        outcome = await reload(proxy)
+        assert outcome["result"] == "failed" and outcome["stage"] == "timeout", outcome
+        assert 2.0 <= time.monotonic() - t0 < 6.0
+        st = await status(proxy)
+        assert worker_pid(st) == worker_pid(before) and st["generation"] == before["generation"]
+        assert not st["retiring"]
+        with trio.fail_after(2):  # the hung worker was killed and reaped
+            while len(proxy.worker_pids()) != 1:
+                await trio.sleep(0.02)
+        chaos.unlink()
+        await load.wait_some(5)
+        load.stop.set()
+        assert load.errors.total() == 0, load.errors.summary()
+
+
 @pytest.mark.parametrize("point", ["after_listening", "after_ready"])
 async def test_t12_new_generation_killed_around_ready_is_rolled_back(tmp_path, nursery, point):
     chaos = tmp_path / "chaos"
