@@ -13,6 +13,7 @@ from proxy.codec.http1 import (
     last_chunk,
     request_head_bytes,
     response_head_bytes,
+    response_head_bytes_11,
     strip_hop_by_hop,
 )
 from tests.codec.helpers import messages, parse_requests, parse_response
@@ -56,6 +57,13 @@ def test_response_head_always_has_a_reason(status, reason, expected):
     assert out == expected + b"\r\n"
 
 
+@pytest.mark.parametrize("status, reason", [(200, b""), (200, b"Fine"), (204, b""), (599, b""), (101, b"Switching")])
+@pytest.mark.parametrize("headers", [[], [(b"Server", b"p"), (b"Content-Length", b"2"), (b"x", b"")]])
+def test_response_head_bytes_11_is_response_head_bytes_without_the_object(status, reason, headers):
+    head = ResponseHead(status, reason, b"1.1", headers, True, False, None)
+    assert response_head_bytes_11(status, reason, headers) == response_head_bytes(head)
+
+
 def test_response_head_bytes_with_headers_round_trip():
     head = ResponseHead(200, b"", b"1.0", [(b"Server", b"p"), (b"Content-Length", b"2")], False, False, 2)
     raw = response_head_bytes(head)
@@ -79,6 +87,8 @@ def test_cr_or_lf_in_a_field_is_refused(headers):
     with pytest.raises(ValueError):
         response_head_bytes(ResponseHead(200, b"OK", b"1.1", headers, True, False, None))
     with pytest.raises(ValueError):
+        response_head_bytes_11(200, b"OK", headers)
+    with pytest.raises(ValueError):
         last_chunk(headers)
 
 
@@ -87,6 +97,8 @@ def test_cr_lf_in_target_or_reason_is_refused():
         request_head_bytes(_req([], target=b"/a HTTP/1.1\r\nX: y"))
     with pytest.raises(ValueError):
         response_head_bytes(ResponseHead(200, b"OK\r\nX: y", b"1.1", [], True, False, None))
+    with pytest.raises(ValueError):
+        response_head_bytes_11(200, b"OK\r\nX: y", [])
 
 
 def test_chunk():

@@ -64,6 +64,7 @@ from proxy.codec._http1_write import header_value as header_value
 from proxy.codec._http1_write import last_chunk as last_chunk
 from proxy.codec._http1_write import request_head_bytes as request_head_bytes
 from proxy.codec._http1_write import response_head_bytes as response_head_bytes
+from proxy.codec._http1_write import response_head_bytes_11 as response_head_bytes_11
 from proxy.codec._http1_write import strip_hop_by_hop as strip_hop_by_hop
 
 __all__ = [
@@ -84,6 +85,7 @@ __all__ = [
     "last_chunk",
     "request_head_bytes",
     "response_head_bytes",
+    "response_head_bytes_11",
     "strip_hop_by_hop",
 ]
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from proxy.clock import clock_reader
 from proxy.codec import http1
 from proxy.codec.http1 import Body, EndOfMessage, ProtocolError, RequestHead, ResponseHead, Upgraded
 from proxy.http import stream_info as flags
@@ -112,13 +113,6 @@ class _Downstream:
                 self.parser.feed_eof()  # raises ProtocolError when EOF cuts a request
         return events.popleft()
 
-    def take_end_of_message(self) -> bool:
-        """For a request without a body: its EndOfMessage came with the head; take it."""
-        if self.events and isinstance(self.events[0], EndOfMessage):
-            self.events.popleft()
-            return True
-        return False
-
     def restart_parser(self, leftover: bytes) -> None:
         """After an upgrade request that did not upgrade, go on parsing HTTP/1.1."""
         self.parser = http1.RequestParser(self.limits)
@@ -128,7 +122,7 @@ class _Downstream:
 
 _INF = float("inf")
 _UPSTREAM_DROP = http1.HOP_BY_HOP | {b"expect"}
-_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 
 # Connection phases, for what a fired deadline means.
 _IDLE = 0  # between requests: idle_timeout, close quietly
@@ -206,6 +200,9 @@ class HttpConnectionManager:
         self.draining = False
         self.migration: migration_mod.Migration = migration_mod.NO_MIGRATION
         self.tunnels: dict[relay_mod.Relay, str | None] = {}  # live tunnels and their upstream host
+        # The run's clock, read directly: trio.current_time() gets there through three Python
+        # calls (~0.6 µs), and a request reads it several times.
+        self._now = clock_reader()
 
     # ------------------------------------------------------------------ connection
 
@@ -336,7 +333,7 @@ class HttpConnectionManager:
         request_header_timeout for the rest (slowloris). None when the client is done."""
         events = dc.events
         if not events:
-            dc.deadline = trio.current_time() + self.idle_timeout
+            dc.deadline = self._now() + self.idle_timeout
             dc.phase = _IDLE
             io = dc.io
             # After a response the client's next request cannot be here yet: wait, then read.
@@ -353,7 +350,7 @@ class HttpConnectionManager:
                     break
                 if dc.phase == _IDLE:  # a head is arriving in pieces: the slowloris clock starts
                     dc.phase = _HEAD
-                    dc.deadline = trio.current_time() + self.header_timeout
+                    dc.deadline = self._now() + self.header_timeout
                 data = await io.recv()
         event = events.popleft()
         if isinstance(event, Upgraded):
@@ -499,7 +496,9 @@ class HttpConnectionManager:
         tunnel = False
         dc.response_started = False
         if not (head.chunked or head.content_length):
-            dc.take_end_of_message()
+            events = dc.events  # its EndOfMessage came with the head: take it
+            if events and isinstance(events[0], EndOfMessage):
+                events.popleft()
         try:
             keep_alive, tunnel = await self._proxy(dc, stream, keep_alive)
         except ProtocolError as exc:
@@ -545,7 +544,8 @@ class HttpConnectionManager:
                 cluster = self.clusters.get(info.cluster)
                 if cluster is not None:
                     cluster.stats.upstream_rq_time.observe(info.upstream_service_time * 1000)
-            self._log_access(info)
+            if self.access_logs:
+                self._log_access(info)
         return keep_alive, tunnel
 
     async def _proxy(self, dc: _Downstream, stream: Stream, keep_alive: bool) -> tuple[bool, bool]:
@@ -603,7 +603,7 @@ class HttpConnectionManager:
             body = await self._read_body(dc, stream, expect=head.expect_continue)
         retry = RetryState(route.retry, body_replayable=body is not None) if route.retry is not None else None
 
-        deadline = trio.current_time() + route.timeout if route.timeout else float("inf")
+        deadline = self._now() + route.timeout if route.timeout else _INF
         dc.deadline = deadline  # the route timeout: fires into _timed_out (504)
         fresh = False
         reply: LocalReply | None = None
@@ -677,7 +677,7 @@ class HttpConnectionManager:
         host_rewrite = route.host_rewrite
         headers = []
         xff = None
-        has_host = False
+        has_host = has_forwarded_host = False
         for field in head.headers:
             lname = field[0].lower()
             if lname in drop:
@@ -692,6 +692,7 @@ class HttpConnectionManager:
                     continue
                 if lname == b"x-forwarded-proto":
                     continue
+                has_forwarded_host = True  # kept as the client sent it
             headers.append(field)
         if host_rewrite is not None:
             headers.insert(0, (b"host", host_rewrite))
@@ -706,24 +707,15 @@ class HttpConnectionManager:
             ip = stream.downstream_address.encode()
             headers.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
             headers.append((b"x-forwarded-proto", b"http"))
-            if host and http1.header_value(headers, b"x-forwarded-host") is None:
+            if host and not has_forwarded_host:
                 headers.append((b"x-forwarded-host", host))
         if self.via:
             _append_header(headers, b"via", self.via)
         target = path + b"?" + query if query else path
         if route.prefix_rewrite is not None or route.regex_rewrite is not None:
             target = rewrite_path(route, target)
-        return RequestHead(
-            method=head.method,
-            target=target,
-            http_version=b"1.1",
-            headers=headers,
-            keep_alive=True,
-            chunked=head.chunked,
-            content_length=head.content_length,
-            expect_continue=False,
-            upgrade=upgrade,
-        )
+        # Positional: a slotted dataclass built with keywords costs ~0.4 µs more.
+        return RequestHead(head.method, target, b"1.1", headers, True, head.chunked, head.content_length, False, upgrade)
 
     async def _read_body(self, dc: _Downstream, stream: Stream, expect: bool) -> bytes:
         """Buffer the whole request body (small bodies of retried routes)."""
@@ -780,7 +772,7 @@ class HttpConnectionManager:
         cstats.upstream_rq_total += 1
         cstats.upstream_rq_active += 1
         try:
-            start = trio.current_time()
+            start = self._now()
             if route.request_mutations:
                 # Applied per try, once the host is known: values may say %upstream_host%.
                 up_head = _with_headers(up_head, list(up_head.headers))
@@ -802,7 +794,7 @@ class HttpConnectionManager:
                 if scope.cancelled_caught:
                     cstats.upstream_rq_per_try_timeout += 1
                     raise _UpstreamFailure("timeout", flags.UPSTREAM_TIMEOUT, "upstream per-try timeout")
-            info.upstream_service_time = trio.current_time() - start
+            info.upstream_service_time = self._now() - start
             return conn, response, events
         except BaseException as exc:
             pool.release(conn, False)  # whatever went wrong, this connection is not reused
@@ -911,17 +903,8 @@ class HttpConnectionManager:
                 headers.append((b"connection", b"close"))
             elif request.http_version == b"1.0":
                 headers.append((b"connection", b"keep-alive"))
-            out = ResponseHead(
-                status=response.status,
-                reason=response.reason,
-                http_version=b"1.1",
-                headers=headers,
-                keep_alive=keep_alive,
-                chunked=downstream_chunked,
-                content_length=response.content_length,
-            )
             info.response_code = response.status
-            head_bytes = http1.response_head_bytes(out)
+            head_bytes = http1.response_head_bytes_11(response.status, response.reason, headers)
             dc.response_started = True
             body_filters = self.chain.response_body
             pending = head_bytes
@@ -1086,7 +1069,7 @@ _rng = random.Random()
 def _new_request_id() -> bytes:
     """A random UUID-shaped id. uuid4() reads os.urandom per call (a syscall, ~17 % of a
     direct-response request's CPU); a request id needs uniqueness, not secrecy."""
-    h = f"{_rng.getrandbits(128):032x}"
+    h = _rng.getrandbits(128).to_bytes(16, "big").hex()  # 0.67 µs; an f"{:032x}" 0.94
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
 
 

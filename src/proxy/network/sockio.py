@@ -47,20 +47,40 @@ class SockIO:
     async def recv_reply(self, size: int = RECV_SIZE) -> bytes:
         """Like recv, for an answer to something just sent: it cannot be here yet, so wait
         first and save the recv that would fail with EAGAIN (a syscall and an exception)."""
-        await _wait_readable(self.sock)
-        return await self.recv(size)
+        sock = self.sock
+        await _wait_readable(sock)
+        while True:  # recv, inlined: twice per proxied request
+            try:
+                data = sock.recv(size)
+            except BlockingIOError:
+                await _wait_readable(sock)
+                continue
+            except OSError as exc:
+                raise ConnectionLost(str(exc)) from exc
+            self.bytes_received += len(data)
+            return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         sock = self.sock
-        view = memoryview(data)
-        total = len(view)
-        while view:
-            try:
-                view = view[sock.send(view) :]
-            except BlockingIOError:
-                await _wait_writable(sock)
-            except OSError as exc:
-                raise ConnectionLost(str(exc)) from exc
+        total = len(data)
+        if not total:
+            return
+        # Small writes go out whole: try that before slicing a memoryview.
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise ConnectionLost(str(exc)) from exc
+        if sent < total:
+            view = memoryview(data)[sent:]
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                except BlockingIOError:
+                    await _wait_writable(sock)
+                except OSError as exc:
+                    raise ConnectionLost(str(exc)) from exc
         self.bytes_sent += total
 
     def try_send(self, data: bytes) -> int:

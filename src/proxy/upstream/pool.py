@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from proxy.clock import clock_reader
 from proxy.codec.http1 import Limits, ResponseParser
 from proxy.log import get_logger
 from proxy.network.connect import connect
@@ -55,7 +56,7 @@ class UpstreamConnection:
 
 
 class HostPool:
-    __slots__ = ("host", "cluster", "idle", "open", "waiters", "max_connections", "max_pending", "max_requests", "idle_timeout")
+    __slots__ = ("host", "cluster", "idle", "open", "waiters", "max_connections", "max_pending", "max_requests", "idle_timeout", "_now")
 
     def __init__(self, host: Host, cluster: Cluster) -> None:
         config = cluster.config
@@ -68,13 +69,14 @@ class HostPool:
         self.max_pending = config.max_pending_requests
         self.max_requests = config.max_requests_per_connection
         self.idle_timeout = float(config.idle_timeout)
+        self._now = clock_reader()
 
     def take_idle(self) -> UpstreamConnection | None:
         """An idle connection ready for reuse, without awaiting (the common case)."""
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if trio.current_time() - conn.idle_since > PEEK_AFTER_IDLE and conn.io.peer_closed():
+            if self._now() - conn.idle_since > PEEK_AFTER_IDLE and conn.io.peer_closed():
                 self._discard(conn)
                 continue
             return conn
@@ -119,11 +121,12 @@ class HostPool:
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         conn.requests += 1
         if reusable and (self.max_requests is None or conn.requests < self.max_requests):
-            conn.idle_since = trio.current_time()
+            conn.idle_since = self._now()
             self.idle.append(conn)
         else:
             self._discard(conn)
-        self._wake()
+        if self.waiters:
+            self.waiters.popleft().set()  # (_wake, inlined: once per request)
 
     def detach(self, conn: UpstreamConnection) -> None:
         """The connection leaves the pool without being closed (an upgrade tunnel owns it)."""
