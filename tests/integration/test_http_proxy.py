@@ -149,6 +149,21 @@ async def test_get_is_forwarded_with_proxy_headers_and_without_hop_by_hop(tmp_pa
         assert header(response, "x-upstream") == "a"
 
 
+async def test_x_forwarded_host_added_once_kept_if_sent_and_dropped_if_hop_by_hop(tmp_path, upstream):
+    async with running_proxy(http_config([upstream.address]), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+
+        async def forwarded_hosts(headers) -> list[str]:
+            response, body = await client.request("GET", "/echo", headers=headers)
+            assert response.status_code == 200
+            return [v for k, v in json.loads(body)["headers"] if k.lower() == "x-forwarded-host"]
+
+        assert await forwarded_hosts([]) == ["example.com"]  # the Host header
+        assert await forwarded_hosts([("X-Forwarded-Host", "front.example")]) == ["front.example"]
+        # Named in Connection, the client's is hop-by-hop: dropped, and ours added instead.
+        assert await forwarded_hosts([("connection", "x-forwarded-host"), ("x-forwarded-host", "front.example")]) == ["example.com"]
+
+
 async def test_keep_alive_reuses_both_connections_and_pipelining_keeps_order(tmp_path, upstream):
     async with running_proxy(http_config([upstream.address]), tmp_path) as proxy:
         client = await Client.open(proxy.address("http"))
