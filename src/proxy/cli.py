@@ -153,6 +153,8 @@ def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] 
         config = load_text(state["config_text"], state["config_path"])
         text = state["config_text"]
         logging_ = state["logging"]
+        # argv is replayed as given, but a daemon runs in "/": take the resolved paths
+        args.config, args.pid_file = state["config_path"], state.get("pid_file")
     else:
         with open(args.config, "rb") as f:
             text = f.read().decode("utf-8-sig")
@@ -169,6 +171,7 @@ def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] 
             return fail(f"refusing to start: cannot write pid file {args.pid_file}: {exc.strerror or exc}")
 
     keeper = Keeper(config, text, args.config, logging_)
+    keeper.pid_file = os.path.abspath(args.pid_file) if args.pid_file else None
 
     def ready() -> None:
         if report is not None:

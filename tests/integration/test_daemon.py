@@ -373,3 +373,26 @@ async def test_every_ctl_command_against_a_running_daemon(nursery, tmp_path, dae
     assert not pid_file.exists() and not sock.exists()
     gone = await launch("ctl", "--socket", str(sock), "status", cwd=tmp_path)
     assert gone.returncode != 0 and "not running" in gone.stderr
+
+
+async def test_daemon_upgrade_keeps_its_pid_file_and_relative_paths(nursery, tmp_path, daemons):
+    """`proxy ctl upgrade` re-executes a daemon (which runs in "/") with its original argv: the
+    relative -c and --pid-file it was started with must still mean the launch directory."""
+    upstream = await start_server(nursery, echo_handler)
+    config = tcp_config([upstream])
+    config["admin"] = {"socket": str(tmp_path / "admin.sock")}
+    config["runtime"] = {"upgrade_probation": "100ms"}
+    write_config(tmp_path / "proxy.yaml", config)
+    daemons.append(tmp_path / "p.pid")
+    started = await launch("run", "--daemon", "-c", "proxy.yaml", "--pid-file", "p.pid", "--log-file", "l.log", cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    pid = _read_pid(tmp_path / "p.pid")
+    upgraded = await launch("ctl", "--socket", str(tmp_path / "admin.sock"), "upgrade", cwd=tmp_path)
+    assert upgraded.returncode == 0, (upgraded.stdout, upgraded.stderr)
+    assert _read_pid(tmp_path / "p.pid") == pid  # same keeper, same pid file, still locked
+    again = await launch("run", "--daemon", "-c", "proxy.yaml", "--pid-file", "p.pid", "--log-file", "l2.log", cwd=tmp_path)
+    assert again.returncode == 1 and "already running" in again.stderr
+    assert await echo_round_trip(listener_address(tmp_path / "l.log"), b"after upgrade") == b"after upgrade"
+    stop = await launch("stop", "--pid-file", "p.pid", cwd=tmp_path)
+    assert stop.returncode == 0, stop.stderr
+    assert not (tmp_path / "p.pid").exists()

@@ -215,6 +215,7 @@ class Keeper:
         self.config = config
         self.config_text = config_text
         self.config_path = config_path
+        self.pid_file: str | None = None  # kept across a re-exec (the daemon runs in "/")
         self.logging = logging_
         self.sockets: dict[str, ListenerSocket] = {}
         self.current: list[WorkerProc] = []

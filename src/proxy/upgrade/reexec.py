@@ -39,7 +39,8 @@ def prepare(keeper: Any, reply: socket.socket | None) -> None:
     state = {
         "generation": keeper.generation,
         "uptime": time.monotonic() - keeper.started,
-        "config_path": keeper.config_path,
+        "config_path": os.path.abspath(keeper.config_path),
+        "pid_file": getattr(keeper, "pid_file", None),
         "config_text": keeper.config_text,
         "logging": keeper.logging,
         "last_result": keeper.last_result,
