@@ -330,6 +330,10 @@ async def test_connect_failure_502_timeout_504_reset_502_overflow_503(tmp_path, 
         assert response.status_code == 502
         response, _ = await client.request("GET", "/slow/2000")
         assert response.status_code == 504
+        # the request was read in full: the 504 keeps the connection, as Envoy does
+        assert dict(response.headers).get(b"connection") != b"close"
+        response, _ = await client.request("GET", "/dead")
+        assert response.status_code == 502
         client = await Client.open(proxy.address("http"))
         response, _ = await client.request("GET", "/reset")
         assert response.status_code == 502

@@ -74,6 +74,7 @@ class _Downstream:
         "leftover",
         "handover",
         "closing",
+        "keep_alive",
     )
 
     def __init__(self, io: SockIO, limits: http1.Limits) -> None:
@@ -98,6 +99,7 @@ class _Downstream:
         self.leftover = b""
         self.handover = _STAY
         self.closing = False  # the next response ends the connection (a refused handover)
+        self.keep_alive = False  # the request in flight allows another one after it
 
     async def next_event(self) -> Any:
         """The next request event; None at a clean EOF between requests."""
@@ -263,8 +265,12 @@ class HttpConnectionManager:
                     if dc.scope.cancelled_caught:
                         if dc.handover == _WOKEN:
                             outcome = _HANDOVER  # woken at the safe point, not a timeout
-                        else:
-                            await self._timed_out(dc)
+                        elif await self._timed_out(dc):
+                            # a 504 for a request read in full: the connection serves on
+                            dc.scope = trio.CancelScope()
+                            dc.deadline = _INF
+                            outcome = _CLOSE
+                            continue
                 if outcome == _TUNNEL:
                     owned = False
                     return
@@ -363,13 +369,18 @@ class HttpConnectionManager:
         dc.phase = _UPSTREAM  # (the deadline stays until the route sets its timeout)
         return event
 
-    async def _timed_out(self, dc: _Downstream) -> None:
-        """The connection's deadline fired: answer as its phase says, then the connection ends."""
+    async def _timed_out(self, dc: _Downstream) -> bool:
+        """The connection's deadline fired: answer as its phase says. True if the connection
+        may go on: a 504 for a request whose bytes were all read (as Envoy keeps it open);
+        after a 408, a cut response or a half-read body the connection ends."""
         if dc.phase == _HEAD:
             self.stats.downstream_rq_header_timeout += 1
             await self._send_quietly(dc, self._local_reply_bytes(408, b"request header timeout", close=True))
         elif dc.phase == _UPSTREAM and not dc.response_started:
-            await self._send_quietly(dc, self._local_reply_bytes(504, b"upstream request timeout", close=True))
+            go_on = dc.keep_alive and not self.draining and not dc.events and dc.parser.between_messages
+            await self._send_quietly(dc, self._local_reply_bytes(504, b"upstream request timeout", close=not go_on))
+            return go_on
+        return False
 
     async def _protocol_error(self, dc: _Downstream, exc: ProtocolError, remote: str, local: str) -> None:
         """A malformed request: answer its 4xx, close, and log it; nothing reaches an upstream."""
@@ -493,6 +504,7 @@ class HttpConnectionManager:
         stream = Stream(head, info, client_ip)
         bytes_before = (dc.io.bytes_received, dc.io.bytes_sent)
         keep_alive = head.keep_alive and not self.draining and not dc.closing and (self.max_requests is None or served < self.max_requests)
+        dc.keep_alive = keep_alive
         tunnel = False
         dc.response_started = False
         if not (head.chunked or head.content_length):
