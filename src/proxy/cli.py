@@ -108,8 +108,9 @@ def _check_filters(path: str, config: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from proxy.config import ConfigError, load
+    from proxy.config import ConfigError
     from proxy.upgrade import reexec
+    from proxy.upgrade.keeper import read_config
 
     state = reexec.load_state()
     if state is not None:  # a keeper re-executed by an upgrade: already detached, already serving
@@ -120,7 +121,8 @@ def _run(args: argparse.Namespace) -> int:
         args.pid_file = os.path.abspath(args.pid_file or DEFAULT_PID_FILE)
         args.log_file = os.path.abspath(args.log_file or DEFAULT_LOG_FILE)
     try:
-        config = load(args.config)
+        # read once: the keeper binds for, and its workers run, exactly this text
+        config, args.config_text = read_config(args.config)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -136,7 +138,7 @@ def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] 
     it gets "ok" once the first worker generation serves, or "error: <reason>" when the start
     fails. `state`: what a keeper passed to itself across an upgrade's re-exec."""
     from proxy import log
-    from proxy.config import load_text
+    from proxy.config import ConfigError, load_text
     from proxy.http.filter import FilterLoadError
     from proxy.network.listener import BindError
     from proxy.server import raise_fd_limit
@@ -150,19 +152,25 @@ def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] 
         return 1
 
     if state is not None:
-        config = load_text(state["config_text"], state["config_path"])
-        text = state["config_text"]
+        try:
+            config = load_text(state["config_text"], state["config_path"])
+            text = state["config_text"]
+        except ConfigError:  # the new code reads the old text differently: the file passed its precheck
+            from proxy.upgrade.keeper import read_config
+
+            config, text = read_config(state["config_path"])
         logging_ = state["logging"]
         # argv is replayed as given, but a daemon runs in "/": take the resolved paths
         args.config, args.pid_file = state["config_path"], state.get("pid_file")
     else:
-        with open(args.config, "rb") as f:
-            text = f.read().decode("utf-8-sig")
+        text = args.config_text
         logging_ = {"level": args.log_level or config.logging.level, "format": config.logging.format, "file": args.log_file}
     log.setup(logging_["level"], logging_["format"], logging_["file"])
     raise_fd_limit()
     pid_file = None
-    if args.pid_file:
+    if state is not None and state.get("pid_fd") is not None:
+        pid_file = PidFile.adopt(args.pid_file, state["pid_fd"])  # still locked: never released
+    elif args.pid_file:
         try:
             pid_file = PidFile(args.pid_file)
         except AlreadyRunning as exc:
@@ -172,6 +180,7 @@ def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] 
 
     keeper = Keeper(config, text, args.config, logging_)
     keeper.pid_file = os.path.abspath(args.pid_file) if args.pid_file else None
+    keeper.pid_fd = pid_file.fd if pid_file is not None else None
 
     def ready() -> None:
         if report is not None:
@@ -350,6 +359,15 @@ class PidFile:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd: int | None = fd
+
+    @classmethod
+    def adopt(cls, path: str, fd: int) -> PidFile:
+        """The pid file a re-executed keeper inherited, lock held (same pid, nothing to write)."""
+        self = cls.__new__(cls)
+        self.path = path
+        os.set_inheritable(fd, False)
+        self.fd = fd
+        return self
 
     def _same_file(self, fd: int) -> bool:
         try:

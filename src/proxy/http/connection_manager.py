@@ -505,6 +505,7 @@ class HttpConnectionManager:
         bytes_before = (dc.io.bytes_received, dc.io.bytes_sent)
         keep_alive = head.keep_alive and not self.draining and not dc.closing and (self.max_requests is None or served < self.max_requests)
         dc.keep_alive = keep_alive
+        dc.served = served  # survives a 504 that keeps the connection (and travels in a handover)
         tunnel = False
         dc.response_started = False
         if not (head.chunked or head.content_length):

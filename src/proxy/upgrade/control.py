@@ -187,7 +187,7 @@ class _Agent:
                 else:
                     for fd in fds:
                         os.close(fd)
-        except (PeerGone, ProtocolError) as exc:
+        except (PeerGone, ProtocolError, OSError) as exc:
             if self.worker.state in ("serving", "starting"):
                 log.warning("worker.keeper_gone", error=str(exc), action="drain")
                 self.worker.drain()
@@ -199,7 +199,7 @@ class _Agent:
 
         if self._admin is None:
             self._admin = AdminServer(self.worker, "")
-        status, payload, allow = await self._admin._dispatch_async(body["method"], body["target"], _b64d(body.get("body", "")))
+        status, payload, allow = await self._admin._dispatch_async(body["method"], body["target"], b64d(body.get("body", "")))
         if isinstance(payload, TextBody):
             content_type, data = payload.content_type, payload.body
         else:
@@ -226,7 +226,10 @@ class _Agent:
             if sender.active:
                 nursery.start_soon(sender.run)
                 worker.start_migration(sender)
-                await self.ctrl.send(Msg.COMMIT_ACK, {"conns": worker.active_connections()})
+                try:
+                    await self.ctrl.send(Msg.COMMIT_ACK, {"conns": worker.active_connections()})
+                except PeerGone:
+                    pass  # the keeper is gone: hand over all the same
                 log.info("upgrade.handover_started", connections=worker.active_connections())
             deadline = trio.current_time() + drain_timeout
             while sender.active and worker.active_connections() > 0 and trio.current_time() < deadline:
@@ -293,6 +296,5 @@ def _delta(later: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _b64d(text: str) -> bytes:
-    return b64d(text) if text else b""
+
 

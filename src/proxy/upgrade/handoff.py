@@ -14,6 +14,7 @@ STATS_DELTA at the end), so counts stay monotonic across the generations.
 
 from __future__ import annotations
 
+import collections
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +40,7 @@ class Sender:
         self.migrated: dict[str, int] = {}
         self.rejected = 0
         self._next_id = 0
-        self._queue: list[tuple[dict[str, Any], list[int]]] = []
+        self._queue: collections.deque[tuple[dict[str, Any], list[int]]] = collections.deque()
         self._waiting: dict[int, list[Any]] = {}  # id -> [Event, adopted?, kind]
         self._wake = trio.Event()
         self.broken = trio.Event()
@@ -79,7 +80,7 @@ class Sender:
                     # A batch: up to MAX_FDS - 1 fds (one slot stays free for a big body's
                     # memfd) and about BATCH_BYTES of carried state.
                     while self._queue and len(fds) + self._queue[0][0]["nfds"] < MAX_FDS and size < BATCH_BYTES:
-                        item, item_fds = self._queue.pop(0)
+                        item, item_fds = self._queue.popleft()
                         if item["id"] in self._waiting:  # not cancelled meanwhile
                             items.append(item)
                             fds.extend(item_fds)
@@ -156,7 +157,7 @@ async def adopt_all(
                     break
     except PeerGone:
         pass
-    except ProtocolError as exc:
+    except (ProtocolError, OSError) as exc:
         log.error("upgrade.protocol_error", error=str(exc))
     return counts
 

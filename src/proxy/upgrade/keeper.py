@@ -58,15 +58,37 @@ class StartFailed(Exception):
 
 
 class ListenerSocket:
-    __slots__ = ("address", "bound", "index", "key", "name", "sock")
+    """One listening socket the keeper owns: socket `index` of the group bound at `where`."""
 
-    def __init__(self, key: str, name: str, address: str, index: int, sock: socket.socket) -> None:
-        self.key = key
-        self.name = name
-        self.address = address  # as configured
+    __slots__ = ("where", "index", "sock", "bound")
+
+    def __init__(self, where: str, index: int, sock: socket.socket) -> None:
+        self.where = where  # the group's identity, see where()
         self.index = index
         self.sock = sock
         self.bound = bound_address(sock)
+
+    @property
+    def key(self) -> str:
+        return f"{self.where}#{self.index}"
+
+
+def where(lc: Any) -> str:
+    """What identifies a listener's sockets across reloads: the address it binds, resolved, so
+    a renamed listener or `localhost:80` written as `127.0.0.1:80` keeps its sockets (binding
+    a second group next to the live one would reset queued connections). Port 0 has no stable
+    address: it is tied to the listener's name."""
+    address = lc.address
+    if address.is_unix:
+        return f"unix:{address.path}"
+    if not address.port:
+        return f"{lc.name}|{address}"
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, address.family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        host, port = infos[0][4][:2]
+    except OSError:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class WorkerProc:
@@ -216,6 +238,9 @@ class Keeper:
         self.config_text = config_text
         self.config_path = config_path
         self.pid_file: str | None = None  # kept across a re-exec (the daemon runs in "/")
+        self.pid_fd: int | None = None  # the locked pid file: inherited, so the lock never lapses
+        # operator overrides (`host enable|disable`) replayed into every new worker
+        self.host_overrides: dict[tuple[str, str], bool] = {}
         self.logging = logging_
         self.sockets: dict[str, ListenerSocket] = {}
         self.current: list[WorkerProc] = []
@@ -245,56 +270,62 @@ class Keeper:
         return (os.cpu_count() or 1) if workers == "auto" else int(workers)
 
     def bind_for(self, config: Config) -> list[ListenerSocket]:
-        """Make sure every listener of `config` has its sockets (one per worker, an SO_REUSEPORT
-        group, when there are several workers and the address is not a Unix path); returns the
-        ones bound now (closed again by the caller if the reload fails)."""
+        """Bind the listeners `config` adds: a group of one socket per worker (SO_REUSEPORT, when
+        there are several workers and the address is not a Unix path), or one shared socket.
+        An existing group is never grown or re-bound: a new worker count shares its sockets
+        (see sockets_for). Returns the sockets bound now (closed again if the reload fails)."""
         n = self.worker_count(config)
         fresh: list[ListenerSocket] = []
         try:
             for lc in config.listeners:
-                address = str(lc.address)
-                group = [s for s in self.sockets.values() if s.name == lc.name and s.address == address]
-                if not group:
-                    reuseport = n > 1 and not lc.address.is_unix
-                    first = bind(lc.address, lc.backlog, reuseport=reuseport)
-                    group.append(self._add(lc.name, address, 0, first))
-                    fresh.append(group[0])
-                if _reuseport(group[0].sock):
-                    port_address = _same_port(lc.address, group[0].sock)
-                    for i in range(len(group), n):
-                        s = self._add(lc.name, address, i, bind(port_address, lc.backlog, reuseport=True))
-                        fresh.append(s)
+                w = where(lc)
+                if any(s.where == w for s in self.sockets.values()):
+                    continue
+                reuseport = n > 1 and not lc.address.is_unix
+                first = self._add(w, 0, bind(lc.address, lc.backlog, reuseport=reuseport))
+                fresh.append(first)
+                if reuseport:
+                    port_address = _same_port(lc.address, first.sock)
+                    for i in range(1, n):
+                        fresh.append(self._add(w, i, bind(port_address, lc.backlog, reuseport=True)))
         except BindError:
-            for s in fresh:
-                self.sockets.pop(s.key, None)
-                close_listener(s.sock)
+            self._forget_fresh(fresh)
             raise
         return fresh
 
-    def _add(self, name: str, address: str, index: int, sock: socket.socket) -> ListenerSocket:
-        s = ListenerSocket(f"{name}|{address}|{index}", name, address, index, sock)
+    def _add(self, w: str, index: int, sock: socket.socket) -> ListenerSocket:
+        s = ListenerSocket(w, index, sock)
         self.sockets[s.key] = s
         return s
 
-    def sockets_for(self, config: Config, index: int, n: int) -> list[ListenerSocket]:
-        """Worker `index` of `n` accepts from socket i of each group with i % n == index (so a
-        smaller generation still accepts from every socket the kernel queues on)."""
-        wanted = {(lc.name, str(lc.address)) for lc in config.listeners}
+    def _forget_fresh(self, fresh: list[ListenerSocket]) -> None:
+        for s in fresh:
+            self.sockets.pop(s.key, None)
+            close_listener(s.sock)
+
+    def sockets_for(self, config: Config, index: int, n: int) -> list[tuple[str, ListenerSocket]]:
+        """(listener name, socket) pairs worker `index` of `n` accepts from. A group of g
+        sockets: with g >= n, socket k goes to worker k % n (a smaller generation still accepts
+        from every socket the kernel queues on); with g < n, workers share socket index % g."""
         out = []
-        for s in self.sockets.values():
-            if (s.name, s.address) in wanted:
-                group_size = sum(1 for t in self.sockets.values() if t.name == s.name and t.address == s.address)
-                if s.index % n == index or (group_size == 1):
-                    out.append(s)
+        for lc in config.listeners:
+            w = where(lc)
+            group = sorted((s for s in self.sockets.values() if s.where == w), key=lambda s: s.index)
+            g = len(group)
+            if g >= n:
+                out += [(lc.name, s) for s in group if s.index % n == index]
+            elif g:
+                out.append((lc.name, group[index % g]))
         return out
 
     def close_unused(self) -> None:
-        wanted = {(lc.name, str(lc.address)) for lc in self.config.listeners}
+        """After a reload: close the groups no listener of the config in force binds any more."""
+        wanted = {where(lc) for lc in self.config.listeners}
         for key, s in list(self.sockets.items()):
-            if (s.name, s.address) not in wanted:
+            if s.where not in wanted:
                 del self.sockets[key]
                 close_listener(s.sock)
-                log.info("listener.closed", listener=s.name, address=s.bound)
+                log.info("listener.closed", address=s.bound)
 
     def bind_admin(self) -> None:
         from proxy.upgrade.keeper_admin import KeeperAdmin, KeeperMetrics
@@ -362,10 +393,18 @@ class Keeper:
                 procs[i] = await self._start_worker(i, n, generation, config, text)
             except StartFailed as exc:
                 errors.append(exc)
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # fds exhausted, a malformed HELLO
+                errors.append(StartFailed("spawn", repr(exc)))
 
-        async with trio.open_nursery() as nursery:
-            for i in range(n):
-                nursery.start_soon(one, i)
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(one, i)
+        except BaseException:
+            for p in procs:
+                if p is not None:
+                    p.kill()
+            raise
         if errors:
             for p in procs:
                 if p is not None:
@@ -418,9 +457,9 @@ class Keeper:
             per = MAX_FDS - 1
             for at in range(0, max(len(mine_sockets), 1), per):
                 batch = mine_sockets[at : at + per]
-                items = [{"key": s.key, "name": s.name, "address": s.bound, "index": s.index} for s in batch]
+                items = [{"key": s.key, "name": name, "address": s.bound, "index": s.index} for name, s in batch]
                 more = at + per < len(mine_sockets)
-                if not await w.send(Msg.LISTENERS, {"items": items, "more": more}, [s.sock.fileno() for s in batch]):
+                if not await w.send(Msg.LISTENERS, {"items": items, "more": more}, [s.sock.fileno() for _, s in batch]):
                     raise StartFailed("listeners", "worker went away")
             await w.expect(Msg.LISTENERS_ACK, timeout=float(config.runtime.upgrade_timeout))
             ready = await w.expect(Msg.READY, timeout=float(config.runtime.upgrade_timeout))
@@ -428,6 +467,11 @@ class Keeper:
             w.kill()
             raise
         w.state = "serving"
+        for (cluster, address), enabled in self.host_overrides.items():
+            from urllib.parse import quote
+
+            target = f"/clusters/{quote(cluster, safe='')}/hosts/{quote(address, safe='')}/{'enable' if enabled else 'disable'}"
+            await w.admin("POST", target, b"", timeout=5)
         log.info("worker.ready", pid=w.pid, generation=generation, index=index, startup_ms=ready.get("startup_ms"))
         return w
 
@@ -452,7 +496,7 @@ class Keeper:
             while self.state == "serving":
                 try:
                     new = await self._start_worker(w.index, n, self.generation, self.config, self.config_text)
-                except StartFailed as exc:
+                except Exception as exc:  # noqa: BLE001 - out of fds, a bad HELLO...: retry, never die
                     log.error("worker.respawn_failed", index=w.index, error=str(exc))
                     await trio.sleep(delay)
                     delay = min(delay * 2, 1.0)
@@ -545,12 +589,15 @@ class Keeper:
         outcomes = [(o, await self._retire(o, drain_timeout)) for o in old]
         rolled_back = [o for o, outcome in outcomes if outcome.get("resumed")]
         if rolled_back:
-            for o in rolled_back:  # its new peer died: the old worker took its connections back
-                idx = old.index(o) % len(new)
-                self.current[idx].kill()
-                self.current[idx] = o
+            # A new worker went away mid-handover: its old peers took their connections back and
+            # accept again. It is killed once, they are current again (their supervisors, never
+            # stopped, take over from here).
+            dead = {new[old.index(o) % len(new)] for o in rolled_back}
+            for n_ in dead:
+                n_.kill()
+            self.current = [w for w in self.current if w not in dead] + rolled_back
+            for o in rolled_back:
                 o.state = "serving"
-                self._nursery.start_soon(self._supervise, o)
             if all(w.generation < gen for w in self.current):
                 self.config, self.config_text, self.generation = previous
             return {"result": "failed", "stage": "handover", "error": "a new worker went away during the handover; the old one serves on"}
@@ -605,11 +652,6 @@ class Keeper:
                 await target.expect(Msg.COMMIT_ACK, timeout=COMMIT_ACK_TIMEOUT)
             except StartFailed:
                 pass
-
-    def _forget_fresh(self, fresh: list[ListenerSocket]) -> None:
-        for s in fresh:
-            self.sockets.pop(s.key, None)
-            close_listener(s.sock)
 
     async def _retire(self, o: WorkerProc, drain_timeout: float) -> dict[str, Any]:
         """Wait for an old worker's DRAINED (or RESUMED: its new peer died) and its exit."""
@@ -688,7 +730,10 @@ class Keeper:
                 elif signum == signal.SIGUSR1:
                     from proxy.log import reopen
 
-                    reopen()
+                    try:
+                        reopen()
+                    except OSError as exc:
+                        print(f"proxy: cannot reopen the log file: {exc}", file=sys.stderr)
                     for w in list(self.all_workers):
                         await w.send(Msg.REOPEN_LOGS)
                     log.info("signal", signal=name, action="reopen_logs")
@@ -703,9 +748,17 @@ class Keeper:
         self.busy = "upgrade"
         # The code on disk must at least start and accept the config before this process
         # replaces itself with it: a keeper that cannot come back would take everything down.
-        check = await trio.run_process(
-            [sys.executable, "-m", "proxy", "check", "-c", self.config_path], capture_stdout=True, capture_stderr=True, check=False
-        )
+        try:
+            check = await trio.run_process(
+                [sys.executable, "-m", "proxy", "check", "-c", self.config_path], capture_stdout=True, capture_stderr=True, check=False
+            )
+        except OSError as exc:
+            self.busy = None
+            log.error("upgrade.precheck_failed", error=str(exc))
+            return {"kind": "upgrade", "result": "failed", "stage": "precheck", "generation": self.generation, "error": str(exc)}
+        if self.state != "serving":  # a SIGTERM or drain arrived meanwhile: it wins
+            self.busy = None
+            return {"kind": "upgrade", "result": "failed", "stage": "precheck", "generation": self.generation, "error": f"state is {self.state}"}
         if check.returncode != 0:
             self.busy = None
             error = (check.stderr or check.stdout).decode(errors="replace").strip().splitlines()
@@ -714,12 +767,7 @@ class Keeper:
             self.last_result = result
             log.error("upgrade.precheck_failed", detail=" | ".join(error[-5:]))
             return result
-        try:
-            reexec.prepare(self, reply)
-        except Exception as exc:  # noqa: BLE001
-            self.busy = None
-            log.error("upgrade.reexec_failed", exc_info=exc, error=repr(exc))
-            return await self.reload("upgrade")
+        reexec.prepare(self, reply)
         self._exec_requested = True
         self._stopped.set()
         return {"result": "reexec"}

@@ -74,10 +74,14 @@ class KeeperAdmin(AdminServer):
             if _BROADCAST.fullmatch(path) and method in ("PUT", "POST"):
                 replies = [await w.admin(method, target, body) for w in workers]
                 reply = replies[0]
-                if path == "/log_level" and reply is not None and reply.get("status") == 200:
-                    level = _json_field(reply, "level")
-                    if level in proxy_log.LEVELS:
-                        proxy_log.set_level(level)
+                if reply is not None and reply.get("status") == 200:
+                    if path == "/log_level":
+                        level = _json_field(reply, "level")
+                        if level in proxy_log.LEVELS:
+                            proxy_log.set_level(level)
+                            keeper.logging["level"] = level  # new generations start with it too
+                    else:  # host enable/disable: replayed into the workers of later generations
+                        keeper.host_overrides[(_json_field(reply, "cluster"), _json_field(reply, "host"))] = bool(_json_field(reply, "enabled"))
             elif method == "GET" and path in _SUMMED and len(workers) > 1:
                 replies = [await w.admin(method, target, body) for w in workers]
                 reply = _sum_replies(path, [r for r in replies if r is not None and r.get("status") == 200]) or replies[0]
@@ -142,6 +146,16 @@ def _sum_metrics(texts: list[str]) -> str:
             line = f"{key} {int(total) if total.is_integer() and '.' not in value else repr(total)}"
         out.append(line)
     return "\n".join(out) + "\n"
+
+
+async def metrics_text(keeper: Any) -> bytes | None:
+    """Every current worker's metrics added up, plus the keeper's own families."""
+    workers = [w for w in keeper.current if not w.gone.is_set()]
+    replies = [await w.admin("GET", "/metrics", b"") for w in workers]
+    reply = _sum_replies("/metrics", [r for r in replies if r is not None and r.get("status") == 200])
+    if reply is None:
+        return None
+    return b64d(reply.get("body", "")) + keeper_metrics(keeper).encode()
 
 
 def reload_status(result: dict[str, Any]) -> int:
@@ -209,10 +223,8 @@ class KeeperMetrics(MetricsServer):
     async def answer(self, head: bytes) -> bytes:
         parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
         if len(parts) == 3 and parts[1].split("?", 1)[0] == "/metrics" and parts[0] in ("GET", "HEAD"):
-            workers = [w for w in self.keeper.current if not w.gone.is_set()]
-            reply = await workers[0].admin("GET", "/metrics", b"") if workers else None
-            if reply is None or reply.get("status") != 200:
+            body = await metrics_text(self.keeper)
+            if body is None:
                 return response(503, b"no worker is running\n")
-            body = b64d(reply.get("body", "")) + keeper_metrics(self.keeper).encode()
             return response(200, body, CONTENT_TYPE, head_only=parts[0] == "HEAD")
         return await super().answer(head)  # /ready and errors from the keeper's state

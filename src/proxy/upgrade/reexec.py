@@ -28,42 +28,43 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal
 
 
 def prepare(keeper: Any, reply: socket.socket | None) -> None:
-    """Gather the state now (while everything is still open); `execute` runs it after the
-    keeper's nursery has unwound."""
+    """Keep what must outlive this image and is only at hand now: the `proxy ctl upgrade`
+    connection waiting for the outcome (its handler is cancelled before the exec)."""
+    keeper._reply_fd = os.dup(reply.fileno()) if reply is not None else None
+
+
+def execute(keeper: Any) -> None:
+    """Replace this process with a fresh `proxy run`, handing it everything still open: built
+    here, after the keeper's tasks have unwound, so a worker that went away meanwhile is simply
+    not listed."""
     fds: list[int] = []
 
     def keep(fd: int) -> int:
         fds.append(fd)
         return fd
 
+    workers = [w for w in keeper.all_workers if not w.exited.is_set() and w.ctrl.raw.fileno() != -1]
     state = {
         "generation": keeper.generation,
         "uptime": time.monotonic() - keeper.started,
         "config_path": os.path.abspath(keeper.config_path),
-        "pid_file": getattr(keeper, "pid_file", None),
         "config_text": keeper.config_text,
+        "pid_file": keeper.pid_file,
+        "pid_fd": keep(keeper.pid_fd) if keeper.pid_fd is not None else None,
         "logging": keeper.logging,
         "last_result": keeper.last_result,
         "upgrades": keeper.upgrades,
         "migrated_total": keeper.migrated_total,
-        "sockets": [
-            {"key": s.key, "name": s.name, "address": s.address, "index": s.index, "fd": keep(s.sock.fileno())}
-            for s in keeper.sockets.values()
-        ],
+        "host_overrides": [[c, a, e] for (c, a), e in keeper.host_overrides.items()],
+        "sockets": [{"where": s.where, "index": s.index, "fd": keep(s.sock.fileno())} for s in keeper.sockets.values()],
         "admin": {"fd": keep(keeper.admin.sock.fileno()), "path": keeper.admin.path} if keeper.admin and keeper.admin.sock else None,
         "metrics": {"fd": keep(keeper.metrics.sock.fileno())} if keeper.metrics and keeper.metrics.sock else None,
         "workers": [
             {"index": w.index, "generation": w.generation, "pid": w.pid, "fd": keep(w.ctrl.raw.fileno()), "current": w in keeper.current}
-            for w in keeper.all_workers
-            if not w.exited.is_set()
+            for w in workers
         ],
-        "reply_fd": keep(os.dup(reply.fileno())) if reply is not None else None,
+        "reply_fd": keep(keeper._reply_fd) if keeper._reply_fd is not None else None,
     }
-    keeper._reexec_state = (state, fds)
-
-
-def execute(keeper: Any) -> None:
-    state, fds = keeper._reexec_state
     memfd = os.memfd_create("proxy-keeper-state", 0)
     os.write(memfd, json.dumps(state).encode())
     os.lseek(memfd, 0, os.SEEK_SET)
@@ -102,11 +103,12 @@ def restore(keeper: Any, state: dict[str, Any]) -> None:
     keeper.last_result = state.get("last_result")
     keeper.upgrades.update(state.get("upgrades") or {})
     keeper.migrated_total.update(state.get("migrated_total") or {})
+    keeper.host_overrides.update({(c, a): e for c, a, e in state.get("host_overrides") or ()})
     for item in state["sockets"]:
         sock = socket.socket(fileno=item["fd"])
         os.set_inheritable(item["fd"], False)
         sock.setblocking(False)
-        s = ListenerSocket(item["key"], item["name"], item["address"], item["index"], sock)
+        s = ListenerSocket(item["where"], item["index"], sock)
         keeper.sockets[s.key] = s
     if state.get("admin"):
         from proxy.upgrade.keeper_admin import KeeperAdmin
