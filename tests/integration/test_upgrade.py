@@ -1295,3 +1295,79 @@ def test_t16_control_the_accept_queue_race_is_real():
     served, reset = _accept_race(reuse_fresh_socket=True)
     if not migrate:
         assert reset > 0, (served, reset)
+
+
+# ---------------------------------------------------------------- review: multi-worker rollback, renames
+
+
+def _free_port() -> int:
+    """A fixed port below 32768 that is free now (a rename is only meaningful on a fixed port)."""
+    for _ in range(50):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+async def test_rollback_when_shrinking_restores_every_old_worker_once(tmp_path):
+    """workers 2 -> 1 and the new worker dies mid-handover: both old workers take their
+    connections back and serve on (none killed, no duplicate), and a later crash of one of them
+    is replaced by exactly one new process."""
+    chaos = tmp_path / "chaos"
+    config = make_config(tmp_path, workers=2)
+    async with running_proxy(config, tmp_path, env={"PROXY_CHAOS_FILE": str(chaos)}) as proxy:
+        address = proxy.address("http")
+        clients = [await KeepAlive.open(address) for _ in range(20)]
+        errors = Errors()
+        for c in clients:
+            assert await c.check(errors)
+        before = await status(proxy)
+        old_pids = sorted(w["pid"] for w in before["workers"])
+        config["runtime"]["workers"] = 1
+        proxy.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        chaos.write_text("adopt kill 3\n")
+        outcome = await reload(proxy)
+        chaos.unlink()
+        assert outcome["result"] == "failed" and outcome["stage"] == "handover", outcome
+        st = await status(proxy)
+        assert sorted(w["pid"] for w in st["workers"]) == old_pids and st["generation"] == before["generation"], st
+        assert all(alive(p) for p in old_pids)
+        for _ in range(20):  # both SO_REUSEPORT sockets have an acceptor again
+            assert await one_shot(address, errors=errors, timeout=5), errors.summary()
+        kept = [c for c in clients if await c.check(Errors())]
+        assert len(kept) >= 20 - 3, len(kept)  # at most the ones the killed worker had adopted
+        os.kill(old_pids[0], signal.SIGKILL)
+        with trio.fail_after(5):
+            while len((await status(proxy))["workers"]) != 2 or old_pids[0] in {w["pid"] for w in (await status(proxy))["workers"]}:
+                await trio.sleep(0.05)
+        await trio.sleep(0.5)  # a second supervisor would have spawned another one by now
+        assert len(proxy.worker_pids()) == 2, proxy.worker_pids()
+        for c in clients:
+            await c.aclose()
+
+
+async def test_renamed_listener_keeps_its_sockets(tmp_path, nursery):
+    """A listener renamed by a reload binds nothing new: the same SO_REUSEPORT group serves on,
+    so connects never hit a socket nobody accepts from."""
+    port = _free_port()
+    config = make_config(tmp_path, workers=2)
+    config["listeners"][0]["address"] = f"127.0.0.1:{port}"
+    async with running_proxy(config, tmp_path) as proxy:
+        inodes = listening_inodes(port)
+        assert len(inodes) == 2, inodes
+        load = ConnectLoad(("127.0.0.1", port), clients=4)
+        await nursery.start(load.run)
+        await load.wait_some()
+        config["listeners"][0]["name"] = "web-renamed"
+        proxy.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        assert_ok(await reload(proxy))
+        await load.wait_some(5)
+        load.stop.set()
+        assert load.errors.total() == 0, load.errors.summary()
+        assert set(listening_inodes(port)) == set(inodes)
+        _, stats = await admin(proxy, "GET", "/stats?filter=web-renamed.downstream_rq_total")
+        assert stats, stats
