@@ -864,11 +864,15 @@ async def test_t15_burst_of_sighups_runs_one_reload(tmp_path, nursery):
         load.stop.set()
         assert log_count(proxy, "reload.start") == 1, proxy.log()
         assert log_count(proxy, "reload.done") == 1
-        assert log_count(proxy, "reload.refused") == 4, proxy.log()
+        # Each SIGHUP the keeper reads while the reload runs is refused. On a slow machine two
+        # may arrive before its signal loop runs again, and trio (like the kernel) delivers them
+        # as one: never a second reload, but fewer than 4 refusals. This machine shows 4.
+        refused = log_count(proxy, "reload.refused")
+        assert 1 <= refused <= 4, proxy.log()
         st = await status(proxy)
         assert st["generation"] == 2 and st["last_reload"]["result"] == "ok", st
         _, metrics = await admin(proxy, "GET", "/metrics")
-        assert 'proxy_upgrades_total{result="refused"} 4' in metrics and 'proxy_upgrades_total{result="ok"} 1' in metrics
+        assert f'proxy_upgrades_total{{result="refused"}} {refused}' in metrics and 'proxy_upgrades_total{result="ok"} 1' in metrics
         assert load.errors.total() == 0, load.errors.summary()
 
 
