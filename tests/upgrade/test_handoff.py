@@ -19,7 +19,14 @@ def _conn_pair() -> tuple[socket.socket, socket.socket]:
 async def test_connections_are_adopted_and_started_after_adopted_is_sent():
     o_end, n_end = socketpair()
     sender = Sender(Channel(o_end))
-    n_chan = Channel(n_end)
+    order: list[str] = []
+
+    class Recording(Channel):
+        async def send(self, mtype, body=None, fds=()):
+            await super().send(mtype, body, fds)
+            order.append(mtype.name)
+
+    n_chan = Recording(n_end)
     started: list[tuple[str, socket.socket, dict]] = []
     absorbed: list[dict] = []
     clients = []
@@ -27,7 +34,7 @@ async def test_connections_are_adopted_and_started_after_adopted_is_sent():
     def adopt(kind, listener, socks, state):
         if listener == "gone":
             return None
-        return lambda: started.append((kind, socks[0], state))
+        return lambda: (order.append("start"), started.append((kind, socks[0], state)))
 
     async def on_state():
         pass
@@ -60,6 +67,8 @@ async def test_connections_are_adopted_and_started_after_adopted_is_sent():
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     assert sorted(answers) == [(0, True), (1, True), (2, True), (3, True), (4, False)]
+    # invariant 2: a handler may read an adopted socket only after ADOPTED went out
+    assert "start" in order and order.index("ADOPTED") < order.index("start"), order
     assert sender.migrated == {"http1": 4} and sender.rejected == 1
     assert absorbed == [{"listeners": {}}]
     assert result["migrated"] == {"http1": 4} and result["rejected"] == 1
