@@ -42,20 +42,6 @@ from proxy.upstream.pool import PoolManager
 
 log = get_logger("server")
 
-# Lifecycle hooks for the command line (the `--daemon` readiness pipe, sd_notify): plain callables
-# run right after the worker logs `ready`, and once when draining starts. A failing hook is logged.
-on_ready: list[Callable[[], None]] = []
-on_stopping: list[Callable[[], None]] = []
-
-
-def _run_hooks(hooks: list[Callable[[], None]]) -> None:
-    for hook in hooks:
-        try:
-            hook()
-        except Exception:
-            log.error("hook.failed", exc_info=True, hook=getattr(hook, "__name__", repr(hook)))
-
-
 class ListenerRuntime:
     """A listener at run time: its config, listening sockets and stats. Usually one socket;
     under a keeper, a worker may be given several of one listener (its own SO_REUSEPORT
@@ -197,7 +183,6 @@ class Worker:
                                 first = False
                                 self.state = "serving"
                                 log.info("ready", pid=os.getpid(), listeners=len(self.listeners))
-                                _run_hooks(on_ready)
                                 task_status.started(self)
                             await trio.sleep_forever()
                     if not self._stop_accepting.is_set():
@@ -206,7 +191,6 @@ class Worker:
                 self._close_listeners()
                 active = sum(lr.stats.downstream_cx_active for lr in self.listeners)
                 log.info("draining", active_connections=active, drain_timeout=drain_timeout)
-                _run_hooks(on_stopping)
                 connection_nursery.cancel_scope.deadline = trio.current_time() + drain_timeout
             if connection_nursery.cancel_scope.cancelled_caught:
                 log.warning("drain.timeout", message="connections still open at drain_timeout were closed")
@@ -339,12 +323,3 @@ def _build_chain(listener: Any) -> Any:
     from proxy.http.filter import build_chain
 
     return build_chain(listener.filters)
-
-
-def run_worker(config: Config) -> int:
-    """Run a worker in this process until it stops; return the exit code."""
-    raise_fd_limit()
-    worker = Worker(config)  # raises FilterLoadError for a filter that cannot be built
-    worker.bind_listeners()
-    trio.run(worker.run)
-    return 0

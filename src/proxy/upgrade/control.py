@@ -34,7 +34,7 @@ from proxy.log import get_logger
 from proxy.upgrade import chaos
 from proxy.upgrade.fdpass import Channel, PeerGone
 from proxy.upgrade.handoff import Sender, adopt_all
-from proxy.upgrade.migration import NO_MIGRATION, SCHEMAS, b64d, b64e
+from proxy.upgrade.migration import SCHEMAS, b64d, b64e
 from proxy.upgrade.protocol import PROTO_MAX, PROTO_MIN, Msg, ProtocolError, expect
 
 log = get_logger("worker")
@@ -240,7 +240,7 @@ class _Agent:
             nursery.cancel_scope.cancel()
         if not sender.active:
             # The new worker died or broke the protocol: this one serves on, as before.
-            worker.start_migration(NO_MIGRATION)
+            # (handlers see the broken Sender's active=False: nothing else to undo)
             worker.resume_accepting()
             pair.close()
             log.warning("upgrade.rolled_back", reason="the new worker went away during the handover")
