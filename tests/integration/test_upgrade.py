@@ -1375,3 +1375,24 @@ async def test_renamed_listener_keeps_its_sockets(tmp_path, nursery):
         assert set(listening_inodes(port)) == set(inodes)
         _, stats = await admin(proxy, "GET", "/stats?filter=web-renamed.downstream_rq_total")
         assert stats, stats
+
+
+async def test_sigterm_cancels_a_reload_that_has_not_committed(tmp_path):
+    """A drain never waits for a new generation to start: the uncommitted reload is cancelled
+    (its workers killed, the old ones resumed), then the proxy drains and exits 0."""
+    chaos = tmp_path / "chaos"
+    config = make_config(tmp_path, upgrade_timeout="30s", drain_timeout="2s")
+    async with running_proxy(config, tmp_path, env={"PROXY_CHAOS_FILE": str(chaos)}) as proxy:
+        chaos.write_text("init hang\n")
+        proxy.signal(signal.SIGHUP)
+        with trio.fail_after(10):
+            while "event=reload.start" not in proxy.log():
+                await trio.sleep(0.02)
+        await trio.sleep(0.3)  # the new worker is hanging in init now
+        t0 = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        code = await proxy.wait(15)
+        took = time.monotonic() - t0
+        assert code == 0 and took < 5.0, (code, took)  # not upgrade_timeout (30 s)
+        assert "event=reload.cancelled" in proxy.log()
+        assert "stage=cancelled" in proxy.log()

@@ -261,7 +261,9 @@ class Keeper:
         self._stopped = trio.Event()
         self._exec_requested = False
         self._reexec_state: Any = None
-        self._reply_fd: int | None = None  # after a re-exec: the `ctl upgrade` waiting for the outcome
+        self._reply_fd: int | None = None
+        self._reload_scope: trio.CancelScope | None = None
+        self._committed = False  # the running reload passed COMMIT: it finishes, drain waits  # after a re-exec: the `ctl upgrade` waiting for the outcome
 
     # ------------------------------------------------------------ listening sockets
 
@@ -463,7 +465,7 @@ class Keeper:
                     raise StartFailed("listeners", "worker went away")
             await w.expect(Msg.LISTENERS_ACK, timeout=float(config.runtime.upgrade_timeout))
             ready = await w.expect(Msg.READY, timeout=float(config.runtime.upgrade_timeout))
-        except StartFailed:
+        except BaseException:  # failed, timed out, or cancelled by a drain: never left behind
             w.kill()
             raise
         w.state = "serving"
@@ -522,13 +524,20 @@ class Keeper:
         _run_hooks(self.on_reload, "start")
         t0 = time.monotonic()
         result: dict[str, Any] = {"kind": kind, "generation": self.generation}
+        self._committed = False
         try:
-            result.update(await self._reload(kind, t0))
+            # A drain cancels a reload that has not committed yet (the new generation is killed,
+            # the old one resumed): a SIGTERM never waits for a new generation to start.
+            with trio.CancelScope() as self._reload_scope:
+                result.update(await self._reload(kind, t0))
+            if self._reload_scope.cancelled_caught:
+                result.update({"result": "failed", "stage": "cancelled", "error": f"cancelled: the proxy is {self.state}"})
         except Exception as exc:
             log.error(f"{kind}.error", exc_info=exc, error=repr(exc))
             result.update({"result": "failed", "stage": "internal", "error": repr(exc)})
         finally:
             self.busy = None
+            self._reload_scope = None
         result["seconds"] = round(time.monotonic() - t0, 3)
         result["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.last_result = result
@@ -556,25 +565,36 @@ class Keeper:
             fresh = self.bind_for(config)
         except BindError as exc:
             return {"result": "failed", "stage": "bind", "error": str(exc)}
-        try:
-            new = await self._spawn_generation(gen, config, text)
-        except StartFailed as exc:
-            self._forget_fresh(fresh)
-            return {"result": "failed", "stage": exc.stage, "error": exc.reason}
-        ready_s = time.monotonic() - t0
+        new: list[WorkerProc] = []
         old = list(self.current)
-        await self._pause(old)
-        # Probation: the new generation accepts alone; if it fails now, the old one resumes.
-        failed = await _first_gone(new, float(config.runtime.upgrade_probation))
-        if failed is not None:
-            for o in old:
-                await o.send(Msg.RESUME)
-                o.state = "serving"
-            for n_ in new:
-                n_.kill()
-            log.error(f"{kind}.rolled_back", stage="probation", pid=failed.pid)
-            self._forget_fresh(fresh)
-            return {"result": "failed", "stage": "probation", "error": f"new worker {failed.pid} exited during probation (code {failed.returncode})"}
+        try:
+            try:
+                new = await self._spawn_generation(gen, config, text)
+            except StartFailed as exc:
+                self._forget_fresh(fresh)
+                return {"result": "failed", "stage": exc.stage, "error": exc.reason}
+            ready_s = time.monotonic() - t0
+            await self._pause(old)
+            # Probation: the new generation accepts alone; if it fails now, the old one resumes.
+            failed = await _first_gone(new, float(config.runtime.upgrade_probation))
+            if failed is not None:
+                for o in old:
+                    await o.send(Msg.RESUME)
+                    o.state = "serving"
+                for n_ in new:
+                    n_.kill()
+                log.error(f"{kind}.rolled_back", stage="probation", pid=failed.pid)
+                self._forget_fresh(fresh)
+                return {"result": "failed", "stage": "probation", "error": f"new worker {failed.pid} exited during probation (code {failed.returncode})"}
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):  # undo what this reload started, then go on
+                for n_ in new:
+                    n_.kill()
+                for o in old:
+                    await o.send(Msg.RESUME)
+                self._forget_fresh(fresh)
+            raise
+        self._committed = True
         drain_timeout = float(config.runtime.drain_timeout)
         await self._commit(old, new, drain_timeout)
         commit_s = time.monotonic() - t0
@@ -683,6 +703,9 @@ class Keeper:
         self.state = "draining"
         log.info("keeper.draining", workers=len(self.all_workers))
         _run_hooks(self.on_stopping)
+        if self.busy is not None and not self._committed and self._reload_scope is not None:
+            log.info(f"{self.busy}.cancelled", reason="draining")
+            self._reload_scope.cancel()
         while self.busy is not None:
             await trio.sleep(0.05)
         for s in self.sockets.values():
