@@ -25,7 +25,7 @@ import trio
 import yaml
 
 _STARTED = re.compile(r"event=listener\.started listener=(\S+) address=(\S+)")
-_READY = re.compile(r'event=ready|"event": "ready"')  # text or JSON logs
+_READY = re.compile(r'event=keeper\.ready|"event": "keeper\.ready"')  # the keeper, once every worker serves (text or JSON logs)
 
 
 class ProxyProcess:

@@ -1396,3 +1396,17 @@ async def test_sigterm_cancels_a_reload_that_has_not_committed(tmp_path):
         assert code == 0 and took < 5.0, (code, took)  # not upgrade_timeout (30 s)
         assert "event=reload.cancelled" in proxy.log()
         assert "stage=cancelled" in proxy.log()
+
+
+async def test_admin_requests_can_pick_a_worker(tmp_path):
+    """With several workers, `?worker=I` reads one worker's own view (e.g. its task tree)."""
+    async with running_proxy(make_config(tmp_path, workers=2), tmp_path) as proxy:
+        st = await status(proxy)
+        pids = {w["index"]: w["pid"] for w in st["workers"]}
+        for index in (0, 1):
+            code, body = await admin(proxy, "GET", f"/status?worker={index}")
+            assert code == 200 and body["pid"] == pids[index], body
+        code, body = await admin(proxy, "GET", "/tasks?worker=1")
+        assert code == 200 and "serve_control" in json.dumps(body)
+        code, body = await admin(proxy, "GET", "/tasks?worker=7")
+        assert code == 404 and "no worker with index 7" in body["error"]

@@ -342,6 +342,7 @@ class Keeper:
     # ------------------------------------------------------------ running
 
     async def run(self) -> int:
+        failed: StartFailed | None = None
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._signals)
@@ -358,23 +359,27 @@ class Keeper:
                     self.current = await self._spawn_generation(1, self.config, self.config_text)
             except StartFailed as exc:
                 log.error("start.failed", stage=exc.stage, error=exc.reason)
-                self._close_all()
-                nursery.cancel_scope.cancel()
-                raise
-            for w in self.current:
-                nursery.start_soon(self._supervise, w)
-            self.state = "serving"
-            log.info("keeper.ready", pid=os.getpid(), generation=self.generation, workers=[w.pid for w in self.current])
-            _run_hooks(self.on_ready)
-            if restored:
-                nursery.start_soon(self._after_reexec)
-            await self._stopped.wait()
+                failed = exc
+            if failed is None and self.state == "starting":
+                await self._serve(nursery, restored)
             nursery.cancel_scope.cancel()
         if self._exec_requested:
             self._reexec()  # does not return unless exec failed
         self._close_all()
+        if failed is not None:
+            raise failed  # outside the nursery, so the caller sees StartFailed itself
         log.info("keeper.stopped")
         return 0
+
+    async def _serve(self, nursery: trio.Nursery, restored: bool) -> None:
+        for w in self.current:
+            nursery.start_soon(self._supervise, w)
+        self.state = "serving"
+        log.info("keeper.ready", pid=os.getpid(), generation=self.generation, workers=[w.pid for w in self.current])
+        _run_hooks(self.on_ready)
+        if restored:
+            nursery.start_soon(self._after_reexec)
+        await self._stopped.wait()
 
     def _close_all(self) -> None:
         for s in self.sockets.values():

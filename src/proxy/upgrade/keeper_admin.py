@@ -48,7 +48,7 @@ class KeeperAdmin(AdminServer):
         keeper = self.keeper
         path = urlsplit(target).path.rstrip("/") or "/"
         try:
-            if path == "/status":
+            if path == "/status" and "worker=" not in target:  # ?worker=I: that worker's own view
                 if method != "GET":
                     return 405, {"error": f"{method} not allowed on /status"}, "GET"
                 return 200, keeper.status(), None
@@ -86,14 +86,16 @@ class KeeperAdmin(AdminServer):
                 replies = [await w.admin(method, target, body) for w in workers]
                 reply = _sum_replies(path, [r for r in replies if r is not None and r.get("status") == 200]) or replies[0]
             else:
-                reply = await workers[0].admin(method, target, body)
+                reply = await _pick(workers, target).admin(method, target, body)
             if reply is None:
                 return 503, {"error": "the worker did not answer"}, None
             data = b64d(reply.get("body", ""))
             if path == "/metrics" and reply.get("status") == 200:
                 data += keeper_metrics(keeper).encode()
             return int(reply["status"]), TextBody(reply.get("content_type", "application/json"), data), reply.get("allow")
-        except Exception as exc:
+        except _NoSuchWorker as exc:
+            return 404, {"error": f"no worker with index {exc}"}, None
+        except Exception as exc:  # an admin request never takes the keeper down
             log.error("admin.handler_error", exc_info=exc, method=method, target=target)
             return 500, {"error": f"internal error: {exc}"}, None
 
@@ -156,6 +158,24 @@ async def metrics_text(keeper: Any) -> bytes | None:
     if reply is None:
         return None
     return b64d(reply.get("body", "")) + keeper_metrics(keeper).encode()
+
+
+def _pick(workers: list[Any], target: str) -> Any:
+    """`?worker=I` picks the worker of that index (for /tasks, /debug/profile, /config with
+    several workers); worker 0 by default."""
+    from urllib.parse import parse_qs
+
+    wanted = parse_qs(urlsplit(target).query).get("worker")
+    if wanted:
+        for w in workers:
+            if str(w.index) == wanted[-1]:
+                return w
+        raise _NoSuchWorker(wanted[-1])
+    return workers[0]
+
+
+class _NoSuchWorker(Exception):
+    pass
 
 
 def reload_status(result: dict[str, Any]) -> int:
