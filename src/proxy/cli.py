@@ -75,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(path: str) -> int:
-    from proxy.config import ConfigError, load
+    from proxy.config import ConfigError
+    from proxy.http.filter import load_config
 
     try:
-        config = load(path)
-        _check_filters(path, config)
+        config, _ = load_config(path)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -90,27 +90,10 @@ def _check(path: str) -> int:
     return 0
 
 
-def _check_filters(path: str, config: Any) -> None:
-    """Build every listener's filter chain once, so `proxy check` catches a filter that does
-    not load or rejects its config, as `proxy run` would."""
-    from proxy.config import ConfigError, ConfigIssue
-    from proxy.http.filter import FilterLoadError, build_chain
-
-    issues = []
-    for i, listener in enumerate(config.listeners):
-        for j, fc in enumerate(listener.filters):
-            try:
-                build_chain([fc])
-            except FilterLoadError as exc:
-                issues.append(ConfigIssue(f"listeners[{i}].filters[{j}]", str(exc).split(": ", 1)[-1], None, path))
-    if issues:
-        raise ConfigError(issues)
-
-
 def _run(args: argparse.Namespace) -> int:
     from proxy.config import ConfigError
     from proxy.upgrade import reexec
-    from proxy.upgrade.keeper import read_config
+    from proxy.http.filter import load_config
 
     state = reexec.load_state()
     if state is not None:  # a keeper re-executed by an upgrade: already detached, already serving
@@ -122,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         args.log_file = os.path.abspath(args.log_file or DEFAULT_LOG_FILE)
     try:
         # read once: the keeper binds for, and its workers run, exactly this text
-        config, args.config_text = read_config(args.config)
+        config, args.config_text = load_config(args.config)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -156,9 +139,9 @@ def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] 
             config = load_text(state["config_text"], state["config_path"])
             text = state["config_text"]
         except ConfigError:  # the new code reads the old text differently: the file passed its precheck
-            from proxy.upgrade.keeper import read_config
+            from proxy.http.filter import load_config
 
-            config, text = read_config(state["config_path"])
+            config, text = load_config(state["config_path"])
         logging_ = state["logging"]
         # argv is replayed as given, but a daemon runs in "/": take the resolved paths
         args.config, args.pid_file = state["config_path"], state.get("pid_file")

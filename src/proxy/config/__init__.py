@@ -6,7 +6,7 @@ problem in the file with its path and line.
 """
 
 from proxy.config.errors import ConfigError, ConfigIssue
-from proxy.config.loader import load, load_text
+from proxy.config.loader import load, load_text, read
 from proxy.config.model import Admin, Cluster, Config, Host, Listener, Logging, Runtime
 from proxy.config.values import Address, Duration
 
@@ -24,4 +24,5 @@ __all__ = [
     "Runtime",
     "load",
     "load_text",
+    "read",
 ]

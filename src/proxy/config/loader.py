@@ -62,6 +62,11 @@ _CONFIG_INFO = mi.type_info(Config)
 
 def load(path: str | os.PathLike[str]) -> Config:
     """Load a config file: `.json` files as JSON, anything else as YAML. Raises ConfigError."""
+    return read(path)[0]
+
+
+def read(path: str | os.PathLike[str]) -> tuple[Config, str]:
+    """`load`, also returning the text it read (a keeper hands exactly that to its workers)."""
     filename = os.fspath(path)
     try:
         data = Path(filename).read_bytes()
@@ -75,7 +80,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         message = f"config file is not valid UTF-8 (byte {exc.start})"
         raise ConfigError([ConfigIssue(ROOT, message, line, filename)]) from None
     fmt: Format = "json" if Path(filename).suffix.lower() == ".json" else "yaml"
-    return load_text(text, filename=filename, fmt=fmt)
+    return load_text(text, filename=filename, fmt=fmt), text
 
 
 def load_text(text: str, filename: str = "<config>", fmt: Format | None = None) -> Config:

@@ -183,3 +183,23 @@ def build_chain(configs: list[Any]) -> FilterChain:
         except Exception as exc:  # a third-party filter may raise anything: name it
             raise FilterLoadError(f"filters[{index}] ({fc.type}): bad config: {exc}") from exc
     return FilterChain(filters)
+
+
+def load_config(path: str) -> tuple[Any, str]:
+    """Read and check a config file the way `proxy run` will use it: the model, plus every
+    listener's filter chain built once, so a filter that does not load or rejects its config
+    is a config error with its path. Returns (config, the text read). `proxy check`, the
+    start and every reload go through here."""
+    from proxy.config import ConfigError, ConfigIssue, read
+
+    config, text = read(path)
+    issues = []
+    for i, listener in enumerate(config.listeners):
+        for j, fc in enumerate(listener.filters):
+            try:
+                build_chain([fc])
+            except FilterLoadError as exc:
+                issues.append(ConfigIssue(f"listeners[{i}].filters[{j}]", str(exc).split(": ", 1)[-1], None, path))
+    if issues:
+        raise ConfigError(issues)
+    return config, text

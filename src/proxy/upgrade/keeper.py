@@ -553,16 +553,17 @@ class Keeper:
 
     async def _reload(self, kind: str, t0: float) -> dict[str, Any]:
         from proxy.config import ConfigError
+        from proxy.http.filter import load_config
 
         try:
-            config, text = read_config(self.config_path)
+            config, text = load_config(self.config_path)
         except ConfigError as exc:
             errors = [str(i) for i in exc.issues]
             log.error(f"{kind}.config_invalid", path=self.config_path, errors=len(errors))
             for e in errors:
                 log.error("config.error", detail=e)
             return {"result": "failed", "stage": "config", "error": f"{self.config_path} has {len(errors)} error(s)", "errors": errors}
-        if _admin_changed(self.config, config):
+        if self.config.admin != config.admin:
             log.warning(f"{kind}.admin_unchanged", message="admin settings take effect only at a restart")
         gen = self.generation + 1
         log.info(f"{kind}.start", generation=gen)
@@ -841,27 +842,6 @@ class Keeper:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def read_config(path: str) -> tuple[Config, str]:
-    """Read and validate a config file, filters included (what `proxy check` does)."""
-    from proxy.config import ConfigError, ConfigIssue, load_text
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        text = data.decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigIssue((), f"cannot read config file: {exc}", None, path)]) from None
-    config = load_text(text, path)
-    from proxy.cli import _check_filters
-
-    _check_filters(path, config)
-    return config, text
-
-
-def _admin_changed(a: Config, b: Config) -> bool:
-    return a.admin != b.admin
 
 
 def _reuseport(sock: socket.socket) -> bool:
