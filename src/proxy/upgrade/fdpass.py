@@ -46,11 +46,13 @@ def _read_all(fd: int) -> bytes:
     if size > MAX_OUT_OF_BAND:
         raise ProtocolError(f"out-of-band body of {size} bytes, over {MAX_OUT_OF_BAND}")
     chunks = []
+    offset = 0
     while True:
-        chunk = os.pread(fd, 1 << 20, sum(len(c) for c in chunks))
+        chunk = os.pread(fd, 1 << 20, offset)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+        offset += len(chunk)
 
 
 class PeerGone(Exception):

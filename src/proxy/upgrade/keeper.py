@@ -23,6 +23,7 @@ Only one runs at a time; another request meanwhile is refused as busy.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -104,7 +105,8 @@ class WorkerProc:
         self.gone = trio.Event()  # control channel closed
         self.exited = trio.Event()  # process reaped
         self.returncode: int | None = None
-        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Msg, dict[str, Any]]](256)
+        # unbounded: a few small reports per reload, and a full inbox must never stop the reader
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Msg, dict[str, Any]]](math.inf)
         self._replies: dict[int, list[Any]] = {}
         self._next_id = 0
 
@@ -124,9 +126,10 @@ class WorkerProc:
                             entry[0].set()
                     else:
                         self._inbox_send.send_nowait((mtype, body))
-            except (PeerGone, ProtocolError, trio.WouldBlock, OSError) as exc:
+            except (PeerGone, ProtocolError, OSError) as exc:
                 if not isinstance(exc, PeerGone):
                     log.warning("worker.control_error", pid=self.pid, error=str(exc))
+            self._inbox_send.close()  # what is queued is still read, then EndOfChannel
             self.gone.set()
             for entry in self._replies.values():
                 entry[0].set()
@@ -161,10 +164,10 @@ class WorkerProc:
         timeout or the worker's death."""
         with trio.move_on_after(timeout) as scope:
             while True:
-                got = await self._next_or_gone()
-                if got is None:
-                    raise StartFailed("exited", f"worker {self.pid} went away (exit code {self.returncode})")
-                mtype, body = got
+                try:
+                    mtype, body = await self._inbox.receive()
+                except trio.EndOfChannel:
+                    raise StartFailed("exited", f"worker {self.pid} went away (exit code {self.returncode})") from None
                 if mtype in wanted:
                     return body
                 if mtype == Msg.ABORT:
@@ -172,31 +175,6 @@ class WorkerProc:
                 log.debug("worker.report", pid=self.pid, message=mtype.name, body=body)
         assert scope.cancelled_caught
         raise StartFailed("timeout", f"worker {self.pid} sent no {'/'.join(w.name for w in wanted)} within {timeout:g}s")
-
-    async def _next_or_gone(self) -> tuple[Msg, dict[str, Any]] | None:
-        try:
-            return self._inbox.receive_nowait()
-        except trio.WouldBlock:
-            pass
-        result: list[Any] = []
-        async with trio.open_nursery() as nursery:
-
-            async def read() -> None:
-                result.append(await self._inbox.receive())
-                nursery.cancel_scope.cancel()
-
-            async def watch() -> None:
-                await self.gone.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(read)
-            nursery.start_soon(watch)
-        if result:
-            return result[0]
-        try:  # the channel closed: a last message may still be queued
-            return self._inbox.receive_nowait()
-        except trio.WouldBlock:
-            return None
 
     async def send(self, mtype: Msg, body: dict[str, Any] | None = None, fds: list[int] | tuple[int, ...] = ()) -> bool:
         try:
