@@ -225,7 +225,9 @@ class Keeper:
         self.all_workers: set[WorkerProc] = set()
         self.generation = 0
         self.state = "starting"
-        self.busy: str | None = None
+        self.busy: str | None = None  # "reload" / "upgrade" while one runs (see _set_busy)
+        self._idle = trio.Event()  # set whenever busy is None
+        self._idle.set()
         self.last_result: dict[str, Any] | None = None
         self.upgrades: dict[str, int] = {"ok": 0, "failed": 0, "refused": 0}
         self.migrated_total: dict[str, int] = {}
@@ -473,7 +475,7 @@ class Keeper:
         while True:
             await w.exited.wait()
             while self.busy is not None:  # an upgrade in progress decides for itself
-                await trio.sleep(0.05)
+                await self._idle.wait()
             if self.state != "serving" or w not in self.current:
                 return
             log.warning("worker.died", pid=w.pid, index=w.index, code=w.returncode, action="respawn")
@@ -496,6 +498,13 @@ class Keeper:
 
     # ------------------------------------------------------------ reload and upgrade
 
+    def _set_busy(self, kind: str | None) -> None:
+        self.busy = kind
+        if kind is None:
+            self._idle.set()
+        elif self._idle.is_set():
+            self._idle = trio.Event()
+
     async def reload(self, kind: str = "reload") -> dict[str, Any]:
         """Start a new generation from the config file; the outcome as a dict (`result`: ok,
         failed, busy). Never raises for an expected failure."""
@@ -503,7 +512,7 @@ class Keeper:
             self.upgrades["refused"] += 1
             log.warning(f"{kind}.refused", reason=f"busy: a {self.busy} is running" if self.busy else f"state is {self.state}")
             return {"result": "busy", "running": self.busy}
-        self.busy = kind
+        self._set_busy(kind)
         _run_hooks(self.on_reload, "start")
         t0 = time.monotonic()
         result: dict[str, Any] = {"kind": kind, "generation": self.generation}
@@ -519,7 +528,7 @@ class Keeper:
             log.error(f"{kind}.error", exc_info=exc, error=repr(exc))
             result.update({"result": "failed", "stage": "internal", "error": repr(exc)})
         finally:
-            self.busy = None
+            self._set_busy(None)
             self._reload_scope = None
         result["seconds"] = round(time.monotonic() - t0, 3)
         result["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -691,7 +700,7 @@ class Keeper:
             log.info(f"{self.busy}.cancelled", reason="draining")
             self._reload_scope.cancel()
         while self.busy is not None:
-            await trio.sleep(0.05)
+            await self._idle.wait()
         for s in self.sockets.values():
             close_listener(s.sock)
         self.sockets.clear()
@@ -752,7 +761,7 @@ class Keeper:
             return await self.reload("upgrade")  # refused as busy, consistently
         from proxy.upgrade import reexec
 
-        self.busy = "upgrade"
+        self._set_busy("upgrade")
         # The code on disk must at least start and accept the config before this process
         # replaces itself with it: a keeper that cannot come back would take everything down.
         try:
@@ -760,14 +769,14 @@ class Keeper:
                 [sys.executable, "-m", "proxy", "check", "-c", self.config_path], capture_stdout=True, capture_stderr=True, check=False
             )
         except OSError as exc:
-            self.busy = None
+            self._set_busy(None)
             log.error("upgrade.precheck_failed", error=str(exc))
             return {"kind": "upgrade", "result": "failed", "stage": "precheck", "generation": self.generation, "error": str(exc)}
         if self.state != "serving":  # a SIGTERM or drain arrived meanwhile: it wins
-            self.busy = None
+            self._set_busy(None)
             return {"kind": "upgrade", "result": "failed", "stage": "precheck", "generation": self.generation, "error": f"state is {self.state}"}
         if check.returncode != 0:
-            self.busy = None
+            self._set_busy(None)
             error = (check.stderr or check.stdout).decode(errors="replace").strip().splitlines()
             result = {"kind": "upgrade", "result": "failed", "stage": "precheck", "generation": self.generation, "error": "the new code refuses the config or does not start", "errors": error[-20:]}
             self.upgrades["failed"] += 1
