@@ -3,6 +3,7 @@ sd_notify, as real subprocesses. Every daemon started here is killed by its pid 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -227,6 +228,22 @@ async def _bind_notify(tmp_path: Path, kind: str) -> tuple[trio.socket.SocketTyp
     return sock, address
 
 
+@contextlib.contextmanager
+def _foreground(tmp_path: Path, notify_address: str, log_file: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`proxy run` in the foreground with NOTIFY_SOCKET set; killed at the end if still running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "run", "-c", "proxy.yaml", "--log-file", str(log_file)],
+        cwd=tmp_path,
+        env={**os.environ, "NOTIFY_SOCKET": notify_address},
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 async def _receive(sock: trio.socket.SocketType, timeout: float = 15.0) -> str:
     with trio.fail_after(timeout):
         return (await sock.recv(4096)).decode()
@@ -238,63 +255,43 @@ async def test_sd_notify_ready_and_stopping_in_the_foreground(nursery, tmp_path,
     write_config(tmp_path / "proxy.yaml", tcp_config([upstream]))
     sock, address = await _bind_notify(tmp_path, kind)
     log_file = tmp_path / "l.log"
-    with sock:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "-c", "proxy.yaml", "--log-file", str(log_file)],
-            cwd=tmp_path,
-            env={**os.environ, "NOTIFY_SOCKET": address},
-        )
-        try:
-            assert await _receive(sock) == "READY=1"
-            assert "event=ready" in log_file.read_text()  # sent only once serving
-            assert await echo_round_trip(listener_address(log_file), b"hello daemon") == b"hello daemon"
-            proc.send_signal(signal.SIGTERM)
-            assert await _receive(sock) == "STOPPING=1"
-            await wait_for(lambda: proc.poll() is not None)
-            assert proc.returncode == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+    with sock, _foreground(tmp_path, address, log_file) as proc:
+        assert await _receive(sock) == "READY=1"
+        assert "event=ready" in log_file.read_text()  # sent only once serving
+        assert await echo_round_trip(listener_address(log_file), b"hello daemon") == b"hello daemon"
+        proc.send_signal(signal.SIGTERM)
+        assert await _receive(sock) == "STOPPING=1"
+        await wait_for(lambda: proc.poll() is not None)
+        assert proc.returncode == 0
 
 
 async def test_sd_notify_reload_protocol(nursery, tmp_path):
     """systemd Type=notify-reload: RELOADING=1 with MONOTONIC_USEC when a reload starts, READY=1
-    when it is done; a refused config adds STATUS=Reload failed; the keeper pid never changes."""
+    when it is done; a refused config adds STATUS=Reload failed and the proxy serves on."""
     upstream = await start_server(nursery, echo_handler)
     config = tcp_config([upstream])
     config["runtime"] = {"upgrade_probation": "100ms"}
     write_config(tmp_path / "proxy.yaml", config)
     sock, address = await _bind_notify(tmp_path, "path")
     log_file = tmp_path / "l.log"
-    with sock:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "-c", "proxy.yaml", "--log-file", str(log_file)],
-            cwd=tmp_path,
-            env={**os.environ, "NOTIFY_SOCKET": address},
-        )
-        try:
-            assert await _receive(sock) == "READY=1"
-            before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-            proc.send_signal(signal.SIGHUP)
-            reloading = await _receive(sock)
-            assert reloading.startswith("RELOADING=1\nMONOTONIC_USEC=")
-            assert int(reloading.rsplit("=", 1)[1]) >= before
-            assert await _receive(sock) == "READY=1"
-            (tmp_path / "proxy.yaml").write_text("listeners: [\n")
-            proc.send_signal(signal.SIGHUP)
-            assert (await _receive(sock)).startswith("RELOADING=1")
-            failed = await _receive(sock)
-            assert failed.startswith("READY=1\nSTATUS=Reload failed: ") and "proxy.yaml" in failed
-            assert await echo_round_trip(listener_address(log_file), b"still serving") == b"still serving"
-            proc.send_signal(signal.SIGTERM)
-            assert await _receive(sock) == "STOPPING=1"
-            await wait_for(lambda: proc.poll() is not None)
-            assert proc.returncode == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+    with sock, _foreground(tmp_path, address, log_file) as proc:
+        assert await _receive(sock) == "READY=1"
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        proc.send_signal(signal.SIGHUP)
+        reloading = await _receive(sock)
+        assert reloading.startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert int(reloading.rsplit("=", 1)[1]) >= before
+        assert await _receive(sock) == "READY=1"
+        (tmp_path / "proxy.yaml").write_text("listeners: [\n")
+        proc.send_signal(signal.SIGHUP)
+        assert (await _receive(sock)).startswith("RELOADING=1")
+        failed = await _receive(sock)
+        assert failed.startswith("READY=1\nSTATUS=Reload failed: ") and "proxy.yaml" in failed
+        assert await echo_round_trip(listener_address(log_file), b"still serving") == b"still serving"
+        proc.send_signal(signal.SIGTERM)
+        assert await _receive(sock) == "STOPPING=1"
+        await wait_for(lambda: proc.poll() is not None)
+        assert proc.returncode == 0
 
 
 async def test_sd_notify_in_daemon_mode_names_the_main_pid(nursery, tmp_path, daemons):
