@@ -257,7 +257,7 @@ async def test_sd_notify_ready_and_stopping_in_the_foreground(nursery, tmp_path,
     log_file = tmp_path / "l.log"
     with sock, _foreground(tmp_path, address, log_file) as proc:
         assert await _receive(sock) == "READY=1"
-        assert "event=ready" in log_file.read_text()  # sent only once serving
+        assert "event=keeper.ready" in log_file.read_text()  # sent only once every worker serves
         assert await echo_round_trip(listener_address(log_file), b"hello daemon") == b"hello daemon"
         proc.send_signal(signal.SIGTERM)
         assert await _receive(sock) == "STOPPING=1"
