@@ -26,6 +26,7 @@ import random
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -1410,3 +1411,29 @@ async def test_admin_requests_can_pick_a_worker(tmp_path):
         assert code == 200 and "serve_control" in json.dumps(body)
         code, body = await admin(proxy, "GET", "/tasks?worker=7")
         assert code == 404 and "no worker with index 7" in body["error"]
+
+
+async def test_operator_overrides_survive_a_reload(tmp_path, nursery):
+    """`host disable` and `log-level` are runtime state: a new generation starts with them."""
+    up = HttpUpstream("a")
+    await up.start(nursery)
+    config = make_config(tmp_path, routes=[to_cluster("/echo"), direct()], clusters={"up": up.address})
+    async with running_proxy(config, tmp_path) as proxy:
+        assert (await ctl(proxy, "host", "disable", "up", up.address)).returncode == 0
+        assert (await ctl(proxy, "log-level", "debug")).returncode == 0
+        assert_ok(await reload(proxy))
+        code, clusters = await admin(proxy, "GET", "/clusters")
+        assert code == 200 and clusters[0]["hosts"][0]["enabled"] is False, clusters
+        # the new worker logs at debug: a client that resets its connection shows as a debug line
+        reload_at = proxy.log().rindex("event=reload.done")
+
+        def reset_after_one_request() -> None:
+            with socket.create_connection(proxy.address("http")) as s:
+                s.sendall(_request("/"))
+                assert s.recv(65536).startswith(b"HTTP/1.1 200")
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+        await trio.to_thread.run_sync(reset_after_one_request)
+        with trio.fail_after(5):
+            while "level=debug" not in proxy.log()[reload_at:]:
+                await trio.sleep(0.05)

@@ -75,13 +75,13 @@ class KeeperAdmin(AdminServer):
                 replies = [await w.admin(method, target, body) for w in workers]
                 reply = replies[0]
                 if reply is not None and reply.get("status") == 200:
+                    done = _json_body(reply)
                     if path == "/log_level":
-                        level = _json_field(reply, "level")
-                        if level in proxy_log.LEVELS:
-                            proxy_log.set_level(level)
-                            keeper.logging["level"] = level  # new generations start with it too
+                        if done.get("level") in proxy_log.LEVELS:
+                            proxy_log.set_level(done["level"])
+                            keeper.logging["level"] = done["level"]  # new generations start with it too
                     else:  # host enable/disable: replayed into the workers of later generations
-                        keeper.host_overrides[(_json_field(reply, "cluster"), _json_field(reply, "host"))] = bool(_json_field(reply, "enabled"))
+                        keeper.host_overrides[(done.get("cluster"), done.get("host"))] = bool(done.get("enabled"))
             elif method == "GET" and path in _SUMMED and len(workers) > 1:
                 replies = [await w.admin(method, target, body) for w in workers]
                 reply = _sum_replies(path, [r for r in replies if r is not None and r.get("status") == 200]) or replies[0]
@@ -189,13 +189,14 @@ def reload_status(result: dict[str, Any]) -> int:
     return 500
 
 
-def _json_field(reply: dict[str, Any], name: str) -> Any:
+def _json_body(reply: dict[str, Any]) -> dict[str, Any]:
     import json
 
     try:
-        return json.loads(b64d(reply.get("body", ""))).get(name)
-    except (ValueError, AttributeError):
-        return None
+        body = json.loads(b64d(reply.get("body", "")))
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def keeper_metrics(keeper: Any) -> str:
