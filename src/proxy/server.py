@@ -34,6 +34,7 @@ from proxy.network.listener import (
     bound_address,
     close_listener,
 )
+from proxy.network.sockio import coalesce_sends
 from proxy.network.tcp_proxy import TcpProxy
 from proxy.stats import ListenerStats
 from proxy.upgrade.migration import release
@@ -150,6 +151,7 @@ class Worker:
 
     async def _serve(self, task_status: trio.TaskStatus[Worker]) -> None:
         drain_timeout = float(self.config.runtime.drain_timeout)
+        coalesce_sends()  # send_soon batches sends per scheduler pass (network/sockio.py)
         async with trio.open_nursery() as root:
             self._root = root
             root.start_soon(self._handle_signals)

@@ -182,6 +182,34 @@ async def test_keep_alive_reuses_both_connections_and_pipelining_keeps_order(tmp
         assert upstream.connections == 1
 
 
+async def test_every_pipelined_response_arrives_before_the_proxy_closes(tmp_path, upstream):
+    """Responses leave at the end of a scheduler pass (sockio's send coalescing); a client that
+    pipelines and then shuts its side, or ends with `Connection: close`, must still get every
+    one, proxied and local, before the proxy closes."""
+    routes = [
+        {"match": {"path": "/local"}, "direct_response": {"status": 200, "body": "here"}},
+        {"match": {"prefix": "/"}, "cluster": "up"},
+    ]
+    async with running_proxy(http_config([upstream.address], routes), tmp_path) as proxy:
+        for targets, last in (
+            (["/echo/a", "/echo/b", "/echo/c"], b""),
+            (["/local", "/echo/d", "/local"], b""),
+            (["/echo/e", "/local"], b"Connection: close\r\n"),
+            (["/local", "/echo/f"], b"Connection: close\r\n"),
+        ):
+            client = await Client.open(proxy.address("http"))
+            heads = [b"GET %s HTTP/1.1\r\nHost: x\r\n" % t.encode() for t in targets]
+            heads[-1] += last
+            await client.send_raw(b"\r\n".join(heads) + b"\r\n")
+            if not last:
+                await client.stream.send_eof()
+            for target in targets:
+                response, body = await client.response()
+                assert response.status_code == 200
+                assert body == b"here" if target == "/local" else json.loads(body)["target"] == target
+            assert await client.closed()
+
+
 async def test_post_bodies_content_length_and_chunked_both_ways(tmp_path, upstream):
     async with running_proxy(http_config([upstream.address]), tmp_path) as proxy:
         client = await Client.open(proxy.address("http"))

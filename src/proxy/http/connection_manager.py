@@ -275,6 +275,7 @@ class HttpConnectionManager:
                     owned = False
                     return
                 if outcome != _HANDOVER:
+                    await io.flush()  # the last response may still be queued (send_soon)
                     return
                 if await self._hand_over(dc):
                     owned = False
@@ -429,6 +430,7 @@ class HttpConnectionManager:
         migration = self.migration
         if not migration.active or self.draining:
             return False
+        await dc.io.flush()  # the socket leaves with nothing of ours unsent
         state = {"served": dc.served, "leftover": migration_mod.b64e(dc.leftover)}
         return await migration.hand_over("http1", self.name, [dc.io.sock], state)
 
@@ -796,8 +798,12 @@ class HttpConnectionManager:
                 data = head_bytes + (http1.chunk(body) + http1.last_chunk() if up_head.chunked else body)
                 await conn.io.send_all(data)
             else:
-                await conn.io.send_all(head_bytes)
-                await self._stream_request_body(dc, stream, conn, up_head)
+                request = stream.request
+                if request.chunked or request.content_length:
+                    await conn.io.send_all(head_bytes)
+                    await self._stream_request_body(dc, stream, conn, up_head)
+                else:  # the whole request: it goes out with this pass's other sends
+                    await conn.io.send_soon(head_bytes)
             per_try = route.retry.per_try_timeout if route.retry is not None else None
             if per_try is None:
                 response, events = await self._read_response_head(conn, reused and retry_on_reuse)
@@ -936,7 +942,8 @@ class HttpConnectionManager:
                                 await dc.io.send_all(piece)
                     elif isinstance(event, EndOfMessage):
                         tail = http1.last_chunk(event.trailers) if downstream_chunked else b""
-                        await dc.io.send_all(pending + tail if pending else tail) if (pending or tail) else None
+                        if pending or tail:  # the response's end: out with this pass's other sends
+                            await dc.io.send_soon(pending + tail if pending else tail)
                         pool.release(conn, response.keep_alive and not close_delimited)
                         conn = None  # type: ignore[assignment]
                         return keep_alive, False
@@ -1025,7 +1032,7 @@ class HttpConnectionManager:
         if self.chain.response:
             await self.chain.run_response(stream)
         dc.response_started = True
-        await dc.io.send_all(self._local_reply_bytes(reply.status, reply.body, close=close, headers=response.headers, send_body=body))
+        await dc.io.send_soon(self._local_reply_bytes(reply.status, reply.body, close=close, headers=response.headers, send_body=body))
         return not close
 
     def _local_reply_bytes(

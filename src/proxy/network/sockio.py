@@ -4,6 +4,14 @@ trio's SocketStream adds conflict detection and a checkpoint per call; an HTTP r
 several receives and sends, so these helpers try the syscall first and park on trio only when
 it would block (python-trio.md: trio's per-I/O overhead is the limit once parsing is in C).
 Errors are translated once here: a peer that resets or vanishes raises `ConnectionLost`.
+
+Sends that end a message (a whole response, a request head) can be coalesced: `send_soon`
+queues the bytes and the `SendCoalescer` sends every queued buffer in one tight loop just
+before the scheduler waits for I/O again, i.e. at the end of the pass that queued them. Why:
+on loopback each send runs the receiver's TCP input and wakes the peer; sends spread over a
+pass (one every ~50 us of Python work) find the peer idle and pay a cross-cpu wakeup each,
+measured at ~18 % of the proxy's CPU. Sent back to back, one wakeup serves the batch: +25-30 %
+requests per core on the HTTP/1 bench. It is Netty's flush consolidation, in trio terms.
 """
 
 from __future__ import annotations
@@ -22,13 +30,77 @@ class ConnectionLost(Exception):
     """The peer reset the connection or it broke (ECONNRESET, EPIPE, ...)."""
 
 
+# Larger buffers go out at once: queuing them gains nothing and holds memory.
+COALESCE_MAX = 64 * 1024
+
+
+class SendCoalescer(trio.abc.Instrument):
+    """Sends the buffers `SockIO.send_soon` queued, in `before_io_wait`: after every task of
+    this scheduler pass has run, before the next wait. A buffer the kernel does not take whole
+    (a client that reads nothing while pipelining) is finished by a task of its own; the
+    connection's next send waits for it, so bytes never reorder."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self.queue: list[SockIO] = []
+        self._token = token
+        self._stalled: list[SockIO] = []
+
+    def before_io_wait(self, timeout: float) -> None:
+        queue = self.queue
+        if not queue:
+            return
+        self.queue = []
+        for io in queue:
+            data = io.later
+            if data is None:  # taken by a send_all, or the socket closed
+                continue
+            io.later = None
+            try:
+                sent = io.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                continue  # reset: the connection's next recv or send reports it
+            if sent < len(data):
+                io.later = data[sent:]
+                io.stalled = trio.Event()
+                self._stalled.append(io)
+        if self._stalled:
+            # The run loop already chose how long it will wait: wake it through the token
+            # (a task rescheduled from here would sit out that wait).
+            self._token.run_sync_soon(self._start_stalled)
+
+    def _start_stalled(self) -> None:
+        stalled, self._stalled = self._stalled, []
+        for io in stalled:
+            trio.lowlevel.spawn_system_task(io._finish_stalled, name="SockIO.finish_stalled")
+
+
+_COALESCER: trio.lowlevel.RunVar[SendCoalescer | None] = trio.lowlevel.RunVar("send_coalescer", default=None)
+
+
+def coalesce_sends() -> None:
+    """Turn on `send_soon` coalescing for the current trio run (idempotent). Without it,
+    `send_soon` is `send_all`."""
+    if _COALESCER.get() is None:
+        coalescer = SendCoalescer(trio.lowlevel.current_trio_token())
+        trio.lowlevel.add_instrument(coalescer)
+        _COALESCER.set(coalescer)
+
+
 class SockIO:
-    __slots__ = ("sock", "bytes_received", "bytes_sent")
+    __slots__ = ("sock", "bytes_received", "bytes_sent", "later", "stalled", "_coalescer")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.later: bytes | None = None  # queued by send_soon, not sent yet
+        self.stalled: trio.Event | None = None  # set when a stalled `later` is all sent
+        try:
+            self._coalescer = _COALESCER.get()
+        except RuntimeError:  # outside a trio run (tests)
+            self._coalescer = None
 
     async def recv(self, size: int = RECV_SIZE) -> bytes:
         """Bytes from the peer; b"" at EOF."""
@@ -60,7 +132,50 @@ class SockIO:
             self.bytes_received += len(data)
             return data
 
+    async def send_soon(self, data: bytes) -> None:
+        """Send `data` at the end of this scheduler pass (see the module doc); for the last
+        bytes of a message, when the task's next step is to wait for the peer's answer."""
+        coalescer = self._coalescer
+        if coalescer is None or self.stalled is not None or len(data) > COALESCE_MAX:
+            await self.send_all(data)
+        elif self.later is None:
+            self.later = data
+            coalescer.queue.append(self)
+            self.bytes_sent += len(data)
+        else:
+            self.later += data
+            self.bytes_sent += len(data)
+
+    async def flush(self) -> None:
+        """Wait until everything queued by `send_soon` has gone to the kernel."""
+        if self.stalled is not None:
+            await self.stalled.wait()
+        elif self.later is not None:
+            data, self.later = self.later, None
+            self.bytes_sent -= len(data)  # counted when queued; send_all counts it again
+            await self.send_all(data)
+
+    async def _finish_stalled(self) -> None:
+        """A system task: send the rest of a `later` the coalescer could not send whole."""
+        sock = self.sock
+        try:
+            view = memoryview(self.later or b"")
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                except BlockingIOError:
+                    await _wait_writable(sock)
+        except Exception:  # noqa: BLE001, S110 - reset or closed: the connection's task reports it
+            pass  # (and a system task must not raise: that would end the whole run)
+        finally:
+            self.later = None
+            event, self.stalled = self.stalled, None
+            if event is not None:
+                event.set()
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.later is not None or self.stalled is not None:
+            await self.flush()  # queued bytes first
         sock = self.sock
         total = len(data)
         if not total:
@@ -111,6 +226,9 @@ class SockIO:
             pass
 
     def close(self) -> None:
+        """Close now; bytes still queued by `send_soon` are dropped (`flush` first to keep
+        them)."""
+        self.later = None
         if self.sock.fileno() != -1:
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()

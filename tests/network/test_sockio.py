@@ -1,0 +1,120 @@
+"""SockIO over socketpairs: send coalescing (`send_soon`) keeps every byte and its order."""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+import trio.testing
+
+from proxy.network.sockio import COALESCE_MAX, SockIO, coalesce_sends
+
+
+def _pair(sndbuf: int | None = None) -> tuple[SockIO, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    if sndbuf is not None:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
+    return SockIO(a), b
+
+
+def _pending(peer: socket.socket) -> bytes:
+    try:
+        return peer.recv(1 << 20)
+    except BlockingIOError:
+        return b""
+
+
+async def _read_exactly(peer: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        await trio.lowlevel.wait_readable(peer)
+        out += peer.recv(1 << 20)
+    return bytes(out)
+
+
+async def test_send_soon_goes_out_at_the_end_of_the_pass():
+    coalesce_sends()
+    io, peer = _pair()
+    await io.send_soon(b"one ")
+    await io.send_soon(b"two")
+    assert _pending(peer) == b""  # queued: this task has not let the scheduler wait yet
+    assert io.bytes_sent == 7
+    await trio.sleep(0)  # one pass of the scheduler: the coalescer sends before its I/O wait
+    assert _pending(peer) == b"one two"
+    assert io.later is None
+
+
+async def test_without_the_coalescer_send_soon_sends_at_once():
+    io, peer = _pair()  # coalesce_sends() not called in this run
+    await io.send_soon(b"now")
+    assert _pending(peer) == b"now"
+
+
+async def test_send_all_after_send_soon_keeps_the_order():
+    coalesce_sends()
+    io, peer = _pair()
+    await io.send_soon(b"first,")
+    await io.send_all(b"second")
+    assert _pending(peer) == b"first,second"
+    await trio.sleep(0)
+    assert _pending(peer) == b""  # nothing sent twice
+    assert io.bytes_sent == 12
+
+
+async def test_large_buffers_are_not_queued():
+    coalesce_sends()
+    io, peer = _pair()
+    big = b"x" * (COALESCE_MAX + 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(io.send_soon, big)
+        assert await _read_exactly(peer, len(big)) == big
+    assert io.later is None
+
+
+async def test_a_buffer_the_kernel_cannot_take_whole_is_finished_in_order():
+    """A peer that reads nothing: the coalescer's send is partial, a system task finishes it
+    once the peer reads, and a send_all meanwhile waits its turn."""
+    coalesce_sends()
+    io, peer = _pair(sndbuf=4096)
+    first = bytes(range(256)) * 200  # 51,200 bytes: more than both buffers hold
+    second = b"after"
+    await io.send_soon(first)
+    await trio.sleep(0)
+    assert io.stalled is not None, "expected a partial send"
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(io.send_all, second)
+        await trio.testing.wait_all_tasks_blocked()
+        while len(received) < len(first) + len(second):
+            await trio.lowlevel.wait_readable(peer)
+            received += peer.recv(65536)
+    assert bytes(received) == first + second
+    assert io.stalled is None and io.later is None
+    assert io.bytes_sent == len(first) + len(second)
+
+
+async def test_flush_sends_what_is_queued_and_close_drops_it():
+    coalesce_sends()
+    io, peer = _pair()
+    await io.send_soon(b"kept")
+    await io.flush()
+    assert _pending(peer) == b"kept"
+    assert io.bytes_sent == 4
+    await io.send_soon(b"dropped")
+    io.close()
+    await trio.sleep(0)  # the coalescer finds nothing left to send on a closed socket
+    assert peer.recv(100) == b""  # EOF, and no bytes
+
+
+async def test_a_reset_peer_does_not_break_the_coalescer():
+    coalesce_sends()
+    io, peer = _pair()
+    other, other_peer = _pair()
+    peer.close()
+    await io.send_soon(b"to nobody")
+    await other.send_soon(b"to someone")
+    await trio.sleep(0)
+    assert _pending(other_peer) == b"to someone"
