@@ -794,16 +794,13 @@ class HttpConnectionManager:
                 mutate_headers(up_head.headers, route.request_mutations, lambda template: template.render_bytes(info))
             head_bytes = http1.request_head_bytes(up_head)
             conn.parser.start(up_head.method)
-            if body is not None:
-                data = head_bytes + (http1.chunk(body) + http1.last_chunk() if up_head.chunked else body)
-                await conn.io.send_all(data)
+            if body is not None:  # the whole request: out with this pass's other sends
+                if body or up_head.chunked:
+                    head_bytes += http1.chunk(body) + http1.last_chunk() if up_head.chunked else body
+                await conn.io.send_soon(head_bytes)
             else:
-                request = stream.request
-                if request.chunked or request.content_length:
-                    await conn.io.send_all(head_bytes)
-                    await self._stream_request_body(dc, stream, conn, up_head)
-                else:  # the whole request: it goes out with this pass's other sends
-                    await conn.io.send_soon(head_bytes)
+                await conn.io.send_all(head_bytes)
+                await self._stream_request_body(dc, stream, conn, up_head)
             per_try = route.retry.per_try_timeout if route.retry is not None else None
             if per_try is None:
                 response, events = await self._read_response_head(conn, reused and retry_on_reuse)
