@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from proxy import codec
 from proxy import stats as stats_mod
 from proxy.config.model import Config
 from proxy.log import get_logger, reopen
@@ -184,7 +185,7 @@ class Worker:
                             if first:
                                 first = False
                                 self.state = "serving"
-                                log.info("ready", pid=os.getpid(), listeners=len(self.listeners))
+                                log.info("ready", pid=os.getpid(), listeners=len(self.listeners), codec="compiled" if codec.NATIVE else "python")
                                 task_status.started(self)
                             await trio.sleep_forever()
                     if not self._stop_accepting.is_set():

@@ -43,7 +43,7 @@ def response_head_bytes_11(status: int, reason: bytes, headers: Headers) -> byte
     return _check_lines(b"\r\n".join(lines), len(headers) + 2)
 
 
-def chunk(data: bytes) -> bytes:
+def chunk(data: bytes | bytearray | memoryview) -> bytes:
     """One chunk; b"" for empty data, because an empty chunk would end the body."""
     if not data:
         return b""

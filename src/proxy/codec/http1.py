@@ -37,7 +37,7 @@ helpers), this module (the two parsers); everything public is re-exported here.
 from __future__ import annotations
 
 import re
-from typing import NoReturn
+from typing import ClassVar, NoReturn
 
 from httptools import (
     HttpParserCallbackError,
@@ -153,6 +153,8 @@ class _Parser:
     the limit, and from the feed lengths otherwise. That never over-counts, and bounds what a peer
     can make us hold to the limit plus one feed.
     """
+
+    _special_names: ClassVar[frozenset[bytes]]  # per direction: the names on_header hands to _special
 
     __slots__ = (
         "_parser",
@@ -480,7 +482,7 @@ class RequestParser(_Parser):
                 upgrade = self._upgrade_hdr.lower()
             elif chunked or content_length:
                 # Declined, body to come: see _upgrade.
-                framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % content_length
+                framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % (content_length or 0)
                 close = b"" if keep_alive else b"Connection: close\r\n"
                 self._resume_head = b"PUT / HTTP/1.1\r\n" + framing + b"\r\n" + close + b"\r\n"
         self._upgrading = upgrade is not None

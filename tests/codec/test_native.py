@@ -1,0 +1,77 @@
+"""The compiled codec (scripts/build-native) and its guard in proxy/codec/__init__.py: the
+build is used only when it matches the sources, and the pure-Python source passes the same
+codec suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import proxy.codec
+
+SRC = Path(proxy.codec.__file__).resolve().parent.parent.parent
+REPO = SRC.parent
+STAMP = SRC / "proxy" / "codec" / "_native.json"
+
+needs_build = pytest.mark.skipif(not STAMP.exists(), reason="no compiled codec here (scripts/build-native)")
+
+PROBE = "import proxy.codec as c, proxy.codec.http1 as h, proxy.codec._http1_write as w; print(c.NATIVE, h.__file__, w.__file__)"
+
+
+def _probe(env_extra: dict[str, str] | None = None, pythonpath: Path | None = None) -> tuple[bool, str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PROXY_NATIVE"}
+    env.update(env_extra or {})
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60, check=True)
+    native, http1, write = out.stdout.split()
+    return native == "True", http1, write
+
+
+def test_proxy_native_0_loads_the_sources():
+    native, http1, write = _probe({"PROXY_NATIVE": "0"})
+    assert not native
+    assert http1.endswith("http1.py") and write.endswith("_http1_write.py")
+
+
+@needs_build
+def test_a_matching_build_is_used():
+    native, http1, write = _probe()
+    assert native
+    assert http1.endswith(".so") and write.endswith(".so")
+    assert json.loads(STAMP.read_text())["cache_tag"] == sys.implementation.cache_tag
+
+
+@needs_build
+def test_an_edited_source_is_never_shadowed_by_an_old_build(tmp_path):
+    """A copy of the tree with the build in place and one compiled module's source edited
+    after the build, as a deploy that forgot to rebuild: the sources are loaded, all of them."""
+    copy = tmp_path / "src"
+    shutil.copytree(SRC / "proxy", copy / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
+    for runtime in SRC.glob("proxy_native__mypyc*.so"):
+        shutil.copy2(runtime, copy / runtime.name)
+    assert _probe(pythonpath=copy)[0], "the untouched copy uses its build"
+    write = copy / "proxy" / "codec" / "_http1_write.py"
+    write.write_text(write.read_text() + "\nEDITED = True\n")
+    native, http1, write_file = _probe(pythonpath=copy)
+    assert not native
+    assert http1 == str(copy / "proxy" / "codec" / "http1.py")
+    assert write_file == str(write)
+
+
+@needs_build
+def test_the_pure_python_codec_passes_the_codec_suite_too():
+    """CI runs everything on the compiled codec; this runs tests/codec on the sources."""
+    env = dict(os.environ, PROXY_NATIVE="0")
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/codec", "--deselect", "tests/codec/test_native.py"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout.splitlines()[-1]
