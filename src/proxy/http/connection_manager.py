@@ -55,6 +55,9 @@ CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_REPLAY_BODY = 64 * 1024
 # How often the watchdog looks for connections past their deadline (idle, header, route).
 WATCHDOG_TICK = 0.1
+# A connection whose last response the client has not read in this time is not handed over
+# in a hot upgrade (it would leave with bytes of ours unsent): it is served on here.
+HANDOVER_FLUSH_TIMEOUT = 1.0
 
 
 class _Downstream:
@@ -275,7 +278,9 @@ class HttpConnectionManager:
                     owned = False
                     return
                 if outcome != _HANDOVER:
-                    await io.flush()  # the last response may still be queued (send_soon)
+                    if io.unsent:  # the last response may still be queued (send_soon)
+                        with trio.move_on_after(self.idle_timeout):  # a client that reads nothing
+                            await io.flush()
                     return
                 if await self._hand_over(dc):
                     owned = False
@@ -430,7 +435,11 @@ class HttpConnectionManager:
         migration = self.migration
         if not migration.active or self.draining:
             return False
-        await dc.io.flush()  # the socket leaves with nothing of ours unsent
+        if dc.io.unsent:  # the socket leaves with nothing of ours unsent, or stays
+            with trio.move_on_after(HANDOVER_FLUSH_TIMEOUT):
+                await dc.io.flush()
+            if dc.io.unsent:
+                return False
         state = {"served": dc.served, "leftover": migration_mod.b64e(dc.leftover)}
         return await migration.hand_over("http1", self.name, [dc.io.sock], state)
 

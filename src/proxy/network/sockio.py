@@ -146,6 +146,11 @@ class SockIO:
             self.later += data
             self.bytes_sent += len(data)
 
+    @property
+    def unsent(self) -> bool:
+        """Bytes queued by `send_soon` have not all gone to the kernel yet."""
+        return self.later is not None or self.stalled is not None
+
     async def flush(self) -> None:
         """Wait until everything queued by `send_soon` has gone to the kernel."""
         if self.stalled is not None:
@@ -174,7 +179,7 @@ class SockIO:
                 event.set()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.later is not None or self.stalled is not None:
+        if self.later is not None or self.stalled is not None:  # (self.unsent, inlined)
             await self.flush()  # queued bytes first
         sock = self.sock
         total = len(data)
