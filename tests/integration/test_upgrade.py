@@ -164,6 +164,18 @@ def listening_inodes(port: int) -> dict[str, int]:
     return out
 
 
+def connection_inode(server_port: int, client_port: int) -> str:
+    """The inode of the server's end of an established loopback TCP connection."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, remote, st, inode = fields[1], fields[2], fields[3], fields[9]
+            if st == "01" and int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+                return inode
+    raise AssertionError(f"no connection {server_port} <- {client_port}")
+
+
 def socket_inodes(pid: int) -> set[str]:
     out = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -1437,3 +1449,64 @@ async def test_operator_overrides_survive_a_reload(tmp_path, nursery):
         with trio.fail_after(5):
             while "level=debug" not in proxy.log()[reload_at:]:
                 await trio.sleep(0.05)
+
+
+async def test_a_new_worker_dying_while_another_old_worker_retires_is_replaced_at_once(tmp_path, nursery):
+    """workers: 2. One old worker holds a slow request, so its retire lasts until the response;
+    the other has nothing and hands over at once. The new worker that took over from the
+    idle one is then killed: it is replaced within about a second, while the reload still
+    runs (before, its supervisor waited for the whole reload: up to drain_timeout)."""
+    up = HttpUpstream("slow")
+    await up.start(nursery)
+    config = make_config(tmp_path, routes=[to_cluster("/")], clusters={"up": up.address}, workers=2)
+    async with running_proxy(config, tmp_path) as proxy:
+        client = await KeepAlive.open(proxy.address("http"))
+        slow_result: list[Any] = []
+
+        async def slow() -> None:
+            slow_result.append(await client.get("/slow/4000", timeout=30))  # (under drain_timeout 5 s)
+
+        nursery.start_soon(slow)
+        with trio.fail_after(5):
+            while up.requests < 1:
+                await trio.sleep(0.01)
+        # Which worker serves it: the one holding the proxy's end of the client's connection.
+        server_end = connection_inode(proxy.address("http")[1], client.local[1])
+        old_pids = {w["index"]: w["pid"] for w in (await status(proxy))["workers"]}
+        [busy_index] = [i for i, pid in old_pids.items() if server_end in socket_inodes(pid)]
+        idle_index = 1 - busy_index
+        old_idle = old_pids[idle_index]
+
+        outcomes: list[dict[str, Any]] = []
+
+        async def run_reload() -> None:
+            outcomes.append(await reload(proxy, timeout=40))
+
+        nursery.start_soon(run_reload)
+        with trio.fail_after(10):  # committed, and the idle old worker handed over (nothing) and left
+            while True:
+                st = await status(proxy)
+                if st["generation"] == 2 and not alive(old_idle):
+                    break
+                await trio.sleep(0.02)
+        victim = {w["index"]: w["pid"] for w in st["workers"]}[idle_index]
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.monotonic()
+        with trio.fail_after(10):
+            while True:
+                st = await status(proxy)
+                pids = {w["index"]: w["pid"] for w in st["workers"]}
+                if pids.get(idle_index) not in (None, victim) and st["busy"] is not None:
+                    break
+                assert st["busy"] is not None, "the reload ended before the dead worker was replaced"
+                await trio.sleep(0.02)
+        replaced = time.monotonic() - t0
+        print(f"new worker killed mid-reload: replaced after {replaced:.3f}s, the reload still running")
+        assert replaced < 2.0
+        with trio.fail_after(30):
+            while not outcomes:
+                await trio.sleep(0.05)
+        assert_ok(outcomes[0])
+        assert slow_result == [(200, b"slow")]
+        assert await client.check(Errors(), "/echo")  # handed over after its response: served on
+        await client.aclose()

@@ -23,6 +23,7 @@ Only one runs at a time; another request meanwhile is refused as busy.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import signal
@@ -104,6 +105,10 @@ class WorkerProc:
         self.started = time.time()
         self.gone = trio.Event()  # control channel closed
         self.exited = trio.Event()  # process reaped
+        # Set once the reload that started this worker no longer decides its fate: every old
+        # worker handing over to it is done (or none did). Its supervisor may then replace it
+        # while slower old peers still retire. A reload resets it on the workers it retires.
+        self.took_over = trio.Event()
         self.returncode: int | None = None
         # unbounded: a few small reports per reload, and a full inbox must never stop the reader
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Msg, dict[str, Any]]](math.inf)
@@ -474,8 +479,12 @@ class Keeper:
         delay = RESPAWN_DELAY
         while True:
             await w.exited.wait()
-            while self.busy is not None:  # an upgrade in progress decides for itself
-                await self._idle.wait()
+            # A reload in progress decides for itself, unless this worker took over everything
+            # its old peers had: then nothing can roll back to them, and waiting for the rest of
+            # the reload (old peers of other workers draining slow requests, up to
+            # drain_timeout) would leave its share of the listening sockets unserved.
+            while self.busy is not None and not w.took_over.is_set():
+                await _first_of(self._idle, w.took_over)
             if self.state != "serving" or w not in self.current:
                 return
             log.warning("worker.died", pid=w.pid, index=w.index, code=w.returncode, action="respawn")
@@ -491,6 +500,7 @@ class Keeper:
                 break
             else:
                 return
+            new.took_over.set()  # a replacement takes nothing over
             if w in self.current:
                 self.current[self.current.index(w)] = new
             w = new
@@ -560,6 +570,8 @@ class Keeper:
             return {"result": "failed", "stage": "bind", "error": str(exc)}
         new: list[WorkerProc] = []
         old = list(self.current)
+        for o in old:
+            o.took_over = trio.Event()  # from now on this reload decides what happens to them
         try:
             try:
                 new = await self._spawn_generation(gen, config, text)
@@ -589,7 +601,10 @@ class Keeper:
             raise
         self._committed = True
         drain_timeout = float(config.runtime.drain_timeout)
-        await self._commit(old, new, drain_timeout)
+        pairs = await self._commit(old, new, drain_timeout)
+        for n_ in new:
+            if not any(t is n_ for _, t in pairs):
+                n_.took_over.set()  # no old worker hands over to it
         commit_s = time.monotonic() - t0
         previous = (self.config, self.config_text, self.generation)
         self.current = list(new)
@@ -599,7 +614,7 @@ class Keeper:
             self._nursery.start_soon(self._supervise, n_)
         log.info(f"{kind}.committed", generation=gen, ready_s=round(ready_s, 3))
         # Each old worker hands over or drains everything, then exits.
-        outcomes = [(o, await self._retire(o, drain_timeout)) for o in old]
+        outcomes = await self._retire_all(old, pairs, drain_timeout)
         rolled_back = [o for o, outcome in outcomes if outcome.get("resumed")]
         if rolled_back:
             # A new worker went away mid-handover: its old peers took their connections back and
@@ -642,10 +657,11 @@ class Keeper:
                 except StartFailed:
                     pass  # it died: the supervisor of the new generation's era handles it
 
-    async def _commit(self, old: list[WorkerProc], new: list[WorkerProc], drain_timeout: float) -> None:
+    async def _commit(self, old: list[WorkerProc], new: list[WorkerProc], drain_timeout: float) -> list[tuple[WorkerProc, WorkerProc]]:
         """Old worker i hands its live connections to new worker i % n over a socketpair of
         their own; returns once each new worker has merged its old peer's counters (so the
-        admin view can switch to it and stay monotonic)."""
+        admin view can switch to it and stay monotonic). The (old, new) pairs committed."""
+        pairs: list[tuple[WorkerProc, WorkerProc]] = []
         targets = []
         for i, o in enumerate(old):
             if o.exited.is_set():
@@ -660,11 +676,35 @@ class Keeper:
                 b.close()
             o.state = "handing_over"
             targets.append(target)
+            pairs.append((o, target))
         for target in targets:
             try:
                 await target.expect(Msg.COMMIT_ACK, timeout=COMMIT_ACK_TIMEOUT)
             except StartFailed:
                 pass
+        return pairs
+
+    async def _retire_all(
+        self, old: list[WorkerProc], pairs: list[tuple[WorkerProc, WorkerProc]], drain_timeout: float
+    ) -> list[tuple[WorkerProc, dict[str, Any]]]:
+        """Retire the old workers side by side; each new worker is marked `took_over` as soon
+        as all its old peers have handed over (none resumed). The outcomes, in `old`'s order."""
+        target_of = dict(pairs)
+        pending = collections.Counter(target for _, target in pairs)
+        outcomes: dict[WorkerProc, dict[str, Any]] = {}
+
+        async def retire(o: WorkerProc) -> None:
+            outcome = outcomes[o] = await self._retire(o, drain_timeout)
+            target = target_of.get(o)
+            if target is not None and not outcome.get("resumed"):
+                pending[target] -= 1
+                if pending[target] == 0:
+                    target.took_over.set()
+
+        async with trio.open_nursery() as nursery:
+            for o in old:
+                nursery.start_soon(retire, o)
+        return [(o, outcomes.get(o, {})) for o in old]
 
     async def _retire(self, o: WorkerProc, drain_timeout: float) -> dict[str, Any]:
         """Wait for an old worker's DRAINED (or RESUMED: its new peer died) and its exit."""
@@ -844,6 +884,18 @@ def _same_port(address: Any, sock: socket.socket) -> Any:
     port = sock.getsockname()[1]
     host = address.host
     return Address.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+
+async def _first_of(*events: trio.Event) -> None:
+    """Wait until one of `events` is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)
 
 
 async def _first_gone(workers: list[WorkerProc], seconds: float) -> WorkerProc | None:
