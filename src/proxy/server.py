@@ -186,6 +186,8 @@ class Worker:
                                 first = False
                                 self.state = "serving"
                                 log.info("ready", pid=os.getpid(), listeners=len(self.listeners), codec="compiled" if codec.NATIVE else "python")
+                                if codec.STALE_BUILD:
+                                    log.warning("codec.build_stale", message="the compiled codec does not match its source; running the source (slower): run scripts/build-native")
                                 task_status.started(self)
                             await trio.sleep_forever()
                     if not self._stop_accepting.is_set():

@@ -21,7 +21,7 @@ STAMP = SRC / "proxy" / "codec" / "_native.json"
 
 needs_build = pytest.mark.skipif(not STAMP.exists(), reason="no compiled codec here (scripts/build-native)")
 
-PROBE = "import proxy.codec as c, proxy.codec.http1 as h, proxy.codec._http1_write as w; print(c.NATIVE, h.__file__, w.__file__)"
+PROBE = "import proxy.codec as c, proxy.codec.http1 as h, proxy.codec._http1_write as w; print(c.NATIVE, h.__file__, w.__file__, c.STALE_BUILD)"
 
 
 def _probe(env_extra: dict[str, str] | None = None, pythonpath: Path | None = None) -> tuple[bool, str, str]:
@@ -30,8 +30,14 @@ def _probe(env_extra: dict[str, str] | None = None, pythonpath: Path | None = No
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60, check=True)
-    native, http1, write = out.stdout.split()
+    native, http1, write, stale = out.stdout.split()
+    assert stale == str(_probe_stale_expected(env, native == "True")), out.stdout
     return native == "True", http1, write
+
+
+def _probe_stale_expected(env: dict[str, str], native: bool) -> bool:
+    """A build that is present and not used is reported stale, unless PROXY_NATIVE=0 asked."""
+    return STAMP.exists() and not native and env.get("PROXY_NATIVE") != "0"
 
 
 def test_proxy_native_0_loads_the_sources():

@@ -61,7 +61,9 @@ def _load_sources() -> None:
 
 
 NATIVE = False
+STALE_BUILD = False  # a compiled build is here but does not match: worth a warning at start
 if any(_HERE.glob("*.so")):
     NATIVE = _build_matches() and _import_compiled()
     if not NATIVE:
+        STALE_BUILD = os.environ.get("PROXY_NATIVE", "1") != "0"
         _load_sources()
