@@ -517,7 +517,7 @@ class HttpConnectionManager:
         keep_alive = head.keep_alive and not self.draining and not dc.closing and (self.max_requests is None or served < self.max_requests)
         dc.keep_alive = keep_alive
         dc.served = served  # survives a 504 that keeps the connection (and travels in a handover)
-        tunnel = False
+        tunnel = cancelled = False
         dc.response_started = False
         if not (head.chunked or head.content_length):
             events = dc.events  # its EndOfMessage came with the head: take it
@@ -540,6 +540,7 @@ class HttpConnectionManager:
         except _Abort:
             keep_alive = False
         except trio.Cancelled:
+            cancelled = True
             raise
         except Exception as exc:
             # A bug, not the peer's fault: answer 500 if nothing was sent yet, log, and close.
@@ -550,7 +551,8 @@ class HttpConnectionManager:
                 await self._send_quietly(dc, self._local_reply_bytes(500, b"internal error", close=True))
             keep_alive = False
         finally:
-            if dc.scope.cancel_called and dc.phase == _UPSTREAM:
+            # (`cancel_called` reads the clock: ask only when a cancel came through)
+            if cancelled and dc.phase == _UPSTREAM and dc.scope.cancel_called:
                 # The route timeout fired (answered after the scope exits, in _timed_out).
                 info.add_flag(flags.UPSTREAM_TIMEOUT)
                 cluster = self.clusters.get(info.cluster)
