@@ -55,20 +55,21 @@ def test_a_matching_build_is_used():
 
 
 @needs_build
-def test_an_edited_source_is_never_shadowed_by_an_old_build(tmp_path):
-    """A copy of the tree with the build in place and one compiled module's source edited
-    after the build, as a deploy that forgot to rebuild: the sources are loaded, all of them."""
+@pytest.mark.parametrize("edited", ["_http1_write.py", "_http1_events.py"])  # compiled; types built in
+def test_an_edited_source_is_never_shadowed_by_an_old_build(tmp_path, edited):
+    """A copy of the tree with the build in place and a codec source edited after the build,
+    as a deploy that forgot to rebuild: the sources are loaded, all of them."""
     copy = tmp_path / "src"
     shutil.copytree(SRC / "proxy", copy / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
     for runtime in SRC.glob("proxy_native__mypyc*.so"):
         shutil.copy2(runtime, copy / runtime.name)
     assert _probe(pythonpath=copy)[0], "the untouched copy uses its build"
-    write = copy / "proxy" / "codec" / "_http1_write.py"
-    write.write_text(write.read_text() + "\nEDITED = True\n")
+    changed = copy / "proxy" / "codec" / edited
+    changed.write_text(changed.read_text() + "\nEDITED = True\n")
     native, http1, write_file = _probe(pythonpath=copy)
     assert not native
     assert http1 == str(copy / "proxy" / "codec" / "http1.py")
-    assert write_file == str(write)
+    assert write_file == str(copy / "proxy" / "codec" / "_http1_write.py")
 
 
 @needs_build

@@ -90,7 +90,7 @@ async def test_a_connection_with_a_stalled_response_is_not_handed_over(nursery):
     HANDOVER_FLUSH_TIMEOUT it is refused and served on here, closing after its next response."""
     client, done, cm = await _serve_one(nursery, "10s")
     client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    await wait_for(lambda: len(cm.connections) == 1 and next(iter(cm.connections)).io.stalled is not None)
+    await wait_for(lambda: len(cm.connections) == 1 and next(iter(cm.connections)).io.owner is not None)
     handoff = Handoff(None, {})
     cm.start_migration(handoff)
     await trio.sleep(connection_manager.HANDOVER_FLUSH_TIMEOUT + 0.3)
@@ -102,3 +102,46 @@ async def test_a_connection_with_a_stalled_response_is_not_handed_over(nursery):
     assert rest.startswith(b"HTTP/1.1 200") and b"connection: close" in rest.lower()
     await done.wait()
     assert handoff.offered == []
+
+
+async def test_pipelined_local_replies_of_mixed_sizes_all_arrive_in_order(nursery):
+    """Small, over COALESCE_MAX, and two just under it, pipelined in one write, then one more
+    request: every response arrives, whole and in order (review repro of a double-queued
+    connection whose stalled rest was lost)."""
+    coalesce_sends()
+    routes = [
+        {"match": {"path": "/s"}, "direct_response": {"status": 200, "body": "s" * 10}},
+        {"match": {"path": "/big"}, "direct_response": {"status": 200, "body": "b" * 70_000}},
+        {"match": {"path": "/m"}, "direct_response": {"status": 200, "body": "m" * 60_000}},
+    ]
+    cm = manager(load_text(json.dumps(http_config(["127.0.0.1:1"], routes)), fmt="json"), nursery)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 60_000)
+        client.connect(listener.getsockname())
+        proxy_side, peer = listener.accept()
+    proxy_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    for s in (proxy_side, client):
+        s.setblocking(False)
+    nursery.start_soon(cm.handle, proxy_side, peer)
+    targets = [b"/s", b"/big", b"/m", b"/m"]
+    client.send(b"".join(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % t for t in targets))
+    await trio.sleep(0.3)
+    client.send(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+    targets.append(b"/s")
+    expected = {b"/s": b"s" * 10, b"/big": b"b" * 70_000, b"/m": b"m" * 60_000}
+    got = bytearray()
+    bodies: list[bytes] = []
+    with trio.fail_after(10):
+        while len(bodies) < len(targets):
+            await trio.lowlevel.wait_readable(client)
+            got += client.recv(1 << 20)
+            while b"\r\n\r\n" in got:
+                head, _, rest = bytes(got).partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head[:60]
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+                if len(rest) < length:
+                    break
+                bodies.append(rest[:length])
+                got = bytearray(rest[length:])
+    assert bodies == [expected[t] for t in targets]

@@ -83,7 +83,7 @@ async def test_a_buffer_the_kernel_cannot_take_whole_is_finished_in_order():
     second = b"after"
     await io.send_soon(first)
     await trio.sleep(0)
-    assert io.stalled is not None, "expected a partial send"
+    assert io.owner is not None, "expected a partial send"
     received = bytearray()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(io.send_all, second)
@@ -92,7 +92,7 @@ async def test_a_buffer_the_kernel_cannot_take_whole_is_finished_in_order():
             await trio.lowlevel.wait_readable(peer)
             received += peer.recv(65536)
     assert bytes(received) == first + second
-    assert io.stalled is None and io.later is None
+    assert io.owner is None and io.later is None
     assert io.bytes_sent == len(first) + len(second)
 
 
@@ -118,3 +118,71 @@ async def test_a_reset_peer_does_not_break_the_coalescer():
     await other.send_soon(b"to someone")
     await trio.sleep(0)
     assert _pending(other_peer) == b"to someone"
+
+
+async def test_queued_flushed_and_queued_again_in_one_pass_stays_in_order():
+    """send_soon, a flush that does not block, send_soon again, all in one pass, on a socket
+    that takes only part of the second buffer: the connection is in the coalescer's queue
+    once, one task finishes the rest, and a later send waits for it (review repro)."""
+    coalesce_sends()
+    io, peer = _pair(sndbuf=4096)
+    big = bytes(range(256)) * 200  # over both socket buffers
+    await io.send_soon(b"A" * 10)
+    await io.flush()  # (what send_all does first): goes out at once, no yield
+    await io.send_soon(big)
+    assert io._coalescer is not None and io._coalescer.queue.count(io) == 1
+    await trio.sleep(0.05)  # the pass ends: a partial send, the rest owned by one task
+    assert io.unsent and io.owner is not None
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+
+        async def then_more() -> None:
+            await io.send_soon(b"C" * 10)
+            await io.flush()
+
+        nursery.start_soon(then_more)
+        while len(received) < 10 + len(big) + 10:
+            await trio.lowlevel.wait_readable(peer)
+            received.extend(peer.recv(65536))
+    assert bytes(received) == b"A" * 10 + big + b"C" * 10
+    assert not io.unsent
+
+
+async def test_many_pipelined_messages_in_one_pass_are_bounded():
+    """Queued bytes per connection are capped at COALESCE_MAX: beyond it send_soon sends,
+    in order, instead of growing (and copying) one buffer for the whole pass."""
+    coalesce_sends()
+    io, peer = _pair()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    messages = [b"%05d" % i + b"." * 995 for i in range(300)]  # 300 kB in 1 kB messages
+    received = bytearray()
+
+    async def reader() -> None:
+        while len(received) < 300_000:
+            await trio.lowlevel.wait_readable(peer)
+            received.extend(peer.recv(1 << 20))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        for m in messages:
+            await io.send_soon(m)
+            assert io.later is None or len(io.later) <= COALESCE_MAX
+        await io.flush()
+    assert bytes(received) == b"".join(messages)
+
+
+async def test_a_cancelled_flush_keeps_the_rest_queued_in_order():
+    coalesce_sends()
+    io, peer = _pair(sndbuf=4096)
+    first = bytes(range(256)) * 200
+    await io.send_soon(first)
+    with trio.move_on_after(0.1):
+        await io.flush()  # the peer reads nothing: cancelled with bytes left
+    assert io.unsent and io.owner is None
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(io.send_all, b"then this")
+        while len(received) < len(first) + 9:
+            await trio.lowlevel.wait_readable(peer)
+            received.extend(peer.recv(65536))
+    assert bytes(received) == first + b"then this"

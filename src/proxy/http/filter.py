@@ -23,7 +23,8 @@ awaiting inside the hook (a delay, a call out): the chain resumes when the hook 
 Request hooks run in chain order, response hooks in reverse. Only the hooks a filter overrides
 are called: the chain is split per hook when it is built, so an unused hook costs nothing.
 Body hooks see each chunk and may replace it (return bytes) or answer locally (before the
-response has started).
+response has started). Header fields are (bytes, bytes) tuples; a filter may also leave lists,
+str (sent as latin-1) or bytearray: the chain makes heads canonical after its filters ran.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class LocalReply:
     ) -> None:
         self.status = status
         self.body = body.encode() if isinstance(body, str) else body
-        self.headers = headers or []
+        self.headers = canonical_headers(headers) if headers else []
         self.flag = flag  # response flag recorded for the access log
         self.close = close  # close the downstream connection after the reply
 
@@ -97,6 +98,41 @@ class StreamFilter:
         return data
 
 
+def _as_bytes(value: Any) -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode("latin-1")  # what an HTTP/1 field can carry
+    return bytes(value)  # bytearray, memoryview, bytes subclasses
+
+
+def canonical_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """Headers as the codec takes them: a list of (bytes, bytes) tuples. Filters may leave
+    lists for tuples, str or bytearray for bytes; the compiled codec (scripts/build-native)
+    checks types where Python would have let them through. The common case costs one pass."""
+    if type(headers) is list:
+        for field in headers:
+            if type(field) is not tuple or len(field) != 2 or type(field[0]) is not bytes or type(field[1]) is not bytes:
+                break
+        else:
+            return headers
+    return [(_as_bytes(name), _as_bytes(value)) for name, value in headers]
+
+
+def _canonical_request(head: RequestHead) -> None:
+    head.headers = canonical_headers(head.headers)
+    if type(head.method) is not bytes:
+        head.method = _as_bytes(head.method)
+    if type(head.target) is not bytes:
+        head.target = _as_bytes(head.target)
+
+
+def _canonical_response(head: ResponseHead) -> None:
+    head.headers = canonical_headers(head.headers)
+    if type(head.reason) is not bytes:
+        head.reason = b"" if head.reason is None else _as_bytes(head.reason)
+
+
 def _overrides(filt: StreamFilter, hook: str) -> bool:
     return getattr(type(filt), hook) is not getattr(StreamFilter, hook)
 
@@ -121,6 +157,7 @@ class FilterChain:
             reply = await f.on_request(stream)
             if reply is not None:
                 return reply
+        _canonical_request(stream.request)
         return None
 
     async def run_request_body(self, stream: Stream, data: bytes, end: bool) -> bytes | LocalReply:
@@ -134,6 +171,8 @@ class FilterChain:
     async def run_response(self, stream: Stream) -> None:
         for f in self.response:
             await f.on_response(stream)
+        if stream.response is not None:
+            _canonical_response(stream.response)
 
     async def run_response_body(self, stream: Stream, data: bytes, end: bool) -> bytes:
         for f in self.response_body:

@@ -10,8 +10,9 @@ queues the bytes and the `SendCoalescer` sends every queued buffer in one tight 
 before the scheduler waits for I/O again, i.e. at the end of the pass that queued them. Why:
 on loopback each send runs the receiver's TCP input and wakes the peer; sends spread over a
 pass (one every ~50 us of Python work) find the peer idle and pay a cross-cpu wakeup each,
-measured at ~18 % of the proxy's CPU. Sent back to back, one wakeup serves the batch: +25-30 %
-requests per core on the HTTP/1 bench. It is Netty's flush consolidation, in trio terms.
+measured at ~18 % of the proxy's CPU. Sent back to back, one wakeup serves the batch: 9.0k ->
+14.1k requests per core on the HTTP/1 bench (docs/performance.md). Netty's flush consolidation,
+in trio terms. At most COALESCE_MAX bytes wait per connection; order is always kept.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class ConnectionLost(Exception):
     """The peer reset the connection or it broke (ECONNRESET, EPIPE, ...)."""
 
 
-# Larger buffers go out at once: queuing them gains nothing and holds memory.
+# A connection queues at most this much per pass (one message or several pipelined ones);
+# beyond it, send_soon sends at once: queuing gains nothing then and holds memory.
 COALESCE_MAX = 64 * 1024
 
 
@@ -51,8 +53,9 @@ class SendCoalescer(trio.abc.Instrument):
             return
         self.queue = []
         for io in queue:
+            io.queued = False
             data = io.later
-            if data is None:  # taken by a send_all, or the socket closed
+            if data is None or io.owner is not None:  # sent by a flush, closed, or a task owns it
                 continue
             io.later = None
             try:
@@ -63,7 +66,7 @@ class SendCoalescer(trio.abc.Instrument):
                 continue  # (and trio would drop an instrument that raises: every later send would hang)
             if sent < len(data):
                 io.later = data[sent:]
-                io.stalled = trio.Event()
+                io.owner = trio.Event()  # the task started below owns the rest
                 self._stalled.append(io)
         if self._stalled:
             # The run loop already chose how long it will wait: wake it through the token
@@ -92,14 +95,19 @@ def coalesce_sends() -> None:
 
 
 class SockIO:
-    __slots__ = ("sock", "bytes_received", "bytes_sent", "later", "stalled", "_coalescer")
+    __slots__ = ("sock", "bytes_received", "bytes_sent", "later", "queued", "owner", "_coalescer")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.bytes_received = 0
+        # Counted when handed to us (queued or sent), like bytes written to Envoy's connection
+        # buffer: bytes dropped by a close or a reset stay counted.
         self.bytes_sent = 0
-        self.later: bytes | None = None  # queued by send_soon, not sent yet
-        self.stalled: trio.Event | None = None  # set when a stalled `later` is all sent
+        self.later: bytes | bytearray | None = None  # queued by send_soon, not sent yet
+        self.queued = False  # in the coalescer's queue for this pass
+        # Set while a task (a flush, or the coalescer's stalled-send task) sends `later`; the
+        # Event fires when it is done. Nobody else sends on this socket meanwhile.
+        self.owner: trio.Event | None = None
         try:
             self._coalescer = _COALESCER.get()
         except RuntimeError:  # outside a trio run (tests)
@@ -139,50 +147,73 @@ class SockIO:
         """Send `data` at the end of this scheduler pass (see the module doc); for the last
         bytes of a message, when the task's next step is to wait for the peer's answer."""
         coalescer = self._coalescer
-        if coalescer is None or self.stalled is not None or len(data) > COALESCE_MAX:
-            await self.send_all(data)
-        elif self.later is None:
+        later = self.later
+        if (
+            coalescer is None
+            or self.owner is not None
+            or len(data) + (len(later) if later is not None else 0) > COALESCE_MAX
+        ):
+            await self.send_all(data)  # (what is queued goes first)
+            return
+        if later is None:
             self.later = data
+        elif isinstance(later, bytearray):
+            later += data
+        else:  # a second message this pass (pipelining): grow in place from now on
+            self.later = bytearray(later) + data
+        self.bytes_sent += len(data)
+        if not self.queued:
+            self.queued = True
             coalescer.queue.append(self)
-            self.bytes_sent += len(data)
-        else:
-            self.later += data
-            self.bytes_sent += len(data)
 
     @property
     def unsent(self) -> bool:
         """Bytes queued by `send_soon` have not all gone to the kernel yet."""
-        return self.later is not None or self.stalled is not None
+        return self.later is not None or self.owner is not None
 
     async def flush(self) -> None:
-        """Wait until everything queued by `send_soon` has gone to the kernel."""
-        if self.stalled is not None:
-            await self.stalled.wait()
-        elif self.later is not None:
-            data, self.later = self.later, None
-            self.bytes_sent -= len(data)  # counted when queued; send_all counts it again
-            await self.send_all(data)
+        """Wait until everything queued by `send_soon` has gone to the kernel. If cancelled,
+        what is not sent yet stays queued (`unsent`), in order."""
+        while self.owner is not None:
+            await self.owner.wait()
+        if self.later is None:
+            return
+        self.owner = trio.Event()
+        try:
+            await self._send_later()
+        finally:
+            event, self.owner = self.owner, None
+            event.set()
+
+    async def _send_later(self) -> None:
+        """Send `later` until it is all gone (the caller owns it); the rest stays in `later`
+        whatever interrupts this."""
+        sock = self.sock
+        while self.later:
+            try:
+                sent = sock.send(self.later)
+            except BlockingIOError:
+                await _wait_writable(sock)
+                continue
+            except OSError as exc:
+                self.later = None
+                raise ConnectionLost(str(exc)) from exc
+            self.later = self.later[sent:] if sent < len(self.later) else None
+        self.later = None
 
     async def _finish_stalled(self) -> None:
         """A system task: send the rest of a `later` the coalescer could not send whole."""
-        sock = self.sock
         try:
-            view = memoryview(self.later or b"")
-            while view:
-                try:
-                    view = view[sock.send(view) :]
-                except BlockingIOError:
-                    await _wait_writable(sock)
+            await self._send_later()
         except Exception:  # noqa: BLE001, S110 - reset or closed: the connection's task reports it
-            pass  # (and a system task must not raise: that would end the whole run)
+            self.later = None  # (and a system task must not raise: that would end the whole run)
         finally:
-            self.later = None
-            event, self.stalled = self.stalled, None
+            event, self.owner = self.owner, None
             if event is not None:
                 event.set()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.later is not None or self.stalled is not None:  # (self.unsent, inlined)
+        if self.later is not None or self.owner is not None:  # (self.unsent, inlined)
             await self.flush()  # queued bytes first
         sock = self.sock
         total = len(data)

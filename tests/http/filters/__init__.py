@@ -1,10 +1,10 @@
-"""Tests of the built-in stream filters; helpers to build streams without the HTTP/1 codec."""
+"""Tests of the built-in stream filters; helpers to build streams without parsing bytes."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
+from proxy.codec.http1 import RequestHead, ResponseHead
 from proxy.http.filter import Stream
 from proxy.http.stream_info import StreamInfo
 
@@ -16,11 +16,11 @@ def make_request(
     content_length: int | None = None,
     chunked: bool = False,
 ) -> Any:
-    return SimpleNamespace(method=method, target=target, http_version=b"1.1", headers=list(headers or []), content_length=content_length, chunked=chunked)
+    return RequestHead(method, target, b"1.1", list(headers or []), True, chunked, content_length, False, None)
 
 
 def make_response(status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
-    return SimpleNamespace(status=status, headers=list(headers or []))
+    return ResponseHead(status, b"", b"1.1", list(headers or []), True, False, None)
 
 
 def make_stream(address: str = "127.0.0.1", request: Any = None, **request_kwargs: Any) -> Stream:
