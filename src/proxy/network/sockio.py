@@ -184,6 +184,11 @@ class SockIO:
         finally:
             event, self.owner = self.owner, None
             event.set()
+            if self.later is not None and not self.queued and self._coalescer is not None:
+                # Interrupted (a bound on the flush ran out) with the socket still open: the
+                # coalescer takes the rest back, so it goes out whatever this task does next.
+                self.queued = True
+                self._coalescer.queue.append(self)
 
     async def _send_later(self) -> None:
         """Send `later` until it is all gone (the caller owns it); the rest stays in `later`
