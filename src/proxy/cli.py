@@ -27,6 +27,7 @@ DAEMON_READY_TIMEOUT = 30.0
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proxy", description="A cloud-native network proxy on trio.")
+    parser.add_argument("--version", action=_VersionAction, help="print the version, the Python and whether the codec is compiled")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="start the proxy (foreground, or detached with --daemon)")
@@ -53,6 +54,23 @@ def _parser() -> argparse.ArgumentParser:
 
     admin_client.add_parser(sub)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """`--version`, computed only when asked (it imports the codec to see which one loads)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:  # noqa: A002
+        super().__init__(option_strings, dest, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        import platform
+
+        import proxy
+        from proxy import codec
+
+        mode = "compiled" if codec.NATIVE else ("python, the compiled build is stale" if codec.STALE_BUILD else "python")
+        print(f"proxy {proxy.__version__} (Python {platform.python_version()}, codec: {mode})")
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -57,6 +58,20 @@ def test_check_accepts_the_bundled_default_config():
     result = proxy_cli("check", "-c", "config/proxy.yaml")
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
+
+
+def test_version_says_which_codec_runs():
+    import proxy
+    from proxy import codec
+
+    result = proxy_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"proxy {proxy.__version__} (Python ")
+    assert f"codec: {'compiled' if codec.NATIVE else 'python'}" in result.stdout
+    forced = subprocess.run(
+        [sys.executable, "-m", "proxy", "--version"], capture_output=True, text=True, timeout=20, env={**os.environ, "PROXY_NATIVE": "0"}
+    )
+    assert forced.stdout.rstrip().endswith("codec: python)"), forced.stdout
 
 
 def test_run_refuses_a_bad_config_and_binds_nothing(tmp_path):
