@@ -25,7 +25,7 @@ def _config(idle_timeout: str):
 
 
 async def _serve_one(nursery: trio.Nursery, idle_timeout: str) -> tuple[socket.socket, trio.Event, connection_manager.HttpConnectionManager]:
-    coalesce_sends()
+    coalesce_sends(lone_send_now=False)
     cm = manager(_config(idle_timeout), nursery)
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.socket()
@@ -108,7 +108,7 @@ async def test_pipelined_local_replies_of_mixed_sizes_all_arrive_in_order(nurser
     """Small, over COALESCE_MAX, and two just under it, pipelined in one write, then one more
     request: every response arrives, whole and in order (review repro of a double-queued
     connection whose stalled rest was lost)."""
-    coalesce_sends()
+    coalesce_sends(lone_send_now=False)
     routes = [
         {"match": {"path": "/s"}, "direct_response": {"status": 200, "body": "s" * 10}},
         {"match": {"path": "/big"}, "direct_response": {"status": 200, "body": "b" * 70_000}},

@@ -36,7 +36,7 @@ async def _read_exactly(peer: socket.socket, n: int) -> bytes:
 
 
 async def test_send_soon_goes_out_at_the_end_of_the_pass():
-    coalesce_sends()
+    coalesce_sends(lone_send_now=False)
     io, peer = _pair()
     await io.send_soon(b"one ")
     await io.send_soon(b"two")
@@ -54,7 +54,7 @@ async def test_without_the_coalescer_send_soon_sends_at_once():
 
 
 async def test_send_all_after_send_soon_keeps_the_order():
-    coalesce_sends()
+    coalesce_sends(lone_send_now=False)
     io, peer = _pair()
     await io.send_soon(b"first,")
     await io.send_all(b"second")
@@ -65,7 +65,7 @@ async def test_send_all_after_send_soon_keeps_the_order():
 
 
 async def test_large_buffers_are_not_queued():
-    coalesce_sends()
+    coalesce_sends(lone_send_now=False)
     io, peer = _pair()
     big = b"x" * (COALESCE_MAX + 1)
     async with trio.open_nursery() as nursery:
@@ -77,7 +77,7 @@ async def test_large_buffers_are_not_queued():
 async def test_a_buffer_the_kernel_cannot_take_whole_is_finished_in_order():
     """A peer that reads nothing: the coalescer's send is partial, a system task finishes it
     once the peer reads, and a send_all meanwhile waits its turn."""
-    coalesce_sends()
+    coalesce_sends(lone_send_now=False)
     io, peer = _pair(sndbuf=4096)
     first = bytes(range(256)) * 200  # 51,200 bytes: more than both buffers hold
     second = b"after"
@@ -97,7 +97,7 @@ async def test_a_buffer_the_kernel_cannot_take_whole_is_finished_in_order():
 
 
 async def test_flush_sends_what_is_queued_and_close_drops_it():
-    coalesce_sends()
+    coalesce_sends(lone_send_now=False)
     io, peer = _pair()
     await io.send_soon(b"kept")
     await io.flush()
@@ -110,7 +110,7 @@ async def test_flush_sends_what_is_queued_and_close_drops_it():
 
 
 async def test_a_reset_peer_does_not_break_the_coalescer():
-    coalesce_sends()
+    coalesce_sends(lone_send_now=False)
     io, peer = _pair()
     other, other_peer = _pair()
     peer.close()
@@ -124,7 +124,7 @@ async def test_queued_flushed_and_queued_again_in_one_pass_stays_in_order():
     """send_soon, a flush that does not block, send_soon again, all in one pass, on a socket
     that takes only part of the second buffer: the connection is in the coalescer's queue
     once, one task finishes the rest, and a later send waits for it (review repro)."""
-    coalesce_sends()
+    coalesce_sends(lone_send_now=False)
     io, peer = _pair(sndbuf=4096)
     big = bytes(range(256)) * 200  # over both socket buffers
     await io.send_soon(b"A" * 10)
@@ -151,7 +151,7 @@ async def test_queued_flushed_and_queued_again_in_one_pass_stays_in_order():
 async def test_many_pipelined_messages_in_one_pass_are_bounded():
     """Queued bytes per connection are capped at COALESCE_MAX: beyond it send_soon sends,
     in order, instead of growing (and copying) one buffer for the whole pass."""
-    coalesce_sends()
+    coalesce_sends(lone_send_now=False)
     io, peer = _pair()
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     messages = [b"%05d" % i + b"." * 995 for i in range(300)]  # 300 kB in 1 kB messages
@@ -172,7 +172,7 @@ async def test_many_pipelined_messages_in_one_pass_are_bounded():
 
 
 async def test_a_cancelled_flush_keeps_the_rest_queued_in_order():
-    coalesce_sends()
+    coalesce_sends(lone_send_now=False)
     io, peer = _pair(sndbuf=4096)
     first = bytes(range(256)) * 200
     await io.send_soon(first)
@@ -190,3 +190,24 @@ async def test_a_cancelled_flush_keeps_the_rest_queued_in_order():
             await trio.lowlevel.wait_readable(peer)
             received.extend(peer.recv(65536))
     assert bytes(received) == first + b"then this"
+
+
+async def test_a_lone_send_goes_at_once_and_sends_after_a_busy_pass_wait_for_its_end():
+    """The default policy: with nothing to batch with (at most one send in the last pass, and
+    this is the first of this pass) send now, as a send left to the end of the pass would go
+    out just before the loop sleeps; after a pass with several sends, queue."""
+    coalesce_sends()
+    io, peer = _pair()
+    other, other_peer = _pair()
+    await io.send_soon(b"alone")
+    assert _pending(peer) == b"alone"
+    await trio.sleep(0)  # a pass with one send
+    await io.send_soon(b"first")  # still quiet: at once
+    await other.send_soon(b"second")  # a second send this pass: queued
+    assert (_pending(peer), _pending(other_peer)) == (b"first", b"")
+    await trio.sleep(0)
+    assert _pending(other_peer) == b"second"
+    await io.send_soon(b"busy")  # the last pass had two sends: queued
+    assert _pending(peer) == b""
+    await trio.sleep(0)
+    assert _pending(peer) == b"busy"
