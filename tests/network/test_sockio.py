@@ -211,3 +211,13 @@ async def test_a_lone_send_goes_at_once_and_sends_after_a_busy_pass_wait_for_its
     assert _pending(peer) == b""
     await trio.sleep(0)
     assert _pending(peer) == b"busy"
+
+
+async def test_send_all_counts_what_went_out_even_when_cut_short():
+    io, peer = _pair(sndbuf=4096)
+    with trio.move_on_after(0.1):
+        await io.send_all(b"x" * 100_000)  # the peer reads nothing: cancelled part-way
+    sent = 0
+    while chunk := _pending(peer):
+        sent += len(chunk)
+    assert 0 < io.bytes_sent == sent < 100_000

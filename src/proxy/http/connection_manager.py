@@ -952,7 +952,9 @@ class HttpConnectionManager:
                         tail = http1.last_chunk(event.trailers) if downstream_chunked else b""
                         if pending or tail:  # the response's end: out with this pass's other sends
                             await dc.io.send_soon(pending + tail if pending else tail)
-                        pool.release(conn, response.keep_alive and not close_delimited)
+                        # An upstream that answered before reading all of a queued request
+                        # (an early 413) is not reused: the rest would precede the next request.
+                        pool.release(conn, response.keep_alive and not close_delimited and not conn.io.unsent)
                         conn = None  # type: ignore[assignment]
                         return keep_alive, False
                 if pending:
@@ -1005,6 +1007,8 @@ class HttpConnectionManager:
             )
             if downstream_leftover:
                 await conn.io.send_all(downstream_leftover)
+            else:
+                await conn.io.flush()  # the relay writes to this socket next: our bytes first
         except BaseException:
             conn.io.close()
             raise

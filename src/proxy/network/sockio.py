@@ -109,8 +109,8 @@ class SockIO:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.bytes_received = 0
-        # Counted when handed to us (queued or sent), like bytes written to Envoy's connection
-        # buffer: bytes dropped by a close or a reset stay counted.
+        # Queued bytes count when queued, like bytes written to Envoy's connection buffer (a close
+        # or reset that drops them leaves them counted); send_all counts bytes as they go out.
         self.bytes_sent = 0
         self.later: bytes | bytearray | None = None  # queued by send_soon, not sent yet
         self.queued = False  # in the coalescer's queue for this pass
@@ -247,16 +247,19 @@ class SockIO:
             sent = 0
         except OSError as exc:
             raise ConnectionLost(str(exc)) from exc
+        self.bytes_sent += sent
         if sent < total:
             view = memoryview(data)[sent:]
             while view:
                 try:
-                    view = view[sock.send(view) :]
+                    sent = sock.send(view)
                 except BlockingIOError:
                     await _wait_writable(sock)
+                    continue
                 except OSError as exc:
                     raise ConnectionLost(str(exc)) from exc
-        self.bytes_sent += total
+                self.bytes_sent += sent
+                view = view[sent:]
 
     def try_send(self, data: bytes) -> int:
         """Send what fits now without waiting; returns the count sent."""
