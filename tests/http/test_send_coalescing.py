@@ -19,14 +19,16 @@ from tests.network.test_migration import Handoff, wait_for
 BODY = 60_000  # queued whole (under COALESCE_MAX) and far more than the socket buffers hold
 
 
-def _config(idle_timeout: str):
-    routes = [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": "x" * BODY}}]
+def _config(idle_timeout: str, body: str):
+    routes = [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": body}}]
     return load_text(json.dumps(http_config(["127.0.0.1:1"], routes, http={"idle_timeout": idle_timeout})), fmt="json")
 
 
-async def _serve_one(nursery: trio.Nursery, idle_timeout: str) -> tuple[socket.socket, trio.Event, connection_manager.HttpConnectionManager]:
+async def _serve_one(
+    nursery: trio.Nursery, idle_timeout: str, body: str = "x" * BODY
+) -> tuple[socket.socket, trio.Event, connection_manager.HttpConnectionManager]:
     coalesce_sends(lone_send_now=False)
-    cm = manager(_config(idle_timeout), nursery)
+    cm = manager(_config(idle_timeout, body), nursery)
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.socket()
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
@@ -145,3 +147,15 @@ async def test_pipelined_local_replies_of_mixed_sizes_all_arrive_in_order(nurser
                 bodies.append(rest[:length])
                 got = bytearray(rest[length:])
     assert bodies == [expected[t] for t in targets]
+
+
+async def test_queued_pipelined_replies_go_out_before_connection_close(nursery):
+    """Small replies, all queued (nothing stalls): three pipelined requests, the last with
+    `Connection: close`, are served in one pass, and the connection ends in that same pass
+    (no wait for the client in between): the flush before close sends every reply."""
+    client, done, _ = await _serve_one(nursery, "10s", body="small")
+    get = b"GET / HTTP/1.1\r\nHost: x\r\n"
+    client.send(get + b"\r\n" + get + b"\r\n" + get + b"Connection: close\r\n\r\n")
+    got = await _read_to_eof(client)
+    assert got.count(b"HTTP/1.1 200 OK\r\n") == 3 and got.endswith(b"small")
+    await done.wait()

@@ -183,9 +183,10 @@ async def test_keep_alive_reuses_both_connections_and_pipelining_keeps_order(tmp
 
 
 async def test_every_pipelined_response_arrives_before_the_proxy_closes(tmp_path, upstream):
-    """Responses leave at the end of a scheduler pass (sockio's send coalescing); a client that
-    pipelines and then shuts its side, or ends with `Connection: close`, must still get every
-    one, proxied and local, before the proxy closes."""
+    """A client that pipelines and then shuts its side, or ends with `Connection: close`, gets
+    every response, proxied and local, before the proxy closes (end to end; the queued-send
+    flush before close is pinned in tests/http/test_send_coalescing.py, where every send is
+    queued)."""
     routes = [
         {"match": {"path": "/local"}, "direct_response": {"status": 200, "body": "here"}},
         {"match": {"prefix": "/"}, "cluster": "up"},

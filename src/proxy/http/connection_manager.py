@@ -952,9 +952,7 @@ class HttpConnectionManager:
                         tail = http1.last_chunk(event.trailers) if downstream_chunked else b""
                         if pending or tail:  # the response's end: out with this pass's other sends
                             await dc.io.send_soon(pending + tail if pending else tail)
-                        # An upstream that answered before reading all of a queued request
-                        # (an early 413) is not reused: the rest would precede the next request.
-                        pool.release(conn, response.keep_alive and not close_delimited and not conn.io.unsent)
+                        pool.release(conn, response.keep_alive and not close_delimited)
                         conn = None  # type: ignore[assignment]
                         return keep_alive, False
                 if pending:

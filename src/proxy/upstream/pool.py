@@ -120,7 +120,9 @@ class HostPool:
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         conn.requests += 1
-        if reusable and (self.max_requests is None or conn.requests < self.max_requests):
+        # Bytes of the last request still queued (send_soon; an upstream that answered early, e.g.
+        # a 413 before reading the body) would precede the next request: not reused then.
+        if reusable and not conn.io.unsent and (self.max_requests is None or conn.requests < self.max_requests):
             conn.idle_since = self._now()
             self.idle.append(conn)
         else:
