@@ -13,6 +13,7 @@ import trio
 from proxy.config.loader import load_text
 from proxy.http.filter import LocalReply, Stream, StreamFilter, canonical_headers
 from tests.http.test_migration import manager
+from tests.integration.harness import read_all
 from tests.integration.http_upstream import HttpUpstream, http_config
 
 
@@ -41,14 +42,10 @@ async def upstream(nursery):
 
 
 async def _exchange(address: tuple[str, int], raw: bytes) -> bytes:
-    stream = await trio.open_tcp_stream(*address)
-    await stream.send_all(raw)
-    got = b""
-    with trio.fail_after(5):
-        while chunk := await stream.receive_some(65536):
-            got += chunk
-    await stream.aclose()
-    return got
+    """One Connection: close request; everything the proxy sends until it closes."""
+    async with await trio.open_tcp_stream(*address) as stream:
+        await stream.send_all(raw)
+        return await read_all(stream, 5)
 
 
 async def test_loose_types_from_a_filter_are_made_canonical(nursery, upstream):

@@ -30,6 +30,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,28 +152,26 @@ def alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
-def listening_inodes(port: int) -> dict[str, int]:
-    """Listening TCP sockets on `port` (from /proc/net/tcp): inode -> accept-queue length."""
-    out = {}
+def _tcp_sockets() -> Iterator[tuple[int, int, str, str, str]]:
+    """IPv4 TCP sockets from /proc/net/tcp: (local port, remote port, state, queues, inode)."""
     with open("/proc/net/tcp") as f:
         next(f)
         for line in f:
             fields = line.split()
-            local, st, queues, inode = fields[1], fields[3], fields[4], fields[9]
-            if st == "0A" and int(local.split(":")[1], 16) == port:
-                out[inode] = int(queues.split(":")[1], 16)  # rx_queue of a listener = accept queue
-    return out
+            local, remote = fields[1], fields[2]
+            yield int(local.split(":")[1], 16), int(remote.split(":")[1], 16), fields[3], fields[4], fields[9]
+
+
+def listening_inodes(port: int) -> dict[str, int]:
+    """Listening TCP sockets on `port`: inode -> accept-queue length (a listener's rx_queue)."""
+    return {inode: int(queues.split(":")[1], 16) for lport, _, st, queues, inode in _tcp_sockets() if st == "0A" and lport == port}
 
 
 def connection_inode(server_port: int, client_port: int) -> str:
     """The inode of the server's end of an established loopback TCP connection."""
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            fields = line.split()
-            local, remote, st, inode = fields[1], fields[2], fields[3], fields[9]
-            if st == "01" and int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
-                return inode
+    for lport, rport, st, _, inode in _tcp_sockets():
+        if st == "01" and lport == server_port and rport == client_port:
+            return inode
     raise AssertionError(f"no connection {server_port} <- {client_port}")
 
 
