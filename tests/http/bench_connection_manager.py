@@ -25,7 +25,8 @@ from proxy.network import sockio
 from proxy.router.route_table import CompiledRouteTable
 from proxy.stats import ListenerStats
 from proxy.upstream.cluster import Cluster
-from proxy.upstream.pool import PoolManager, UpstreamConnection
+from proxy.http.http1_upstream import Http1Upstream
+from proxy.upstream.pool import PoolManager
 
 CONFIG = """
 listeners:
@@ -86,9 +87,9 @@ async def run(n: int, profile: bool) -> float:
             lc, CompiledRouteTable(config.routes[lc.route]), clusters, PoolManager(), build_chain(lc.filters), [], ListenerStats(), nursery
         )
         cluster = clusters["backend"]
-        pool = hcm.pools.pool(cluster.hosts[0], cluster)
+        pool = hcm.router.pools.pool(cluster.hosts[0], cluster)
         pool.open += 1
-        pool.release(UpstreamConnection(sockio.SockIO(FakeSocket(n, RESPONSE)), cluster.hosts[0]), True)  # type: ignore[arg-type]
+        pool.release(Http1Upstream(sockio.SockIO(FakeSocket(n, RESPONSE)), cluster.hosts[0], pool), True)  # type: ignore[arg-type]
         down = FakeSocket(n, REQUEST)
         if profile:
             import cProfile
@@ -97,7 +98,7 @@ async def run(n: int, profile: bool) -> float:
             profiler = cProfile.Profile()
             profiler.enable()
         start = time.perf_counter()
-        await hcm._connection(down, ("127.0.0.1", 40000), 0, b"")  # type: ignore[arg-type]
+        await hcm.http1.connection(down, ("127.0.0.1", 40000), 0, b"")  # type: ignore[arg-type]
         elapsed = time.perf_counter() - start
         if profile:
             profiler.disable()

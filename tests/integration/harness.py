@@ -48,6 +48,14 @@ class ProxyProcess:
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
+    async def wait_log(self, text: str, timeout: float = 5.0) -> str:
+        """The log once it holds `text` (a line may land just after the client saw its answer:
+        the access log is written once the response is queued, not before)."""
+        with trio.move_on_after(timeout):
+            while text not in self.log():
+                await trio.sleep(0.02)
+        return self.log()
+
     async def start(self, timeout: float = 15.0) -> None:
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

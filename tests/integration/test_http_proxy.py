@@ -111,7 +111,7 @@ async def test_default_config_answers_direct_response(tmp_path):
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(b"HTTP/1.1 200 OK\r\n")
         assert result.stdout.endswith(b"\r\n\r\nproxy is up\n")
-        assert '"GET / HTTP/1.1" 200' in proxy.log()  # the access log line, on stdout
+        assert '"GET / HTTP/1.1" 200' in await proxy.wait_log('"GET / HTTP/1.1" 200')  # the access log line, on stdout
 
 
 # ---------------------------------------------------------------- forwarding
@@ -488,6 +488,27 @@ async def test_access_log_file_has_flags_and_wrk_runs_clean(tmp_path, upstream):
         out = result.stdout.decode()
         assert result.returncode == 0, out
         assert "Socket errors" not in out and "Non-2xx" not in out, out
+
+
+async def test_access_log_bytes_count_bodies_as_envoy_does(tmp_path, upstream):
+    """%bytes_received% and %bytes_sent% are body bytes (Envoy's BYTES_RECEIVED/BYTES_SENT),
+    not the bytes of the heads on the wire: a 12-byte body logs 12."""
+    log_path = tmp_path / "access.log"
+    config = http_config([upstream.address], access_log=[{"path": str(log_path), "format": "%method% %response_code% %bytes_received% %bytes_sent%"}])
+    routes = config["routes"]["main"]["virtual_hosts"][0]["routes"]
+    routes.insert(0, {"match": {"path": "/direct"}, "direct_response": {"status": 200, "body": "twelve bytes"}})
+    async with running_proxy(config, tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        _, body = await client.request("GET", "/direct")
+        assert body == b"twelve bytes"
+        _, echoed = await client.request("POST", "/echo", body=b"hello")  # the upstream echoes a JSON description
+        await client.send_raw(b"POST /echo HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n")
+        _, chunked = await client.response("POST")
+        await trio.sleep(0.2)
+        lines = log_path.read_text().splitlines()
+        assert lines[0] == "GET 200 0 12"
+        assert lines[1] == f"POST 200 5 {len(echoed)}"
+        assert lines[2] == f"POST 200 8 {len(chunked)}"
 
 
 # ---------------------------------------------------------------- more of the contract

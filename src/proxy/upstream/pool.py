@@ -1,5 +1,8 @@
 """HTTP/1 upstream connection pools: one per host, keep-alive reuse with limits.
 
+The connections are `Http1Upstream`s (proxy.http.http1_upstream), the upstream side of the
+stream layer: while a request holds one, it is that request's `UpstreamRequest`.
+
 Bookkeeping is synchronous and happens before any await (httpcore's rule), so a cancelled
 request can never leave the counts wrong: `acquire` reserves a slot, then connects; `release`
 returns or closes the connection and wakes one waiter. Idle connections have no task of their
@@ -19,7 +22,7 @@ from typing import Any
 import trio
 
 from proxy.clock import clock_reader
-from proxy.codec.http1 import Limits, ResponseParser
+from proxy.http.http1_upstream import Http1Upstream
 from proxy.log import get_logger
 from proxy.network.connect import connect
 from proxy.network.sockio import SockIO
@@ -39,22 +42,6 @@ class PoolOverflow(Exception):
     pass
 
 
-class UpstreamConnection:
-    __slots__ = ("io", "host", "parser", "requests", "idle_since", "local_address")
-
-    def __init__(self, io: SockIO, host: Host) -> None:
-        self.io = io
-        self.host = host
-        self.parser = ResponseParser(Limits(max_header_bytes=1 << 20, max_header_count=1000))
-        self.requests = 0
-        self.idle_since = 0.0
-        try:
-            name = io.sock.getsockname()
-            self.local_address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "unix"
-        except OSError:
-            self.local_address = "-"
-
-
 class HostPool:
     __slots__ = ("host", "cluster", "idle", "open", "waiters", "max_connections", "max_pending", "max_requests", "idle_timeout", "_now")
 
@@ -62,7 +49,7 @@ class HostPool:
         config = cluster.config
         self.host = host
         self.cluster = cluster
-        self.idle: list[UpstreamConnection] = []  # LIFO: the warmest connection first
+        self.idle: list[Http1Upstream] = []  # LIFO: the warmest connection first
         self.open = 0  # idle + in use + connecting
         self.waiters: collections.deque[trio.Event] = collections.deque()
         self.max_connections = config.max_connections
@@ -71,7 +58,7 @@ class HostPool:
         self.idle_timeout = float(config.idle_timeout)
         self._now = clock_reader()
 
-    def take_idle(self) -> UpstreamConnection | None:
+    def take_idle(self) -> Http1Upstream | None:
         """An idle connection ready for reuse, without awaiting (the common case)."""
         idle = self.idle
         while idle:
@@ -82,7 +69,7 @@ class HostPool:
             return conn
         return None
 
-    async def acquire(self, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
+    async def acquire(self, fresh: bool = False) -> tuple[Http1Upstream, bool]:
         """A connection to this host and whether it was reused. Raises ConnectFailed,
         PoolOverflow. With `fresh`, never reuse an idle connection."""
         stats = self.cluster.stats
@@ -103,7 +90,7 @@ class HostPool:
                 stats.upstream_cx_active += 1
                 self.host.stats.cx_total += 1
                 self.host.stats.cx_active += 1
-                return UpstreamConnection(SockIO(sock), self.host), False
+                return Http1Upstream(SockIO(sock), self.host, self), False
             if len(self.waiters) >= self.max_pending:
                 stats.upstream_rq_pending_overflow += 1
                 raise PoolOverflow(f"{self.host.address}: {self.open} connections open, {len(self.waiters)} requests pending")
@@ -118,7 +105,7 @@ class HostPool:
                     pass
             fresh = False
 
-    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+    def release(self, conn: Http1Upstream, reusable: bool) -> None:
         conn.requests += 1
         # Bytes of the last request still queued (send_soon; an upstream that answered early, e.g.
         # a 413 before reading the body) would precede the next request: not reused then.
@@ -130,14 +117,14 @@ class HostPool:
         if self.waiters:
             self.waiters.popleft().set()  # (_wake, inlined: once per request)
 
-    def detach(self, conn: UpstreamConnection) -> None:
+    def detach(self, conn: Http1Upstream) -> None:
         """The connection leaves the pool without being closed (an upgrade tunnel owns it)."""
         self.open -= 1
         self.cluster.stats.upstream_cx_active -= 1
         self.host.stats.cx_active -= 1
         self._wake()
 
-    def _discard(self, conn: UpstreamConnection) -> None:
+    def _discard(self, conn: Http1Upstream) -> None:
         conn.io.close()
         self.open -= 1
         self.cluster.stats.upstream_cx_active -= 1

@@ -1,0 +1,539 @@
+"""The HTTP/1.1 downstream codec connection: one task per client connection, no task per request.
+
+Bytes from the client go through the sans-IO parser (proxy.codec.http1); each request head
+becomes an `Http1ServerStream` that the router serves inline, one after another, so pipelined
+requests get their responses in order by construction. What is HTTP/1's own stays here:
+keep-alive and `Connection: close`, response framing (Content-Length, chunked, close-delimited
+for HTTP/1.0), the idle and slowloris timeouts, 400/408/413/431 for malformed requests (they
+never reach an upstream), upgrades to byte tunnels after `101`, and the hot-upgrade handover.
+
+Deadlines: one cancel scope per connection, cancelled by the listener's watchdog when
+`deadline` passes; the deadline moves with the phase (waiting idle, reading a head, waiting on
+the upstream) as a plain attribute. A scope per phase, or moving a trio deadline, costs ~4 µs
+each (a contextlib manager and a heap update), several times per request: ~9 % of a proxied
+request's CPU, measured. When it fires, `phase` says which timeout it was, and the connection
+ends with the matching answer (408, 504).
+
+Hot upgrade: a keep-alive connection moves to the next worker generation at its safe point,
+waiting for its next request with nothing of one parsed (kind "http1"). Idle ones are woken at
+once; busy ones when they get there (the watchdog looks every tick), so an in-flight request
+finishes here and no `Connection: close` is added. A request that arrives just as the
+connection is woken goes along unparsed (`leftover`). Tunnels move as their relay stops (kind
+"tunnel"). A refused connection is served on here. The per-request cost is one attribute test
+after the idle receive.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from proxy.codec import http1
+from proxy.codec.http1 import Body, EndOfMessage, Headers, ProtocolError, RequestHead, ResponseHead, Upgraded
+from proxy.http import stream_info as flags
+from proxy.http.router import Abort, Router
+from proxy.http.stream import ServerStream, UpstreamRequest
+from proxy.http.stream_info import StreamInfo
+from proxy.log import get_logger
+from proxy.network import relay as relay_mod
+from proxy.network.listener import bound_address
+from proxy.network.sockio import ConnectionLost, SockIO
+from proxy.upgrade import migration as migration_mod
+
+if TYPE_CHECKING:
+    from proxy.http.connection_manager import HttpConnectionManager
+
+log = get_logger("http")
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+# A connection whose last response the client has not read in this time is not handed over
+# in a hot upgrade (it would leave with bytes of ours unsent): it is served on here.
+HANDOVER_FLUSH_TIMEOUT = 1.0
+
+_INF = float("inf")
+_CHUNKED = (b"transfer-encoding", b"chunked")
+_CLOSE = (b"connection", b"close")
+_KEEP_ALIVE = (b"connection", b"keep-alive")
+_LENGTH_0 = (b"content-length", b"0")
+
+# Connection phases, for what a fired deadline means.
+IDLE = 0  # between requests: idle_timeout, close quietly
+HEAD = 1  # a head is arriving: request_header_timeout, answer 408
+UPSTREAM = 2  # a request is being served: the route timeout, answer 504 (or cut the response)
+
+# A connection in a migration (`Http1Connection.handover`).
+STAY = 0  # served here
+WANTED = 1  # to be handed over at its next safe point
+WOKEN = 2  # its scope was cancelled at the safe point, to hand it over
+
+# How `_serve` ended.
+_ENDED = 0
+_TUNNEL = 1  # the relay owns the sockets
+_HANDOVER = 2
+
+
+class _Handover(Exception):
+    """A connection marked for a handover received bytes at its safe point: they go along."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+
+
+class Http1Connection:
+    """A client connection: socket, parser, parsed events not yet used, and where it stands."""
+
+    __slots__ = (
+        "io",
+        "parser",
+        "events",
+        "eof",
+        "limits",
+        "scope",
+        "phase",
+        "response_started",
+        "deadline",
+        "served",
+        "leftover",
+        "handover",
+        "closing",
+        "keep_alive",
+        "tunnel",
+    )
+
+    def __init__(self, io: SockIO, limits: http1.Limits) -> None:
+        self.io = io
+        self.limits = limits
+        self.parser = http1.RequestParser(limits)
+        self.events: collections.deque[Any] = collections.deque()
+        self.eof = False
+        self.scope = trio.CancelScope()  # the connection's one scope (module docstring)
+        self.phase = IDLE
+        self.response_started = False
+        self.deadline = _INF
+        # Hot upgrade: requests served so far, bytes received but not fed to the parser (only
+        # around a handover), and where the connection stands in a migration (STAY, ...).
+        self.served = 0
+        self.leftover = b""
+        self.handover = STAY
+        self.closing = False  # the next response ends the connection (a refused handover)
+        self.keep_alive = False  # the request in flight allows another one after it
+        self.tunnel = False  # the request in flight became a tunnel
+
+    async def next_event(self) -> Any:
+        """The next request event; None at a clean EOF between requests."""
+        events = self.events
+        while not events:
+            if self.eof:
+                return None
+            data = await self.io.recv()
+            if data:
+                events.extend(self.parser.feed(data))
+            else:
+                self.eof = True
+                self.parser.feed_eof()  # raises ProtocolError when EOF cuts a request
+        return events.popleft()
+
+    def restart_parser(self, leftover: bytes) -> None:
+        """After an upgrade request that did not upgrade, go on parsing HTTP/1.1."""
+        self.parser = http1.RequestParser(self.limits)
+        if leftover:
+            self.events.extend(self.parser.feed(leftover))
+
+
+class Http1ServerStream(ServerStream):
+    """One request on an HTTP/1.1 connection, as the router sees it."""
+
+    __slots__ = ("conn", "server", "out", "chunked", "ended")
+
+    def __init__(self, conn: Http1Connection, server: Http1Server, head: RequestHead, info: StreamInfo, client_ip: str) -> None:
+        super().__init__(head, info, client_ip)
+        self.conn = conn
+        self.server = server
+        self.out: list[bytes] = []  # written, not flushed
+        self.chunked = False  # the response body goes out chunked
+        self.ended = False  # the response is complete: its flush is the message's end
+
+    async def receive_body(self) -> Body | EndOfMessage:
+        event = await self.conn.next_event()
+        if event is None:
+            raise ConnectionLost("client closed mid-body")
+        return event  # type: ignore[no-any-return]
+
+    async def send_continue(self) -> None:
+        await self.conn.io.send_all(CONTINUE_100)
+
+    def write_response(self, head: ResponseHead, end_stream: bool) -> None:
+        conn = self.conn
+        request = self.request
+        status = head.status
+        headers = head.headers
+        keep_alive = conn.keep_alive and not self.server.manager.draining  # (a drain began meanwhile)
+        if request.method == b"HEAD" or status in (204, 304) or status < 200:
+            if head.chunked:
+                headers.append(_CHUNKED)  # HEAD: say what a GET would get
+        elif head.content_length is None:
+            if head.chunked or not end_stream:  # a body of unknown length follows
+                if request.http_version == b"1.1":
+                    self.chunked = True
+                    headers.append(_CHUNKED)
+                else:
+                    keep_alive = False  # HTTP/1.0 knows no chunks: the close ends the body
+            else:
+                headers.append(_LENGTH_0)  # (an HTTP/2 upstream's head that ended the stream)
+        if not keep_alive:
+            headers.append(_CLOSE)
+        elif request.http_version == b"1.0":
+            headers.append(_KEEP_ALIVE)
+        conn.keep_alive = keep_alive
+        self.out.append(http1.response_head_bytes_11(status, head.reason, headers))
+        self.response_started = True
+        conn.response_started = True
+
+    def write_data(self, data: bytes) -> None:
+        self.out.append(http1.chunk(data) if self.chunked else data)
+
+    def write_end(self, trailers: Headers | tuple[()] = ()) -> None:
+        if self.chunked:
+            self.out.append(http1.last_chunk(trailers))
+        self.ended = True
+
+    async def flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.ended:  # the response's end: out with this pass's other sends
+            await self.conn.io.send_soon(data)
+        else:
+            await self.conn.io.send_all(data)
+
+    def reply_headers(self, close: bool) -> None:
+        # A request body not read (or only partly) would be parsed as the next request:
+        # closing is the only safe end then.
+        if close or self.has_body:
+            self.conn.keep_alive = False
+
+    def set_deadline(self, deadline: float) -> None:
+        self.conn.deadline = deadline
+
+    def timed_out(self) -> bool:
+        conn = self.conn
+        # (`cancel_called` reads the clock: the caller asks only when a cancel came through)
+        return conn.phase == UPSTREAM and conn.scope.cancel_called
+
+    async def start_tunnel(self, upstream: UpstreamRequest, response: ResponseHead) -> bool:
+        """After 101 (or a CONNECT 2xx): send the head, flush both sides' leftover bytes, then
+        hand both sockets to the L4 relay."""
+        from proxy.http.http1_upstream import Http1Upstream
+
+        if not isinstance(upstream, Http1Upstream):
+            return False
+        conn = self.conn
+        upstream_leftover = b"".join(e.leftover for e in upstream.buffered() if isinstance(e, Upgraded))
+        downstream_leftover = b"".join(e.leftover for e in conn.events if isinstance(e, Upgraded))
+        conn.events.clear()
+        headers = list(response.headers)
+        upstream.detach()  # the upstream socket leaves the pool for good (bookkeeping first, then I/O)
+        self.response_started = conn.response_started = True
+        try:
+            await conn.io.send_all(
+                http1.response_head_bytes(ResponseHead(response.status, response.reason, b"1.1", headers, True, False, None))
+                + upstream_leftover
+            )
+            if downstream_leftover:
+                await upstream.io.send_all(downstream_leftover)
+            else:
+                await upstream.io.flush()  # the relay writes to this socket next: our bytes first
+        except BaseException:
+            upstream.io.close()
+            raise
+        self.server.start_relay(conn.io.sock, upstream.io.sock, str(upstream.host.address))
+        conn.tunnel = True
+        conn.keep_alive = False
+        return True
+
+
+class Http1Server:
+    """A listener's HTTP/1.1 side: serves connections, hands them over, adopts them."""
+
+    def __init__(self, manager: HttpConnectionManager, router: Router, config: Any) -> None:
+        http = config.http
+        self.manager = manager
+        self.router = router
+        self.name = config.name
+        self.stats = manager.stats
+        self.limits = http1.Limits(
+            max_request_line=http.max_request_line,
+            max_header_bytes=http.max_header_bytes,
+            max_header_count=http.max_header_count,
+            max_body_bytes=http.max_body_bytes,
+        )
+        self.header_timeout = float(http.request_header_timeout)
+        self.idle_timeout = float(http.idle_timeout)
+        self.max_requests = http.max_requests_per_connection
+        self.server_name = http.server_name.encode()
+        self.tcp = not config.address.is_unix
+        self.connections: set[Http1Connection] = set()
+        self._now = router._now
+
+    # ------------------------------------------------------------------ connection
+
+    def check_deadlines(self, now: float) -> None:
+        for dc in self.connections:
+            if dc.deadline <= now:
+                dc.scope.cancel()
+
+    def drain(self) -> None:
+        """Idle keep-alive connections close now; busy ones finish the request in flight and
+        answer it with `Connection: close` (Envoy's drain, for HTTP/1.1)."""
+        for dc in self.connections:
+            if dc.phase == IDLE:
+                dc.scope.cancel()
+
+    async def connection(self, sock: socket.socket, peer: Any, served: int, leftover: bytes) -> None:
+        """Serve one client connection (accepted, or adopted with `served` requests already
+        served and `leftover` bytes to parse first) until it ends or moves on."""
+        stats = self.stats
+        manager = self.manager
+        stats.downstream_cx_active += 1
+        io = SockIO(sock)
+        owned = True  # False once a tunnel or the next worker generation owns the socket
+        try:
+            if self.tcp:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+            client_ip = peer[0] if isinstance(peer, tuple) else "unix"
+            local = _sockname(sock)
+            dc = Http1Connection(io, self.limits)
+            dc.served = served
+            dc.leftover = leftover
+            # Accepted while a migration runs: straight over, nothing read yet.
+            outcome = _HANDOVER if manager.migration.active else _ENDED
+            while True:
+                if outcome != _HANDOVER:
+                    self.connections.add(dc)
+                    try:
+                        with dc.scope:
+                            outcome = await self._serve(dc, remote, client_ip, local)
+                    except _Handover as wake:
+                        dc.leftover = wake.data
+                        outcome = _HANDOVER
+                    finally:
+                        self.connections.discard(dc)
+                    if dc.scope.cancelled_caught:
+                        if dc.handover == WOKEN:
+                            outcome = _HANDOVER  # woken at the safe point, not a timeout
+                        elif await self._timed_out(dc):
+                            # a 504 for a request read in full: the connection serves on
+                            dc.scope = trio.CancelScope()
+                            dc.deadline = _INF
+                            outcome = _ENDED
+                            continue
+                if outcome == _TUNNEL:
+                    owned = False
+                    return
+                if outcome != _HANDOVER:
+                    if io.unsent:  # the last response may still be queued (send_soon)
+                        with trio.move_on_after(self.idle_timeout):  # a client that reads nothing
+                            await io.flush()
+                    return
+                if await self._hand_over(dc):
+                    owned = False
+                    migration_mod.release(sock)
+                    stats.downstream_cx_active -= 1
+                    stats.downstream_cx_migrated_out += 1
+                    return
+                # Refused: serve on here. If the migration goes on (the new generation just
+                # cannot take this one), the next response closes it so this worker can exit;
+                # if the new generation died, this worker is current again: nothing changes.
+                dc.handover = STAY
+                dc.closing = manager.migration.active
+                dc.scope = trio.CancelScope()
+                outcome = _ENDED
+        except ConnectionLost as exc:
+            if log.is_debug():
+                log.debug("connection.ended", listener=self.name, reason=repr(exc))
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            stats.downstream_cx_error += 1
+            log.error("connection.failed", listener=self.name, error=repr(exc), exc_info=exc)
+        finally:
+            stats.downstream_rx_bytes_total += io.bytes_received
+            stats.downstream_tx_bytes_total += io.bytes_sent
+            if owned:
+                io.close()
+                stats.downstream_cx_active -= 1
+                stats.downstream_cx_destroy += 1
+
+    async def _serve(self, dc: Http1Connection, remote: str, client_ip: str, local: str) -> int:
+        """Serve requests until the connection ends: _ENDED, or _TUNNEL if it became a tunnel
+        (the relay owns the sockets then). A handover leaves by _Handover or a cancel."""
+        served = dc.served
+        if dc.leftover:  # adopted, or a refused handover: bytes that came with the connection
+            leftover, dc.leftover = dc.leftover, b""
+            try:
+                dc.events.extend(dc.parser.feed(leftover))
+            except ProtocolError as exc:
+                await self._protocol_error(dc, exc, remote, local)
+                return _ENDED
+        router = self.router
+        manager = self.manager
+        max_requests = self.max_requests
+        while True:
+            try:
+                head = await self._read_head(dc)
+            except ProtocolError as exc:
+                await self._protocol_error(dc, exc, remote, local)
+                return _ENDED
+            except (trio.Cancelled, _Handover):
+                dc.served = served  # (for a handover)
+                raise
+            if head is None:
+                return _ENDED
+            served += 1
+            # One request: the router serves it; keep-alive is this connection's to decide.
+            dc.keep_alive = (
+                head.keep_alive and not manager.draining and not dc.closing and (max_requests is None or served < max_requests)
+            )
+            dc.served = served  # survives a 504 that keeps the connection (and travels in a handover)
+            dc.response_started = False
+            if not (head.chunked or head.content_length):
+                events = dc.events  # its EndOfMessage came with the head: take it
+                if events and type(events[0]) is EndOfMessage:
+                    events.popleft()
+            stream = Http1ServerStream(dc, self, head, StreamInfo(head, self.name, remote, local), client_ip)
+            try:
+                await router.serve(stream)
+            except Abort:
+                return _ENDED
+            if dc.tunnel:
+                return _TUNNEL
+            if not dc.keep_alive:
+                return _ENDED
+
+    async def _read_head(self, dc: Http1Connection) -> RequestHead | None:
+        """Wait for the next request head: up to idle_timeout for its first byte, then up to
+        request_header_timeout for the rest (slowloris). None when the client is done."""
+        events = dc.events
+        if not events:
+            dc.deadline = self._now() + self.idle_timeout
+            dc.phase = IDLE
+            io = dc.io
+            # After a response the client's next request cannot be here yet: wait, then read.
+            data = await (io.recv_reply() if dc.response_started else io.recv())
+            if dc.handover and dc.parser.between_messages:
+                raise _Handover(data)  # the safe point of a migration: these bytes go along, unparsed
+            while True:
+                if not data:
+                    dc.eof = True
+                    dc.parser.feed_eof()  # raises ProtocolError when EOF cuts a head
+                    return None
+                events.extend(dc.parser.feed(data))
+                if events:
+                    break
+                if dc.phase == IDLE:  # a head is arriving in pieces: the slowloris clock starts
+                    dc.phase = HEAD
+                    dc.deadline = self._now() + self.header_timeout
+                data = await io.recv()
+        event = events.popleft()
+        if type(event) is Upgraded:
+            # The previous request asked to upgrade and did not (h2c, or a refused upgrade that
+            # kept the connection): its leftover bytes are plain HTTP/1.1 again.
+            dc.restart_parser(event.leftover)
+            return await self._read_head(dc)
+        if type(event) is not RequestHead:  # pragma: no cover - codec bug
+            raise ProtocolError("expected a request head")
+        dc.phase = UPSTREAM  # (the deadline stays until the route sets its timeout)
+        return event
+
+    async def _timed_out(self, dc: Http1Connection) -> bool:
+        """The connection's deadline fired: answer as its phase says. True if the connection
+        may go on: a 504 for a request whose bytes were all read (as Envoy keeps it open);
+        after a 408, a cut response or a half-read body the connection ends."""
+        if dc.phase == HEAD:
+            self.stats.downstream_rq_header_timeout += 1
+            await self._send_quietly(dc, self._local_reply_bytes(408, b"request header timeout", close=True))
+        elif dc.phase == UPSTREAM and not dc.response_started:
+            go_on = dc.keep_alive and not self.manager.draining and not dc.events and dc.parser.between_messages
+            await self._send_quietly(dc, self._local_reply_bytes(504, b"upstream request timeout", close=not go_on))
+            return go_on
+        return False
+
+    async def _protocol_error(self, dc: Http1Connection, exc: ProtocolError, remote: str, local: str) -> None:
+        """A malformed request: answer its 4xx, close, and log it; nothing reaches an upstream."""
+        self.stats.downstream_rq_protocol_error += 1
+        status = getattr(exc, "status", 400)
+        log.info("request.rejected", listener=self.name, peer=remote, status=status, reason=str(exc))
+        info = StreamInfo(None, self.name, remote, local)
+        info.add_flag(flags.DOWNSTREAM_PROTOCOL_ERROR)
+        info.response_code = status
+        body = HTTPStatus(status).phrase.lower().encode()
+        info.bytes_sent = len(body)
+        await self._send_quietly(dc, self._local_reply_bytes(status, body, close=True))
+        self.router.count_status(status)
+        self.router.log_access(info)
+
+    async def _send_quietly(self, dc: Http1Connection, data: bytes) -> None:
+        try:
+            with trio.move_on_after(5):
+                await dc.io.send_all(data)
+        except ConnectionLost:
+            pass
+
+    def _local_reply_bytes(self, status: int, body: bytes, close: bool) -> bytes:
+        """A reply of the connection's own (400, 408, 504): no filters, no route."""
+        headers = [(b"server", self.server_name), (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+        if close:
+            headers.append(_CLOSE)
+        return http1.response_head_bytes_11(status, b"", headers) + body
+
+    # ------------------------------------------------------------------ tunnels
+
+    def start_relay(self, down: socket.socket, up: socket.socket, host: str) -> None:
+        manager = self.manager
+        relay = relay_mod.Relay(down, up, splice=relay_mod.HAVE_SPLICE, idle_timeout=self.idle_timeout, on_close=manager.tunnel_closed)
+        manager.tunnels[relay] = host
+        if manager.migration.active:
+            relay.stop(manager.tunnel_handover(host))  # opened during a migration: over at once
+        manager.nursery.start_soon(relay.run, manager.nursery)
+
+    # ------------------------------------------------------------------ hot upgrade
+
+    def mark_for_handover(self) -> None:
+        for dc in self.connections:
+            dc.handover = WANTED
+
+    def wake_for_handover(self) -> None:
+        """Wake each connection waiting at its safe point: between requests, nothing of the
+        next one received (a recv may have brought part of it along with the last request)."""
+        for dc in self.connections:
+            if dc.handover == WANTED and dc.phase == IDLE and not dc.events and dc.parser.between_messages:
+                dc.handover = WOKEN
+                dc.scope.cancel()
+
+    async def _hand_over(self, dc: Http1Connection) -> bool:
+        manager = self.manager
+        migration = manager.migration
+        if not migration.active or manager.draining:
+            return False
+        if dc.io.unsent:  # the socket leaves with nothing of ours unsent, or stays
+            with trio.move_on_after(HANDOVER_FLUSH_TIMEOUT):
+                await dc.io.flush()
+            if dc.io.unsent:
+                return False
+        state = {"served": dc.served, "leftover": migration_mod.b64e(dc.leftover)}
+        return await migration.hand_over("http1", self.name, [dc.io.sock], state)
+
+
+def _sockname(sock: socket.socket) -> str:
+    try:
+        return bound_address(sock)
+    except OSError:
+        return "-"
