@@ -268,7 +268,7 @@ class Worker:
         lc = lr.config
         if lc.protocol == "tcp":
             return TcpProxy(lc, self.clusters[lc.cluster], lr.stats, connection_nursery)
-        if lc.protocol == "http1":
+        if lc.protocol != "tcp":  # http1, or a multiplexed codec (proxy.http.codecs)
             from proxy.http.access_log import AccessLogger
             from proxy.http.connection_manager import HttpConnectionManager
 

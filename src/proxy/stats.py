@@ -83,6 +83,9 @@ class ListenerStats(_Stats):
         "downstream_rq_local_reply",
         "downstream_rq_protocol_error",
         "downstream_rq_header_timeout",
+        # multiplexed listeners (HTTP/2, RPC): streams the client reset, and those we reset
+        "downstream_rq_rx_reset",
+        "downstream_rq_tx_reset",
     )
     HISTOGRAMS = ("downstream_rq_time",)  # request duration, first byte in to last byte out
     __slots__ = COUNTERS + HISTOGRAMS + ("downstream_rq_code",)

@@ -63,7 +63,9 @@ class AccessLog(_Model):
 class Listener(_Model):
     name: Name
     address: Address
-    protocol: Literal["tcp", "http1"]
+    # tcp | http1 | a multiplexed codec: a built-in name or "package.module:Codec"
+    # (proxy.http.codecs; checked when the config is loaded)
+    protocol: str
     # L4 listeners name the cluster their connections go to; HTTP listeners a route table.
     cluster: Name | None = None
     route: Name | None = None

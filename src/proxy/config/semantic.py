@@ -15,6 +15,7 @@ from typing import Any
 from proxy.config.semantic_routes import check_routes
 from proxy.config.errors import Issues, PathTuple, format_path
 from proxy.config.values import Address
+from proxy.http import codecs
 
 
 def check(raw: Any, issues: Issues) -> None:
@@ -58,8 +59,10 @@ def _listener_clusters(listeners: list[tuple[int, dict[str, Any]]], clusters: li
     for index, listener in listeners:
         cluster = listener.get("cluster")
         protocol = listener.get("protocol")
-        if protocol == "http1" and listener.get("route") is None:
-            issues.add(("listeners", index), "an http1 listener needs a 'route' (a route table name)")
+        if isinstance(protocol, str) and not codecs.is_known(protocol):
+            issues.add(("listeners", index, "protocol"), f"unknown protocol {protocol!r}; use tcp, http1, {''.join(n + ', ' for n in codecs.BUILTINS)}or 'package.module:Codec'")
+        elif isinstance(protocol, str) and protocol != "tcp" and listener.get("route") is None:
+            issues.add(("listeners", index), f"an {protocol} listener needs a 'route' (a route table name)")
         if protocol == "tcp" and cluster is None:
             issues.add(("listeners", index), "a tcp listener needs a 'cluster'")
         elif isinstance(cluster, str) and cluster not in clusters:

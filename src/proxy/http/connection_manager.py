@@ -17,9 +17,11 @@ from typing import Any
 
 import trio
 
+from proxy.http import codecs
 from proxy.http.access_log import AccessLogger
 from proxy.http.filter import FilterChain
 from proxy.http.http1_server import HANDOVER_FLUSH_TIMEOUT, Http1Connection, Http1Server
+from proxy.http.multiplex import MuxServer
 from proxy.http.router import Router
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
@@ -56,6 +58,10 @@ class HttpConnectionManager:
         self.clusters = clusters
         self.router = Router(config, route_table, clusters, pools, chain, access_logs, stats)
         self.http1 = Http1Server(self, self.router, config)
+        # A multiplexed codec (proxy.http.codecs) when the listener names one.
+        self.mux: MuxServer | None = None
+        if config.protocol != codecs.HTTP1:
+            self.mux = MuxServer(self, self.router, config, codecs.load_server_codec(config.protocol))
         self.draining = False
         self.migration: migration_mod.Migration = migration_mod.NO_MIGRATION
         self.tunnels: dict[relay_mod.Relay, str | None] = {}  # live tunnels and their upstream host
@@ -73,20 +79,29 @@ class HttpConnectionManager:
         self.draining = True
         self.router.draining = True
         self.http1.drain()
+        if self.mux is not None:
+            self.mux.drain()
 
     async def run_watchdog(self) -> None:
         """Cancel each connection whose deadline has passed. Runs for the worker's life (in the
         root nursery: it must not hold up a drain). Timeouts fire within WATCHDOG_TICK late."""
         http1 = self.http1
+        mux = self.mux
         while True:
             await trio.sleep(WATCHDOG_TICK)
-            http1.check_deadlines(trio.current_time())
+            now = trio.current_time()
+            http1.check_deadlines(now)
+            if mux is not None:
+                mux.check_deadlines(now)
             if self.migration.active and not self.draining:
                 http1.wake_for_handover()
 
     async def handle(self, sock: socket.socket, peer: Any) -> None:
         self.stats.downstream_cx_total += 1
-        await self.http1.connection(sock, peer, 0, b"")
+        if self.mux is not None:
+            await self.mux.connection(sock, peer)
+        else:
+            await self.http1.connection(sock, peer, 0, b"")
 
     # ------------------------------------------------------------------ hot upgrade
 
@@ -97,6 +112,10 @@ class HttpConnectionManager:
         straight over."""
         self.migration = migration
         self.http1.mark_for_handover()
+        if self.mux is not None:
+            # Multiplexed connections do not migrate yet: they drain (GOAWAY), their streams
+            # finish here, and the clients open their next connection to the new generation.
+            self.mux.drain()
         for relay, host in list(self.tunnels.items()):
             relay.stop(self.tunnel_handover(host))
         if not self.draining:

@@ -230,10 +230,16 @@ def load_config(path: str) -> tuple[Any, str]:
     is a config error with its path. Returns (config, the text read). `proxy check`, the
     start and every reload go through here."""
     from proxy.config import ConfigError, ConfigIssue, read
+    from proxy.http import codecs
 
     config, text = read(path)
     issues = []
     for i, listener in enumerate(config.listeners):
+        if listener.protocol not in (codecs.L4, codecs.HTTP1):
+            try:
+                codecs.load_server_codec(listener.protocol)
+            except codecs.CodecLoadError as exc:
+                issues.append(ConfigIssue(f"listeners[{i}].protocol", str(exc), None, path))
         for j, fc in enumerate(listener.filters):
             try:
                 build_chain([fc])

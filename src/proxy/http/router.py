@@ -122,7 +122,7 @@ class Router:
             if not stream.response_started:
                 status = getattr(exc, "status", 400)
                 info.response_code = status
-                await self._send_quietly(stream, LocalReply(status, str(exc).encode(), close=True))
+                await self.send_quietly(stream, LocalReply(status, str(exc).encode(), close=True))
             raise Abort() from exc
         except (ConnectionLost, StreamReset) as exc:
             info.add_flag(flags.DOWNSTREAM_CONNECTION_TERMINATION)
@@ -138,7 +138,7 @@ class Router:
             stats.downstream_cx_error += 1
             if not stream.response_started:
                 info.response_code = 500
-                await self._send_quietly(stream, LocalReply(500, b"internal error", close=True))
+                await self.send_quietly(stream, LocalReply(500, b"internal error", close=True))
             raise Abort() from exc
         finally:
             if cancelled and stream.timed_out():
@@ -540,7 +540,7 @@ class Router:
     def timeout_reply(self, stream: ServerStream) -> LocalReply:
         return LocalReply(504, b"upstream request timeout")
 
-    async def _send_quietly(self, stream: ServerStream, reply: LocalReply) -> None:
+    async def send_quietly(self, stream: ServerStream, reply: LocalReply) -> None:
         """A last answer after something broke (500, a bad body): no filters, best effort,
         bounded in time."""
         head = self.local_reply(stream, reply)

@@ -1,0 +1,46 @@
+"""Which downstream codec serves an HTTP-family listener, by its `protocol`.
+
+`http1` is the HTTP/1.1 connection of proxy.http.http1_server. Anything else names a
+multiplexed server codec (proxy.codec.mux.ServerCodec): a built-in name, or a
+`package.module:Class` dotted path, the way filters are named, so a deployment (or a test) can
+bring its own protocol to the same router, filters, clusters and logs (MOSN's XProtocol idea).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from proxy.codec.mux import ServerCodec
+
+HTTP1 = "http1"
+L4 = "tcp"
+# Built-in multiplexed codecs by name (HTTP/2 joins here).
+BUILTINS: dict[str, str] = {}
+
+
+class CodecLoadError(Exception):
+    pass
+
+
+def is_known(protocol: str) -> bool:
+    return protocol in (L4, HTTP1) or protocol in BUILTINS or ":" in protocol
+
+
+def load_server_codec(protocol: str) -> Callable[[], ServerCodec]:
+    """The codec class a listener's `protocol` names; raises CodecLoadError saying why not."""
+    target = BUILTINS.get(protocol, protocol)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        names = ", ".join([L4, HTTP1, *BUILTINS])
+        raise CodecLoadError(f"unknown protocol {protocol!r}: use {names} or 'package.module:Codec'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CodecLoadError(f"protocol {protocol!r}: cannot import {module_name}: {exc}") from exc
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise CodecLoadError(f"protocol {protocol!r}: {module_name} has no {attr}")
+    if not (isinstance(cls, type) and issubclass(cls, ServerCodec)):
+        raise CodecLoadError(f"protocol {protocol!r}: {attr} is not a proxy.codec.mux.ServerCodec")
+    return cls

@@ -1,0 +1,449 @@
+"""Multiplexed downstream connections: many streams on one connection, a task per stream.
+
+For any `proxy.codec.mux.ServerCodec` (HTTP/2, the RPC protocols, the test-only RPC codec):
+
+    connection task: recv -> codec.receive -> events -> streams   (one reader per connection)
+    stream tasks (the connection's child nursery): Router.serve(stream), one per request
+    writes: a stream queues frames in the codec and flushes; one task at a time sends the
+            codec's bytes (the others' frames go with them), through SockIO.send_soon so the
+            replies of one scheduler pass leave together
+
+Flow control belongs to the codec; this layer only waits: a stream whose data the codec did
+not take waits for `WindowOpened`, a request body is acknowledged as the router consumes it
+(windows open as the other side drains, not before), and a stream that writes while more than
+MAX_BACKLOG bytes wait to go out (a peer that reads nothing) waits for them to leave.
+
+Deadlines: each stream has its own cancel scope, cancelled by the listener's watchdog when
+its `deadline` passes (the route timeout: 504, or a reset once the response has started); a
+connection with no stream open closes after idle_timeout. A drain sends GOAWAY and lets the
+open streams finish.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from proxy.codec import mux
+from proxy.codec.http1 import Body, EndOfMessage, Headers, ResponseHead
+from proxy.http.filter import LocalReply
+from proxy.http.router import Abort, Router
+from proxy.http.stream import ServerStream, StreamReset
+from proxy.http.stream_info import StreamInfo
+from proxy.log import get_logger
+from proxy.network.listener import bound_address
+from proxy.network.sockio import ConnectionLost, SockIO
+
+if TYPE_CHECKING:
+    from proxy.http.connection_manager import HttpConnectionManager
+
+log = get_logger("http")
+
+# A stream that writes while this much waits to go out waits for it (a peer that reads nothing
+# must not make the proxy hold its responses in memory).
+MAX_BACKLOG = 256 * 1024
+# Between the two GOAWAYs of a drain: about a round trip, so requests in flight are not refused.
+GOAWAY_GRACE = 1.0
+
+_INF = float("inf")
+_EOM = EndOfMessage()
+
+
+class MuxServerStream(ServerStream):
+    """One request of a multiplexed connection, as the router sees it."""
+
+    __slots__ = (
+        "conn",
+        "stream_id",
+        "scope",
+        "deadline",
+        "inbound",
+        "readable",
+        "request_ended",
+        "out",
+        "ended",
+        "window",
+        "reset_code",
+        "timer_fired",
+    )
+
+    def __init__(self, conn: MuxConnection, stream_id: int, head: Any, info: StreamInfo, client_ip: str, end_stream: bool) -> None:
+        super().__init__(head, info, client_ip)
+        self.conn = conn
+        self.stream_id = stream_id
+        self.scope = trio.CancelScope()
+        self.deadline = _INF
+        self.inbound: collections.deque[Any] = collections.deque()  # (event, flow_length)
+        self.readable: trio.Event | None = None  # set when `inbound` gets something
+        self.request_ended = end_stream
+        self.out: list[Any] = []  # written, not given to the codec yet
+        self.ended = False
+        self.window: trio.Event | None = None  # set when flow control lets sends go on
+        self.reset_code: int | None = None  # the peer reset the stream
+        self.timer_fired = False
+
+    @property
+    def has_body(self) -> bool:
+        return not self.request_ended or bool(self.inbound)
+
+    async def receive_body(self) -> Body | EndOfMessage:
+        inbound = self.inbound
+        while not inbound:
+            if self.reset_code is not None:
+                raise StreamReset("the client reset the stream", self.reset_code)
+            self.readable = trio.Event()
+            await self.readable.wait()
+        event, flow_length = inbound.popleft()
+        if flow_length:
+            self.conn.codec.acknowledge(self.stream_id, flow_length)
+            await self.conn.flush()
+        return event  # type: ignore[no-any-return]
+
+    async def send_continue(self) -> None:
+        self.conn.codec.send_response(self.stream_id, ResponseHead(100, b"", b"2", [], True, False, None), False)
+        await self.conn.flush()
+
+    def write_response(self, head: ResponseHead, end_stream: bool) -> None:
+        self.out.append(head)
+        if end_stream:
+            self.ended = True
+        self.response_started = True
+
+    def write_data(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def write_end(self, trailers: Headers | tuple[()] = ()) -> None:
+        self.out.append(list(trailers) if trailers else _EOM)
+        self.ended = True
+
+    async def flush(self) -> None:
+        if self.reset_code is not None:
+            raise StreamReset("the client reset the stream", self.reset_code)
+        codec = self.conn.codec
+        sid = self.stream_id
+        out = self.out
+        self.out = []
+        last = len(out) - 1
+        for i, item in enumerate(out):
+            if type(item) is ResponseHead:
+                codec.send_response(sid, item, self.ended and i == last)
+            elif type(item) is bytes:
+                end = self.ended and i == last - 1 and out[last] is _EOM
+                await self._send_data(item, end)
+                if end:
+                    break
+            elif item is _EOM:
+                await self._send_data(b"", True)
+            else:
+                codec.send_trailers(sid, item)
+        await self.conn.flush()
+
+    async def _send_data(self, data: bytes, end_stream: bool) -> None:
+        codec = self.conn.codec
+        sid = self.stream_id
+        while True:
+            taken = codec.send_data(sid, data, end_stream)
+            if taken >= len(data):
+                return
+            data = data[taken:]
+            await self.conn.flush()  # out with what was taken; then wait for the window
+            if self.reset_code is not None:
+                raise StreamReset("the client reset the stream", self.reset_code)
+            self.window = trio.Event()
+            await self.window.wait()
+
+    def reply_headers(self, close: bool) -> None:
+        pass  # a multiplexed connection outlives any one reply
+
+    def set_deadline(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def timed_out(self) -> bool:
+        return self.timer_fired
+
+
+class MuxConnection:
+    """One client connection of a multiplexed codec."""
+
+    def __init__(self, server: MuxServer, io: SockIO, codec: mux.ServerCodec, remote: str, client_ip: str, local: str) -> None:
+        self.server = server
+        self.io = io
+        self.codec = codec
+        self.remote = remote
+        self.client_ip = client_ip
+        self.local = local
+        self.streams: dict[int, MuxServerStream] = {}
+        self.writing = False  # a task is sending the codec's bytes
+        self.drained: trio.Event | None = None  # set when the writer is done (backlog waiters)
+        self.scope = trio.CancelScope()
+        self.deadline = _INF  # idle_timeout while no stream is open
+        self.goaway_sent = False
+        self.nursery: trio.Nursery | None = None
+
+    async def flush(self) -> None:
+        """Send what the codec has queued. If another task is sending already, it takes our
+        frames along; we wait only if too much is waiting."""
+        if self.writing:
+            while self.writing and self.codec.outbound_backlog() > MAX_BACKLOG:
+                if self.drained is None:
+                    self.drained = trio.Event()
+                await self.drained.wait()
+            return
+        self.writing = True
+        try:
+            codec = self.codec
+            io = self.io
+            while True:
+                data = codec.data_to_send()
+                if not data:
+                    return
+                await io.send_soon(data)
+        finally:
+            self.writing = False
+            if self.drained is not None:
+                self.drained.set()
+                self.drained = None
+
+    async def run(self, leftover: bytes = b"") -> None:
+        """Read, decode and dispatch until the client goes, breaks the protocol, idles out or
+        is drained; `leftover`: bytes already read (by a protocol detector)."""
+        server = self.server
+        codec = self.codec
+        io = self.io
+        now = server.router._now
+        codec.initiate()
+        await self.flush()
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                with self.scope:
+                    data = leftover
+                    while True:
+                        if not data:
+                            if not self.streams:
+                                self.deadline = now() + server.idle_timeout
+                            data = await io.recv()
+                            if not data:
+                                break
+                        try:
+                            events = codec.receive(data, now())
+                        except mux.CodecError as exc:
+                            server.stats.downstream_rq_protocol_error += 1
+                            log.info("connection.protocol_error", listener=server.name, peer=self.remote, reason=str(exc))
+                            await self._flush_quietly()
+                            break
+                        data = b""
+                        for event in events:
+                            self._dispatch(event)
+                        await self.flush()
+                        if self.goaway_sent and not self.streams:
+                            break
+                # The client is gone (or broke the protocol): so are its streams.
+                nursery.cancel_scope.cancel()
+        finally:
+            self.nursery = None
+
+    def _dispatch(self, event: Any) -> None:
+        kind = type(event)
+        streams = self.streams
+        if kind is mux.DataReceived:
+            stream = streams.get(event.stream_id)
+            if stream is None:
+                self.codec.acknowledge(event.stream_id, event.flow_length)  # a stream we let go
+                return
+            if event.data or event.flow_length:
+                stream.inbound.append((Body(event.data), event.flow_length))
+            if event.end_stream:
+                stream.request_ended = True
+                stream.inbound.append((_EOM, 0))
+            _wake(stream.readable)
+        elif kind is mux.RequestReceived:
+            self._open_stream(event)
+        elif kind is mux.TrailersReceived:
+            stream = streams.get(event.stream_id)
+            if stream is not None:
+                stream.request_ended = True
+                stream.inbound.append((EndOfMessage(event.trailers), 0))
+                _wake(stream.readable)
+        elif kind is mux.StreamReset:
+            stream = streams.get(event.stream_id)
+            if stream is not None:
+                stream.reset_code = event.error_code
+                if event.remote:
+                    self.server.stats.downstream_rq_rx_reset += 1
+                stream.scope.cancel()
+                _wake(stream.readable)
+                _wake(stream.window)
+        elif kind is mux.WindowOpened:
+            if event.stream_id == 0:
+                for stream in streams.values():
+                    _wake(stream.window)
+            else:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    _wake(stream.window)
+        elif kind is mux.GoAwayReceived:
+            self.goaway_sent = True  # no new streams either way: finish those open, then close
+
+    def _open_stream(self, event: mux.RequestReceived) -> None:
+        server = self.server
+        head = event.head
+        info = StreamInfo(head, server.name, self.remote, self.local)
+        info.protocol = self.codec.protocol
+        stream = MuxServerStream(self, event.stream_id, head, info, self.client_ip, event.end_stream)
+        stream.scheme = event.scheme
+        if event.end_stream:
+            stream.inbound.append((_EOM, 0))
+        self.streams[event.stream_id] = stream
+        self.deadline = _INF
+        assert self.nursery is not None
+        self.nursery.start_soon(self._serve_stream, stream)
+
+    async def _serve_stream(self, stream: MuxServerStream) -> None:
+        router = self.server.router
+        codec = self.codec
+        sid = stream.stream_id
+        try:
+            with stream.scope:
+                try:
+                    await router.serve(stream)
+                except Abort:
+                    if stream.reset_code is None:
+                        self._reset(sid, mux.CANCEL)
+                    return
+            if stream.scope.cancelled_caught and stream.timer_fired:
+                if stream.response_started:
+                    self._reset(sid, mux.CANCEL)  # a response cut midway
+                else:
+                    await router.send_quietly(stream, router.timeout_reply(stream))
+            elif stream.reset_code is None and not stream.ended:
+                self._reset(sid, mux.CANCEL)
+            if stream.reset_code is None and not stream.request_ended:
+                # The response is complete before the request (a local reply to an upload):
+                # the rest of the request is not wanted (RFC 9113 §8.1).
+                self._reset(sid, mux.NO_ERROR)
+        except (ConnectionLost, StreamReset):
+            pass
+        except Exception as exc:  # noqa: BLE001 - one stream's bug must not end its connection
+            self.server.stats.downstream_cx_error += 1
+            log.error("stream.failed", listener=self.server.name, error=repr(exc), exc_info=exc)
+            self._reset(sid, mux.CANCEL)
+        finally:
+            self.streams.pop(sid, None)
+            for _, flow_length in stream.inbound:  # data never consumed still holds window
+                if flow_length:
+                    codec.acknowledge(sid, flow_length)
+            try:
+                await self.flush()
+            except ConnectionLost:
+                pass
+            if not self.streams:
+                if self.goaway_sent:
+                    self.scope.cancel()  # drained: the connection ends
+                else:
+                    self.deadline = self.server.router._now() + self.server.idle_timeout
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        self.server.stats.downstream_rq_tx_reset += 1
+        self.codec.reset(stream_id, code)
+
+    async def _flush_quietly(self) -> None:
+        try:
+            with trio.move_on_after(1):
+                await self.flush()
+                await self.io.flush()
+        except ConnectionLost:
+            pass
+
+    async def drain(self) -> None:
+        """GOAWAY in two steps: first "no new streams after the highest possible id", then,
+        about a round trip later, the real last id; then close once the open streams end."""
+        if self.goaway_sent:
+            return
+        self.goaway_sent = True
+        self.codec.goaway(mux.NO_ERROR, 2**31 - 1)
+        try:
+            await self.flush()
+            await trio.sleep(GOAWAY_GRACE)
+            self.codec.goaway(mux.NO_ERROR, None)
+            await self.flush()
+        except ConnectionLost:
+            pass
+        if not self.streams:
+            self.scope.cancel()
+
+
+class MuxServer:
+    """A listener's side for one multiplexed codec."""
+
+    def __init__(self, manager: HttpConnectionManager, router: Router, config: Any, codec_factory: Any) -> None:
+        self.manager = manager
+        self.router = router
+        self.name = config.name
+        self.stats = manager.stats
+        self.codec_factory = codec_factory
+        self.idle_timeout = float(config.http.idle_timeout)
+        self.tcp = not config.address.is_unix
+        self.connections: set[MuxConnection] = set()
+
+    def check_deadlines(self, now: float) -> None:
+        for conn in self.connections:
+            if conn.deadline <= now:
+                conn.scope.cancel()
+            for stream in conn.streams.values():
+                if stream.deadline <= now:
+                    stream.timer_fired = True
+                    stream.deadline = _INF
+                    stream.scope.cancel()
+
+    def drain(self) -> None:
+        for conn in self.connections:
+            self.manager.nursery.start_soon(conn.drain)
+
+    async def connection(self, sock: socket.socket, peer: Any, leftover: bytes = b"") -> None:
+        stats = self.stats
+        stats.downstream_cx_active += 1
+        io = SockIO(sock)
+        conn = None
+        try:
+            if self.tcp:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+            client_ip = peer[0] if isinstance(peer, tuple) else "unix"
+            try:
+                local = bound_address(sock)
+            except OSError:
+                local = "-"
+            conn = MuxConnection(self, io, self.codec_factory(), remote, client_ip, local)
+            self.connections.add(conn)
+            if self.manager.draining:
+                self.manager.nursery.start_soon(conn.drain)
+            await conn.run(leftover)
+            await conn._flush_quietly()
+        except ConnectionLost as exc:
+            if log.is_debug():
+                log.debug("connection.ended", listener=self.name, reason=repr(exc))
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            stats.downstream_cx_error += 1
+            log.error("connection.failed", listener=self.name, error=repr(exc), exc_info=exc)
+        finally:
+            if conn is not None:
+                self.connections.discard(conn)
+            stats.downstream_rx_bytes_total += io.bytes_received
+            stats.downstream_tx_bytes_total += io.bytes_sent
+            io.close()
+            stats.downstream_cx_active -= 1
+            stats.downstream_cx_destroy += 1
+
+
+def _wake(event: trio.Event | None) -> None:
+    if event is not None:
+        event.set()
+
+
+__all__ = ["LocalReply", "MuxConnection", "MuxServer", "MuxServerStream"]
