@@ -277,3 +277,70 @@ async def test_live_socket_makes_start_fail(nursery, tmp_path):
         assert os.path.exists(sock)  # the live listener's file is left alone
     finally:
         live.close()
+
+
+# ---------------------------------------------------------------- ctl options
+
+
+async def ctl_raw(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`proxy ctl ARGS` exactly as given: the test places every option itself."""
+    cmd = [sys.executable, "-m", "proxy", "ctl", *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = await trio.to_thread.run_sync(lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env))
+    if check:
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+async def test_ctl_options_after_the_command(nursery, tmp_path):
+    """Every ctl command against a real proxy with --socket / -c / --json after the command, and
+    between the command and its own arguments; the JSON is the same as with them in front."""
+    a = await start_server(nursery, echo_handler)
+    b = await start_server(nursery, echo_handler)
+    sock = str(tmp_path / "admin.sock")
+    async with running_proxy(_config([a, b], sock), tmp_path) as proxy:
+        conf = str(proxy.config_path)
+        status = json.loads((await ctl_raw("status", "--json", "--socket", sock)).stdout)
+        assert status["pid"] == proxy.pid
+        assert json.loads((await ctl_raw("status", "-c", conf, "--json")).stdout)["pid"] == proxy.pid
+        assert json.loads((await ctl_raw("status", "--config", conf, "--json")).stdout)["pid"] == proxy.pid
+        human = (await ctl_raw("status", "--socket", sock)).stdout.splitlines()
+        assert f"pid: {proxy.pid}" in human
+        assert await echo_round_trip(proxy.address("tcp")) == b"hello"
+
+        async def one_done() -> bool:
+            return json.loads((await ctl_raw("stats", "--json", "--socket", sock)).stdout)["listener.tcp.downstream_cx_destroy"] == 1
+
+        await _wait_for(one_done)
+        stats_after = json.loads((await ctl_raw("stats", "cx_total", "--socket", sock, "--json")).stdout)
+        stats_between = json.loads((await ctl_raw("stats", "--json", "cx_total", "-c", conf)).stdout)
+        stats_before = json.loads((await ctl_raw("--json", "--socket", sock, "stats", "cx_total")).stdout)
+        assert stats_after == stats_between == stats_before and stats_after["listener.tcp.downstream_cx_total"] == 1
+        assert (await ctl_raw("stats", "cx_total", "--socket", sock)).stdout.splitlines()[0].split() == ["NAME", "VALUE"]
+        for cmd in ("listeners", "clusters", "config", "tasks"):
+            after = json.loads((await ctl_raw(cmd, "--socket", sock, "--json")).stdout)
+            before = json.loads((await ctl_raw("--json", "-c", conf, cmd)).stdout)
+            if cmd == "tasks":  # the tree's shape moves with the moment; its top does not
+                assert after["name"] == before["name"], (after, before)
+            else:
+                assert after == before, cmd
+        assert 'proxy_listener_downstream_cx_total{listener="tcp"}' in (await ctl_raw("metrics", "--socket", sock)).stdout
+        profile = (await ctl_raw("profile", "0.2", "--socket", sock)).stdout
+        assert profile.strip() and all(line.rsplit(" ", 1)[1].isdigit() for line in profile.splitlines()), profile
+        assert json.loads((await ctl_raw("log-level", "--json", "debug", "--socket", sock)).stdout) == {"level": "debug"}
+        assert (await ctl_raw("log-level", "info", "-c", conf)).stdout == "log level: info\n"
+        assert json.loads((await ctl_raw("host", "disable", "--json", "up", "--socket", sock, a)).stdout) == {"cluster": "up", "host": a, "enabled": False}
+        hosts = json.loads((await ctl_raw("clusters", "--json", "--socket", sock)).stdout)[0]["hosts"]
+        assert [h["enabled"] for h in hosts] == [False, True]
+        assert (await ctl_raw("host", "enable", "up", a, "--socket", sock)).stdout == f"up {a}: enabled\n"
+        reload = json.loads((await ctl_raw("reload", "--json", "--socket", sock, "--timeout", "60")).stdout)
+        assert reload["result"] == "ok" and reload["generation"] == 2, reload
+        upgrade = await ctl_raw("upgrade", "-c", conf, "--timeout", "60")
+        assert upgrade.stdout.startswith("upgrade: ok, generation 3 serving (workers ["), upgrade.stdout
+        assert json.loads((await ctl_raw("status", "--socket", sock, "--json")).stdout)["pid"] == proxy.pid  # re-executed in place
+        assert json.loads((await ctl_raw("drain", "--socket", sock, "--json")).stdout) == {"draining": True}
+        assert await proxy.wait(10) == 0
+    bad = await ctl_raw("status", "--socket", sock, check=False)
+    assert bad.returncode == 1 and bad.stderr == f"proxy: not running (no admin socket at {sock})\n"
+    usage = await ctl_raw("status", "--socket", check=False)
+    assert usage.returncode == 2 and "argument --socket: expected one argument" in usage.stderr

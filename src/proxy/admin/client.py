@@ -1,7 +1,8 @@
 """`proxy ctl`: talk to a running proxy over its admin socket (HTTP/1.1 + JSON, blocking).
 
-Human output is aligned tables; `--json` prints the server's JSON. Any failure (no socket,
-refused, error answer) is one line on stderr and exit status 1.
+Human output is aligned tables; `--json` prints the server's JSON. The ctl options go before
+or after the command. Any failure (no socket, refused, error answer) is one line on stderr and
+exit status 1.
 """
 
 from __future__ import annotations
@@ -100,32 +101,56 @@ def _parse_response(raw: bytes, path: str) -> tuple[int, Any]:
 # ---------------------------------------------------------------- command line
 
 
+def _add_ctl_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """The options every ctl command takes. Added to `proxy ctl` itself (with real defaults)
+    and to each command (`default` SUPPRESS: absent there, they leave what came before the
+    command alone), so they go before or after COMMAND, as with kubectl and systemctl."""
+    parser.add_argument("-c", "--config", metavar="FILE", default=default, help="config file whose admin.socket to use")
+    parser.add_argument(
+        "--socket", metavar="PATH", default=default, help=f"admin socket path (default: the config's admin.socket, else {DEFAULT_SOCKET})"
+    )
+    parser.add_argument("--json", action="store_true", default=default, help="print JSON instead of tables")
+
+
 def add_parser(sub: Any) -> None:
-    ctl = sub.add_parser("ctl", help="control a running proxy over its admin socket")
-    ctl.add_argument("-c", "--config", help="config file whose admin.socket to use")
-    ctl.add_argument("--socket", help=f"admin socket path (default: the config's admin.socket, else {DEFAULT_SOCKET})")
-    ctl.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ctl = sub.add_parser(
+        "ctl",
+        help="control a running proxy over its admin socket",
+        description="Control a running proxy over its admin socket.",
+        epilog="-c, --socket and --json may come before or after COMMAND:\n"
+        "  proxy ctl status --json  is  proxy ctl --json status\n"
+        "proxy ctl COMMAND --help lists that command's arguments.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the epilog's lines as written
+    )
+    _add_ctl_options(ctl, None)
+    ctl.set_defaults(json=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_ctl_options(common, argparse.SUPPRESS)
     cmds = ctl.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
-    cmds.add_parser("status", help="pid, state, uptime, version")
-    stats = cmds.add_parser("stats", help="counters (optionally those containing PATTERN)")
-    stats.add_argument("pattern", nargs="?")
-    cmds.add_parser("listeners", help="listeners with their connection counts")
-    cmds.add_parser("clusters", help="clusters and hosts")
-    cmds.add_parser("config", help="the running config (secrets redacted)")
-    level = cmds.add_parser("log-level", help="change the log level")
-    level.add_argument("level", choices=["debug", "info", "warning", "error"])
-    cmds.add_parser("drain", help="stop accepting; let open connections finish")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002
+        return cmds.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", parents=[common])
+
+    command("status", "pid, state, uptime, version, workers and the last reload")
+    stats = command("stats", "counters (optionally those containing PATTERN)")
+    stats.add_argument("pattern", nargs="?", metavar="PATTERN", help="only counters whose name contains this")
+    command("listeners", "listeners with their connection counts")
+    command("clusters", "clusters and hosts")
+    command("config", "the running config (secrets redacted)")
+    level = command("log-level", "change the log level")
+    level.add_argument("level", choices=["debug", "info", "warning", "error"], metavar="LEVEL", help="debug, info, warning or error")
+    command("drain", "stop accepting; let open connections finish")
     for name, what in (("reload", "re-read the config and start a new worker generation"), ("upgrade", "re-execute the keeper, then start a new generation (new code)")):
-        cmd = cmds.add_parser(name, help=f"{what}; waits for the outcome (exit 1 on failure)")
-        cmd.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the outcome (default 600)")
-    host = cmds.add_parser("host", help="enable or disable an upstream host")
-    host.add_argument("action", choices=["enable", "disable"])
-    host.add_argument("cluster")
-    host.add_argument("address")
-    cmds.add_parser("tasks", help="the live trio task tree")
-    cmds.add_parser("metrics", help="the Prometheus metrics text")
-    profile = cmds.add_parser("profile", help="sample the worker for SECONDS; print collapsed stacks (flamegraph input)")
-    profile.add_argument("seconds", nargs="?", type=float, default=5.0)
+        cmd = command(name, f"{what}; waits for the outcome (exit 1 on failure)")
+        cmd.add_argument("--timeout", type=float, metavar="SECONDS", default=600.0, help="seconds to wait for the outcome (default 600)")
+    host = command("host", "enable or disable an upstream host")
+    host.add_argument("action", choices=["enable", "disable"], metavar="enable|disable", help="take the host back into, or out of, load balancing")
+    host.add_argument("cluster", metavar="CLUSTER", help="the cluster's name")
+    host.add_argument("address", metavar="ADDRESS", help="the host's address as in the config, e.g. 10.0.0.7:8000")
+    command("tasks", "the live trio task tree")
+    command("metrics", "the Prometheus metrics text")
+    profile = command("profile", "sample the worker for SECONDS; print collapsed stacks (flamegraph input)")
+    profile.add_argument("seconds", nargs="?", type=float, default=5.0, metavar="SECONDS", help="how long to sample (default 5)")
 
 
 def socket_path(args: argparse.Namespace) -> str:
