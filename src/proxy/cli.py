@@ -19,6 +19,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from proxy.humanize import plural
+
 DEFAULT_CONFIG = "config/proxy.yaml"
 DEFAULT_PID_FILE = "/run/proxy/proxy.pid"
 DEFAULT_LOG_FILE = "/var/log/proxy/proxy.log"
@@ -101,10 +103,9 @@ def _check(path: str) -> int:
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
-        n = len(exc.issues)
-        print(f"{path}: {n} error{'s' if n != 1 else ''}", file=sys.stderr)
+        print(f"{path}: {plural(len(exc.issues), 'error')}", file=sys.stderr)
         return 1
-    print(f"{path}: ok ({len(config.listeners)} listeners, {len(config.clusters)} clusters)")
+    print(f"{path}: ok ({plural(len(config.listeners), 'listener')}, {plural(len(config.clusters), 'cluster')})")
     return 0
 
 
@@ -127,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
-        print(f"proxy: refusing to start: {args.config} has {len(exc.issues)} error(s)", file=sys.stderr)
+        print(f"proxy: refusing to start: {args.config} has {plural(len(exc.issues), 'error')}", file=sys.stderr)
         return 1
     if args.daemon:
         return _daemonize(args, config)

@@ -289,7 +289,7 @@ def test_table_alignment():
 
 def test_render_tasks_and_clusters():
     tree = {"name": "root", "children": [{"name": "child", "children": []}], "omitted": 3}
-    assert client.render("tasks", tree).splitlines() == ["root", "  child", "  ... 3 more"]
+    assert client.render("tasks", tree).splitlines() == ["root", "  child", "  ... 3 more tasks"]
     clusters = [{"name": "up", "lb": "round_robin", "stats": {}, "hosts": [
         {"address": "h:1", "weight": 2, "enabled": False, "healthy": True, "stats": {"cx_active": 1, "cx_total": 4}}]}]
     lines = client.render("clusters", clusters).splitlines()

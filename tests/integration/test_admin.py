@@ -70,8 +70,8 @@ async def test_every_ctl_command(nursery, tmp_path):
         status = await ctl_json(sock, "status")
         assert status["pid"] == proxy.pid and status["state"] == "serving" and status["listeners"] == 1
         assert status["generation"] == 1 and status["version"] and status["uptime_seconds"] >= 0
-        human = (await ctl(sock, "status")).stdout
-        assert f"pid: {proxy.pid}" in human and "state: serving" in human
+        human = (await ctl(sock, "status")).stdout.splitlines()
+        assert f"pid:         {proxy.pid}" in human and "state:       serving" in human
 
         for _ in range(3):
             assert await echo_round_trip(proxy.address("tcp")) == b"hello"
@@ -99,8 +99,8 @@ async def test_every_ctl_command(nursery, tmp_path):
         assert listeners[0]["name"] == "tcp" and listeners[0]["protocol"] == "tcp"
         assert listeners[0]["address"] == proxy.addresses["tcp"] and listeners[0]["stats"]["downstream_cx_total"] == 3
         lines = (await ctl(sock, "listeners")).stdout.splitlines()
-        assert lines[0].split() == ["NAME", "ADDRESS", "PROTOCOL", "ACTIVE", "TOTAL"]
-        assert lines[1].split() == ["tcp", proxy.addresses["tcp"], "tcp", "0", "3"]
+        assert lines[0].split() == ["NAME", "ADDRESS", "PROTOCOL", "ACTIVE", "TOTAL", "REQUESTS", "RECEIVED", "SENT"]
+        assert lines[1].split() == ["tcp", proxy.addresses["tcp"], "tcp", "0", "3", "-", "15", "B", "15", "B"]
 
         # clusters
         clusters = await ctl_json(sock, "clusters")
@@ -277,3 +277,184 @@ async def test_live_socket_makes_start_fail(nursery, tmp_path):
         assert os.path.exists(sock)  # the live listener's file is left alone
     finally:
         live.close()
+
+
+# ---------------------------------------------------------------- ctl options and human output
+
+
+async def ctl_raw(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`proxy ctl ARGS` exactly as given: the test places every option itself."""
+    cmd = [sys.executable, "-m", "proxy", "ctl", *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = await trio.to_thread.run_sync(lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env))
+    if check:
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+async def test_ctl_options_after_the_command(nursery, tmp_path):
+    """Every ctl command against a real proxy with --socket / -c / --json after the command, and
+    between the command and its own arguments; the JSON is the same as with them in front."""
+    a = await start_server(nursery, echo_handler)
+    b = await start_server(nursery, echo_handler)
+    sock = str(tmp_path / "admin.sock")
+    async with running_proxy(_config([a, b], sock), tmp_path) as proxy:
+        conf = str(proxy.config_path)
+        status = json.loads((await ctl_raw("status", "--json", "--socket", sock)).stdout)
+        assert status["pid"] == proxy.pid
+        assert json.loads((await ctl_raw("status", "-c", conf, "--json")).stdout)["pid"] == proxy.pid
+        assert json.loads((await ctl_raw("status", "--config", conf, "--json")).stdout)["pid"] == proxy.pid
+        human = (await ctl_raw("status", "--socket", sock)).stdout.splitlines()
+        assert f"pid:         {proxy.pid}" in human
+        assert await echo_round_trip(proxy.address("tcp")) == b"hello"
+
+        async def one_done() -> bool:
+            return json.loads((await ctl_raw("stats", "--json", "--socket", sock)).stdout)["listener.tcp.downstream_cx_destroy"] == 1
+
+        await _wait_for(one_done)
+        stats_after = json.loads((await ctl_raw("stats", "cx_total", "--socket", sock, "--json")).stdout)
+        stats_between = json.loads((await ctl_raw("stats", "--json", "cx_total", "-c", conf)).stdout)
+        stats_before = json.loads((await ctl_raw("--json", "--socket", sock, "stats", "cx_total")).stdout)
+        assert stats_after == stats_between == stats_before and stats_after["listener.tcp.downstream_cx_total"] == 1
+        assert (await ctl_raw("stats", "cx_total", "--socket", sock)).stdout.splitlines()[0].split() == ["NAME", "VALUE"]
+        for cmd in ("listeners", "clusters", "config", "tasks"):
+            after = json.loads((await ctl_raw(cmd, "--socket", sock, "--json")).stdout)
+            before = json.loads((await ctl_raw("--json", "-c", conf, cmd)).stdout)
+            if cmd == "tasks":  # the tree's shape moves with the moment; its top does not
+                assert after["name"] == before["name"], (after, before)
+            else:
+                assert after == before, cmd
+        assert 'proxy_listener_downstream_cx_total{listener="tcp"}' in (await ctl_raw("metrics", "--socket", sock)).stdout
+        profile = (await ctl_raw("profile", "0.2", "--socket", sock)).stdout
+        assert profile.strip() and all(line.rsplit(" ", 1)[1].isdigit() for line in profile.splitlines()), profile
+        assert json.loads((await ctl_raw("log-level", "--json", "debug", "--socket", sock)).stdout) == {"level": "debug"}
+        assert (await ctl_raw("log-level", "info", "-c", conf)).stdout == "log level: info\n"
+        assert json.loads((await ctl_raw("host", "disable", "--json", "up", "--socket", sock, a)).stdout) == {"cluster": "up", "host": a, "enabled": False}
+        hosts = json.loads((await ctl_raw("clusters", "--json", "--socket", sock)).stdout)[0]["hosts"]
+        assert [h["enabled"] for h in hosts] == [False, True]
+        assert (await ctl_raw("host", "enable", "up", a, "--socket", sock)).stdout == f"cluster up, host {a}: enabled\n"
+        reload = json.loads((await ctl_raw("reload", "--json", "--socket", sock, "--timeout", "60")).stdout)
+        assert reload["result"] == "ok" and reload["generation"] == 2, reload
+        upgrade = await ctl_raw("upgrade", "-c", conf, "--timeout", "60")
+        assert upgrade.stdout.startswith("upgrade: ok, generation 3 serving (1 worker: pid "), upgrade.stdout
+        assert json.loads((await ctl_raw("status", "--socket", sock, "--json")).stdout)["pid"] == proxy.pid  # re-executed in place
+        assert json.loads((await ctl_raw("drain", "--socket", sock, "--json")).stdout) == {"draining": True}
+        assert await proxy.wait(10) == 0
+    bad = await ctl_raw("status", "--socket", sock, check=False)
+    assert bad.returncode == 1 and bad.stderr == f"proxy: not running (no admin socket at {sock})\n"
+    usage = await ctl_raw("status", "--socket", check=False)
+    assert usage.returncode == 2 and "argument --socket: expected one argument" in usage.stderr
+
+
+async def test_ctl_tables_read_as_an_operator_reads_them(nursery, tmp_path):
+    """tcp + http listeners, 2 clusters, one host disabled, 2 workers (stats summed): the human
+    output of every command, as printed."""
+    import re
+
+    from tests.integration.harness import read_all
+    from tests.integration.http_upstream import HttpUpstream
+
+    echo = await start_server(nursery, echo_handler)
+    api_a, api_b = HttpUpstream("a"), HttpUpstream("b")
+    await api_a.start(nursery)
+    await api_b.start(nursery)
+    sock = str(tmp_path / "admin.sock")
+    config = _config([echo], sock)
+    config["runtime"]["workers"] = 2
+    config["listeners"].append({"name": "http", "address": "127.0.0.1:0", "protocol": "http1", "route": "main"})
+    config["routes"] = {"main": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "cluster": "api"}]}]}}
+    config["clusters"].append({"name": "api", "hosts": [{"address": api_a.address}, {"address": api_b.address}]})
+    async with running_proxy(config, tmp_path) as proxy:
+        path = str(proxy.config_path)
+        # status before any reload: no Python None anywhere, uptime with its unit
+        lines = (await ctl(sock, "status")).stdout.splitlines()
+        assert "None" not in "\n".join(lines)
+        assert re.fullmatch(r"uptime: +\d+s", lines[2]), lines
+        assert lines[-3:] == ["retiring:    none", "busy:        no", "last reload: never"], lines
+        workers = [line for line in lines if re.fullmatch(r"( +|workers: +)#\d pid \d+, generation 1, serving", line)]
+        assert len(workers) == 2, lines
+
+        assert "disabled" in (await ctl(sock, "host", "disable", "api", api_b.address)).stdout
+        for _ in range(5):
+            assert await echo_round_trip(proxy.address("tcp")) == b"hello"
+            stream = await connect(proxy.address("http"))
+            async with stream:
+                await stream.send_all(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert (await read_all(stream)).startswith(b"HTTP/1.1 200 ")
+
+        async def all_counted() -> bool:
+            stats = await ctl_json(sock, "stats", "downstream_rq_total")
+            return stats.get("listener.http.downstream_rq_total") == 5
+
+        await _wait_for(all_counted)
+        # stats: the TCP listener and its cluster list no HTTP request counters; floats rounded
+        lines = (await ctl(sock, "stats")).stdout.splitlines()
+        names = [line.split()[0] for line in lines[1:]]
+        assert "listener.tcp.downstream_cx_total" in names and "cluster.up.upstream_cx_total" in names
+        assert not [n for n in names if n.startswith(("listener.tcp.downstream_rq_", "cluster.up.upstream_rq_"))], names
+        assert "listener.http.downstream_rq_total" in names and "cluster.api.upstream_rq_time_sum_ms" in names
+        assert all(re.fullmatch(r"\S+ +\d+(\.\d{1,3})?", line) for line in lines[1:]), lines
+        assert ["listener.http.downstream_rq_total", "5"] in [line.split() for line in lines]
+        raw = await ctl_json(sock, "stats")  # --json keeps every counter
+        assert raw["listener.tcp.downstream_rq_total"] == 0 and "cluster.up.upstream_rq_total" in raw
+        assert (await ctl(sock, "stats", "no-such-counter")).stdout == "no counter name contains 'no-such-counter'\n"
+
+        # listeners: a TCP listener has no request count
+        lines = (await ctl(sock, "listeners")).stdout.splitlines()
+        assert lines[0].split() == ["NAME", "ADDRESS", "PROTOCOL", "ACTIVE", "TOTAL", "REQUESTS", "RECEIVED", "SENT"]
+        assert lines[1].split() == ["tcp", proxy.addresses["tcp"], "tcp", "0", "5", "-", "25", "B", "25", "B"], lines
+        http = lines[2].split()
+        assert http[:6] == ["http", proxy.addresses["http"], "http1", "0", "5", "5"], lines
+        assert re.fullmatch(r"\d+(\.\d)? (B|KiB)", " ".join(http[6:8])), lines
+
+        # clusters: the disabled host says no
+        lines = (await ctl(sock, "clusters")).stdout.splitlines()
+        pooled = (await ctl_json(sock, "clusters"))[1]["hosts"][0]["stats"]  # keep-alive: 1 or 2 (a pool per worker)
+        assert pooled["cx_total"] in (1, 2)
+        assert [line.split() for line in lines] == [
+            ["CLUSTER", "HOST", "WEIGHT", "ENABLED", "HEALTHY", "ACTIVE", "TOTAL"],
+            ["up", echo, "1", "yes", "yes", "0", "5"],
+            ["api", api_a.address, "1", "yes", "yes", str(pooled["cx_active"]), str(pooled["cx_total"])],
+            ["api", api_b.address, "1", "no", "yes", "0", "0"],
+        ]
+
+        # a reload that fails on a bad config: the status table shows its error lines
+        good = proxy.config_path.read_text()
+        bad = good.replace("cluster: up", "cluster: nope").replace(api_a.address, "127.0.0.1:99999")
+        assert bad != good
+        proxy.config_path.write_text(bad)
+        failed = await ctl(sock, "reload", check=False)
+        assert failed.returncode == 1
+        out = failed.stdout.splitlines()
+        assert out[0] == f"reload: FAILED at config: {path} has 2 errors; generation 1 serves on", out
+        assert [line.split(": ", 2)[1] for line in out[1:]] == ["listeners[0].cluster", "clusters[1].hosts[0].address"], out
+        lines = (await ctl(sock, "status")).stdout.splitlines()
+        at = lines.index(next(line for line in lines if line.startswith("last reload:")))
+        assert re.fullmatch(
+            rf"last reload: reload FAILED \d+s ago \(\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ\) at config: {re.escape(path)} has 2 errors; generation 1 serves on",
+            lines[at],
+        ), lines
+        assert lines[at + 1].startswith(f"             {path}:") and "listeners[0].cluster: unknown cluster 'nope'" in lines[at + 1], lines
+        assert lines[at + 2].startswith(f"             {path}:") and "port 99999 is out of range" in lines[at + 2], lines
+        assert len(lines) == at + 3
+
+        # a good reload: units and plurals
+        proxy.config_path.write_text(good)
+        out = (await ctl(sock, "reload")).stdout.splitlines()
+        assert re.fullmatch(r"reload: ok, generation 2 serving \(2 workers: pids \d+, \d+\)", out[0]), out
+        assert re.fullmatch(r"  ready after \d+(ms|\.\d\ds), done after \d+(ms|\.\d\ds)", out[1]), out
+        assert out[2] == "  live connections migrated: none; closed at the drain deadline: 0", out
+        lines = (await ctl(sock, "status")).stdout.splitlines()
+        assert "None" not in "\n".join(lines)
+        assert re.fullmatch(r"last reload: reload ok \d+s ago \(\S+Z\), generation 2 serving \(2 workers: pids \d+, \d+\)", lines[-3]), lines
+        assert lines[-2] == "             " + out[1].strip() and lines[-1] == "             " + out[2].strip(), lines
+
+        # the rest of the commands, as printed
+        assert (await ctl(sock, "host", "enable", "api", api_b.address)).stdout == f"cluster api, host {api_b.address}: enabled\n"
+        assert (await ctl(sock, "log-level", "debug")).stdout == "log level: debug\n"
+        tasks = (await ctl(sock, "tasks")).stdout
+        assert "None" not in tasks and re.search(r"(?m)^<init>$", tasks), tasks
+        config_out = (await ctl(sock, "config")).stdout
+        assert json.loads(config_out)["listeners"][1]["name"] == "http"
+        assert (await ctl(sock, "drain")).stdout == "draining: the proxy stopped accepting; open connections finish up to drain_timeout\n"
+        assert await proxy.wait(10) == 0

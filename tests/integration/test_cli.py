@@ -60,6 +60,22 @@ def test_check_accepts_the_bundled_default_config():
     assert "ok" in result.stdout
 
 
+def test_check_and_run_count_in_words(tmp_path):
+    path = tmp_path / "one.yaml"
+    path.write_text(
+        "listeners: [{name: a, address: '127.0.0.1:0', protocol: tcp, cluster: c}]\n"
+        "clusters: [{name: c, hosts: [{address: '127.0.0.1:1'}]}]\n"
+    )
+    result = proxy_cli("check", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{path}: ok (1 listener, 1 cluster)\n"
+    path.write_text(path.read_text().replace("cluster: c}", "cluster: d}"))
+    result = proxy_cli("check", "-c", str(path))
+    assert result.returncode == 1 and result.stderr.splitlines()[-1] == f"{path}: 1 error", result.stderr
+    result = proxy_cli("run", "-c", str(path))
+    assert result.returncode == 1 and result.stderr.splitlines()[-1] == f"proxy: refusing to start: {path} has 1 error", result.stderr
+
+
 def test_version_says_which_codec_runs():
     import proxy
     from proxy import codec

@@ -38,6 +38,7 @@ import trio
 
 import proxy
 from proxy.config.model import Config
+from proxy.humanize import plural
 from proxy.log import get_logger
 from proxy.network.listener import BindError, bind, bound_address, close_listener
 from proxy.upgrade.fdpass import Channel, PeerGone, socketpair
@@ -559,7 +560,7 @@ class Keeper:
             log.error(f"{kind}.config_invalid", path=self.config_path, errors=len(errors))
             for e in errors:
                 log.error("config.error", detail=e)
-            return {"result": "failed", "stage": "config", "error": f"{self.config_path} has {len(errors)} error(s)", "errors": errors}
+            return {"result": "failed", "stage": "config", "error": f"{self.config_path} has {plural(len(errors), 'error')}", "errors": errors}
         if self.config.admin != config.admin:
             log.warning(f"{kind}.admin_unchanged", message="admin settings take effect only at a restart")
         gen = self.generation + 1

@@ -117,20 +117,25 @@ def _sum_replies(path: str, replies: list[dict[str, Any]]) -> dict[str, Any] | N
         merged = _sum_metrics([b.decode() for b in bodies]).encode()
     else:
         docs = [json.loads(b) for b in bodies]
-        merged = json.dumps(_sum_json(docs), default=str).encode() + b"\n"
+        merged = json.dumps(_sum_json(docs, counters=path == "/stats"), default=str).encode() + b"\n"
     return {**replies[0], "body": b64e(merged)}
 
 
-def _sum_json(docs: list[Any]) -> Any:
+def _sum_json(docs: list[Any], counters: bool = False) -> Any:
+    """Worker 0's document with its counters added up over `docs`. Counters are the numbers of
+    /stats and those under a `stats` key (/listeners, /clusters); any other number is config
+    (a host's weight) and is the same in every worker: worker 0's is kept, not summed."""
     first = docs[0]
     if isinstance(first, bool) or not isinstance(first, (int, float, dict, list)):
         return first
     if isinstance(first, (int, float)):
+        if not counters:
+            return first
         return sum(d for d in docs if isinstance(d, (int, float)) and not isinstance(d, bool))
     if isinstance(first, dict):
-        return {k: _sum_json([d.get(k, v) if isinstance(d, dict) else v for d in docs]) for k, v in first.items()}
+        return {k: _sum_json([d.get(k, v) if isinstance(d, dict) else v for d in docs], counters or k == "stats") for k, v in first.items()}
     # lists of listeners/clusters/hosts: matched by position (every worker has the same config)
-    return [_sum_json([d[i] if isinstance(d, list) and i < len(d) else item for d in docs]) for i, item in enumerate(first)]
+    return [_sum_json([d[i] if isinstance(d, list) and i < len(d) else item for d in docs], counters) for i, item in enumerate(first)]
 
 
 def _sum_metrics(texts: list[str]) -> str:
