@@ -160,6 +160,7 @@ class Http1ServerStream(ServerStream):
         self.scheme = b"http"
         self.response_started = False
         self.has_body = head.chunked or bool(head.content_length)
+        self.grpc = False
         self.conn = conn
         self.server = server
         self.out: list[bytes] = []  # written, not flushed

@@ -68,7 +68,7 @@ class ServerStream(Stream):
     object as their `Stream`.
     """
 
-    __slots__ = ("scheme", "response_started", "has_body")
+    __slots__ = ("scheme", "response_started", "has_body", "grpc")
 
     def __init__(self, request: RequestHead, info: StreamInfo, downstream_address: str) -> None:
         # (the fields of Stream and ServerStream, set here in one frame: codecs build one
@@ -83,6 +83,7 @@ class ServerStream(Stream):
         # A request body is still to come (chunked, a content length, or a stream that did not
         # end with its head): set by the codec, and what the router reads before the body.
         self.has_body = request.chunked or bool(request.content_length)
+        self.grpc = False  # a gRPC call (content-type application/grpc): seen by the router
 
     # -- the request body
     async def receive_body(self) -> Body | EndOfMessage:
