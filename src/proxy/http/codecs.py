@@ -14,8 +14,10 @@ from collections.abc import Callable
 from proxy.codec.mux import ServerCodec
 
 HTTP1 = "http1"
+HTTP2 = "http2"
+AUTO_HTTP = "http"  # HTTP/1.1 and HTTP/2 on one port, by the connection preface
 L4 = "tcp"
-# Built-in multiplexed codecs by name (HTTP/2 joins here).
+# Built-in multiplexed codecs by name.
 BUILTINS: dict[str, str] = {}
 
 
@@ -24,11 +26,15 @@ class CodecLoadError(Exception):
 
 
 def is_known(protocol: str) -> bool:
+    if protocol == AUTO_HTTP:
+        return HTTP2 in BUILTINS
     return protocol in (L4, HTTP1) or protocol in BUILTINS or ":" in protocol
 
 
 def load_server_codec(protocol: str) -> Callable[[], ServerCodec]:
     """The codec class a listener's `protocol` names; raises CodecLoadError saying why not."""
+    if protocol == AUTO_HTTP:
+        protocol = HTTP2  # (its HTTP/1.1 side is http1_server's)
     target = BUILTINS.get(protocol, protocol)
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
