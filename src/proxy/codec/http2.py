@@ -604,15 +604,18 @@ class _Connection:
     def _on_rst(self, frame: RstStreamFrame) -> tuple[list[Frame], list[Any]]:
         sid = frame.stream_id
         stream = self._h2.streams.get(sid)
+        # Whether we were still answering: our side not ended yet (read before h2 closes it).
+        answering = stream is not None and stream.state_machine.state != StreamState.HALF_CLOSED_LOCAL
         frames, events = self._h2_rst(frame)
         self._blocked.discard(sid)
         self._kinds.pop(sid, None)
         if not events or stream is None:
             return frames, []
-        self._peer_reset(stream)
+        if answering:
+            self._peer_reset()
         return frames, [StreamReset(sid, frame.error_code, True)]
 
-    def _peer_reset(self, stream: Any) -> None:
+    def _peer_reset(self) -> None:
         pass
 
     def _on_settings(self, frame: SettingsFrame) -> tuple[list[Frame], list[Any]]:
@@ -826,10 +829,9 @@ class ServerConnection(_Connection, ServerCodec):
             self._kinds = {k: v for k, v in self._kinds.items() if k in conn.streams}
         return [], [RequestReceived(sid, head, scheme, end)]
 
-    def _peer_reset(self, stream: Any) -> None:
-        # Rapid Reset: a reset of a stream we are still answering costs us its work.
-        if stream.state_machine.state == StreamState.HALF_CLOSED_LOCAL:
-            return  # our response is complete: a client cancelling its upload
+    def _peer_reset(self) -> None:
+        # Rapid Reset: a reset of a stream we are still answering cost us its work for nothing.
+        # (One whose response we ended is a client cancelling the rest of its upload.)
         if not self._resets.take(self._now):
             raise _violation(ENHANCE_YOUR_CALM, "too many streams reset by the client (rapid reset)")
         self._premature_resets += 1
