@@ -273,7 +273,8 @@ def _outbound(headers: Headers, out: list[tuple[bytes, bytes]], keep_te: bool) -
             continue
         value = field[1]
         if name == b"te":
-            if not keep_te or value.lower() != b"trailers":
+            # Only "trailers" may cross (RFC 9113 §8.2.2): kept from a list that has it.
+            if not keep_te or b"trailers" not in [t.strip() for t in value.lower().split(b",")]:
                 continue
             value = b"trailers"
         elif name in _SENSITIVE or (name == b"cookie" and len(value) < 20):
