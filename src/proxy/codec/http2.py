@@ -1,0 +1,931 @@
+"""HTTP/2 codec, sans-IO, both sides: frames in and out over h2, heads as the HTTP/1 codec's.
+
+    server = ServerConnection(Http2Settings());  server.initiate()
+    server.receive(data, now) -> [RequestReceived, DataReceived, TrailersReceived, StreamReset,
+                                  WindowOpened, GoAwayReceived, SettingsChanged, PingAcked]
+    server.send_response(sid, head, end_stream); server.send_data(sid, data, end_stream) -> taken
+    server.send_trailers(sid, trailers); .reset(sid, code); .acknowledge(sid, n); .goaway(code, last)
+    server.ping(data); server.data_to_send() -> bytes; .send_window(sid); .open_streams; ...
+
+    client = ClientConnection(Http2Settings());  client.initiate()
+    sid = client.send_request(head, scheme, end_stream)   (raises NoStreamAvailable)
+    client.receive(data, now) -> [InformationalReceived, ResponseReceived, DataReceived,
+                                  TrailersReceived, StreamReset, WindowOpened, GoAwayReceived,
+                                  SettingsChanged, PingAcked]
+    client.available_streams; the same send_*/reset/acknowledge/ping/data_to_send
+
+The server is a `proxy.codec.mux.ServerCodec` and emits that module's events; the client
+reuses them and adds its own. Heads are `RequestHead`/`ResponseHead` (proxy.codec.http1): the
+layer above never sees a pseudo-header. How fields map both ways is _http2_heads' job.
+
+h2 keeps the connection and stream state machines, HPACK and flow-control windows; this module
+takes over the frame handlers where a proxy needs something else from h2:
+
+* Malformed messages (RFC 9113 §8.1.1) reset only their stream (PROTOCOL_ERROR, StreamReset
+  with remote=False): h2 would end the whole connection for a bad content-length.
+* Headers are checked here, once, by regex over the joined names and values, with h2's own
+  validation and normalisation off: about a quarter of h2's per-request cost, for stricter
+  checks (an HTTP/1 hop must be able to carry what we accept).
+* A new stream beyond max_concurrent_streams is refused (REFUSED_STREAM, safe to retry), not a
+  GOAWAY; one after our final GOAWAY too.
+* GOAWAY both ways is ours: h2 would close its state machine and refuse to finish the streams
+  still open, which a graceful drain (first 2^31-1, then the real last id) must do.
+* Flow control: nothing is acknowledged on receipt; `acknowledge` opens the windows as the layer
+  above consumes. Windows: 1 MiB per stream and 4 MiB per connection by default, Envoy's
+  256 MiB / 1 GiB would let one client make us buffer a gigabyte. A 4 MiB connection window
+  still fills a 10 Gbit/s link at 3 ms RTT; four concurrent uploads get their full window each.
+
+Hardening, counted per connection; each violation queues GOAWAY and raises Http2Error:
+
+  Rapid Reset (CVE-2023-44487): client resets of streams we were still answering, a token
+      bucket (max_client_resets, client_resets_per_second) and, past premature_reset_min_streams
+      streams, a reset ratio over 1/2 (Envoy's rule) -> ENHANCE_YOUR_CALM
+  CONTINUATION flood (CVE-2024-27316): a header block is bounded before it is decoded: bytes
+      (max_header_list_size) -> ENHANCE_YOUR_CALM, frames (h2: 64) -> PROTOCOL_ERROR
+  HPACK bomb / big header lists: the decoded size (max_header_list_size) -> ENHANCE_YOUR_CALM;
+      decoding errors -> COMPRESSION_ERROR
+  PING and SETTINGS floods (CVE-2019-9512/9515): token buckets -> ENHANCE_YOUR_CALM
+  outbound control frames we must queue (PING/SETTINGS acks, our RST_STREAMs) while the caller
+      does not take data_to_send(): max_outbound_control_frames -> ENHANCE_YOUR_CALM
+  empty frames (CVE-2019-9518): consecutive DATA/HEADERS/CONTINUATION with no payload and no
+      end flag, Envoy's max_consecutive_inbound_frames_with_empty_payload -> ENHANCE_YOUR_CALM
+  PRIORITY floods (CVE-2019-9513): at most max_priority_frames_per_stream per opened stream
+  WINDOW_UPDATE floods: Envoy's 5 + 2 * (streams + max_window_updates_per_data_frame * DATA
+      frames sent)
+  stream exhaustion (CVE-2019-9516 family): refused streams, a token bucket -> ENHANCE_YOUR_CALM
+
+Time is passed in (`receive(data, now)`), so the codec reads no clock and tests are exact.
+
+Hot upgrade: `export_state()` on an idle connection (no open stream) -> a JSON-able dict;
+`ServerConnection.from_state(state, settings)` / `ClientConnection.from_state` carry on where it
+stopped, HPACK tables and windows included, without re-sending anything (_http2_state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from h2.config import H2Configuration
+from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2Connection
+from h2.errors import ErrorCodes
+from h2.events import RemoteSettingsChanged, WindowUpdated
+from h2.exceptions import (
+    DenialOfServiceError,
+    InvalidBodyLengthError,
+    NoSuchStreamError,
+    ProtocolError,
+    StreamClosedError,
+)
+from h2.frame_buffer import FrameBuffer
+from h2.settings import SettingCodes, Settings
+from h2.stream import STREAM_OPEN, StreamClosedBy, StreamState
+from hpack import HPACKError, OversizedHeaderListError
+from hyperframe.frame import (
+    AltSvcFrame,
+    ContinuationFrame,
+    DataFrame,
+    ExtensionFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    PriorityFrame,
+    PushPromiseFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
+
+from proxy.codec import _http2_heads as heads
+from proxy.codec import _http2_state
+from proxy.codec._http1_events import Headers, RequestHead, ResponseHead
+from proxy.codec.mux import (
+    CodecError,
+    DataReceived,
+    GoAwayReceived,
+    RequestReceived,
+    ServerCodec,
+    StreamReset,
+    TrailersReceived,
+    WindowOpened,
+)
+
+__all__ = [
+    "CANCEL",
+    "COMPRESSION_ERROR",
+    "ENHANCE_YOUR_CALM",
+    "FLOW_CONTROL_ERROR",
+    "NO_ERROR",
+    "PROTOCOL_ERROR",
+    "REFUSED_STREAM",
+    "ClientConnection",
+    "DataReceived",
+    "GoAwayReceived",
+    "Http2Error",
+    "Http2Settings",
+    "InformationalReceived",
+    "NoStreamAvailable",
+    "PingAcked",
+    "RequestReceived",
+    "ResponseReceived",
+    "ServerConnection",
+    "SettingsChanged",
+    "StreamReset",
+    "TrailersReceived",
+    "WindowOpened",
+]
+
+NO_ERROR = 0x0
+PROTOCOL_ERROR = 0x1
+INTERNAL_ERROR = 0x2
+FLOW_CONTROL_ERROR = 0x3
+STREAM_CLOSED = 0x5
+FRAME_SIZE_ERROR = 0x6
+REFUSED_STREAM = 0x7
+CANCEL = 0x8
+COMPRESSION_ERROR = 0x9
+ENHANCE_YOUR_CALM = 0xB
+
+MAX_STREAM_ID = 2**31 - 1
+_DEFAULT_WINDOW = 65535  # RFC 9113 §6.9.2: every window starts here
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Settings:
+    """What we advertise, and the flood budgets (defaults: safe for a public listener)."""
+
+    max_concurrent_streams: int = 100
+    initial_stream_window_size: int = 1 << 20  # per stream: what one stream may make us buffer
+    initial_connection_window_size: int = 4 << 20  # all streams together
+    max_frame_size: int = 16384  # the RFC's minimum: the smallest frames to buffer before parsing
+    max_header_list_size: int = 65536  # decoded (RFC 7541 sizes), and the encoded block's bound
+    max_header_fields: int = 100  # per block, as the HTTP/1 codec's max_header_count
+    enable_connect_protocol: bool = False  # RFC 8441 extended CONNECT (WebSocket over HTTP/2)
+    # Flood budgets (see the module docstring).
+    max_client_resets: int = 200
+    client_resets_per_second: float = 20.0
+    premature_reset_min_streams: int = 500
+    max_pings: int = 100
+    pings_per_second: float = 10.0
+    max_settings: int = 100
+    settings_per_second: float = 10.0
+    max_refused_streams: int = 100
+    refused_streams_per_second: float = 10.0
+    max_outbound_control_frames: int = 1000
+    max_consecutive_empty_frames: int = 1
+    max_priority_frames_per_stream: int = 100
+    max_window_updates_per_data_frame: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    stream_id: int
+    head: ResponseHead
+    end_stream: bool  # no body follows
+
+
+@dataclass(frozen=True, slots=True)
+class InformationalReceived:
+    stream_id: int
+    head: ResponseHead  # a 1xx: the final response is still to come
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsChanged:
+    """The peer's settings as they now stand (after a SETTINGS frame from it)."""
+
+    max_concurrent_streams: int  # 2**32 + 1 while the peer sets no limit
+    initial_window_size: int
+    max_frame_size: int
+    enable_connect_protocol: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PingAcked:
+    data: bytes
+
+
+class Http2Error(CodecError):
+    """A connection-level error: a GOAWAY with `code` is queued; flush data_to_send(), close."""
+
+
+class NoStreamAvailable(Exception):
+    """The client cannot open a stream now: the peer's concurrency limit, its GOAWAY, or the
+    stream ids ran out. `retry_elsewhere`: this connection will never have one again."""
+
+    def __init__(self, message: str, retry_elsewhere: bool) -> None:
+        super().__init__(message)
+        self.retry_elsewhere = retry_elsewhere
+
+
+def _violation(code: int, message: str) -> ProtocolError:
+    # h2's receive_data answers any ProtocolError with a GOAWAY carrying its error_code.
+    exc = DenialOfServiceError(message) if code == ENHANCE_YOUR_CALM else ProtocolError(message)
+    exc.error_code = ErrorCodes(code)  # type: ignore[misc]
+    return exc
+
+
+class _Bucket:
+    """A token bucket: `burst` events at once, `rate` per second after that."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, burst: int, rate: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp: float | None = None
+
+    def take(self, now: float) -> bool:
+        tokens = self.tokens
+        if self.stamp is not None and now > self.stamp:
+            tokens = min(self.burst, tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
+
+    def export(self) -> list[float | None]:
+        return [self.tokens, self.stamp]
+
+
+class _FrameBuffer(FrameBuffer):
+    """h2's frame buffer with a byte bound on a header block before it is decoded
+    (CONTINUATION floods) and the consecutive-empty-frames count for HEADERS/CONTINUATION."""
+
+    def __init__(self, server: bool, max_block: int, max_empty: int) -> None:
+        super().__init__(server=server)
+        self.max_block = max_block
+        self.max_empty = max_empty
+        self.block = 0  # bytes of the header block being gathered
+        self.empty = 0  # consecutive frames with no payload and no end flag (DATA counts too)
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        cls = type(f)
+        if cls is HeadersFrame or cls is ContinuationFrame or cls is PushPromiseFrame:
+            data = f.data  # type: ignore[union-attr]
+            flags = f.flags  # type: ignore[union-attr]
+            if "END_HEADERS" in flags:
+                self.block = 0
+            else:
+                self.block += len(data)
+                if self.block > self.max_block:
+                    raise _violation(ENHANCE_YOUR_CALM, f"header block over {self.max_block} bytes")
+            if data:
+                self.empty = 0
+            elif "END_STREAM" not in flags and "END_HEADERS" not in flags:
+                self.empty += 1
+                if self.empty > self.max_empty:
+                    raise _violation(ENHANCE_YOUR_CALM, "too many empty frames")
+        return super()._update_header_buffer(f)
+
+
+class _Connection:
+    """What both sides share: h2 set up, the frame handlers taken over, sends, budgets."""
+
+    _CLIENT: ClassVar[bool]
+
+    def __init__(self, settings: Http2Settings | None = None) -> None:
+        s = settings or Http2Settings()
+        self.settings = s
+        config = H2Configuration(
+            client_side=self._CLIENT,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+        )
+        conn = H2Connection(config)
+        # Advertised values count from the start (h2 does so for its own two defaults): we
+        # enforce them at once, a peer that has not read them yet is refused at worst.
+        values = {
+            SettingCodes.MAX_CONCURRENT_STREAMS: s.max_concurrent_streams if not self._CLIENT else 0,
+            SettingCodes.INITIAL_WINDOW_SIZE: s.initial_stream_window_size,
+            SettingCodes.MAX_FRAME_SIZE: s.max_frame_size,
+            SettingCodes.MAX_HEADER_LIST_SIZE: s.max_header_list_size,
+        }
+        if self._CLIENT:
+            values[SettingCodes.ENABLE_PUSH] = 0
+        elif s.enable_connect_protocol:
+            values[SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1
+        conn.local_settings = Settings(client=self._CLIENT, initial_values=values)
+        conn.max_inbound_frame_size = s.max_frame_size
+        conn.decoder.max_header_list_size = s.max_header_list_size
+        self._buffer = _FrameBuffer(not self._CLIENT, s.max_header_list_size, s.max_consecutive_empty_frames)
+        conn.incoming_buffer = self._buffer
+        table = conn._frame_dispatch_table
+        self._h2_data = table[DataFrame]
+        self._h2_rst = table[RstStreamFrame]
+        self._h2_settings = table[SettingsFrame]
+        self._h2_ping = table[PingFrame]
+        self._h2_window_update = table[WindowUpdateFrame]
+        self._h2_altsvc = table[AltSvcFrame]
+        table[HeadersFrame] = self._on_headers
+        table[DataFrame] = self._on_data
+        table[RstStreamFrame] = self._on_rst
+        table[SettingsFrame] = self._on_settings
+        table[PingFrame] = self._on_ping
+        table[WindowUpdateFrame] = self._on_window_update
+        table[PriorityFrame] = self._on_priority
+        table[GoAwayFrame] = self._on_goaway
+        table[PushPromiseFrame] = self._on_push_promise
+        table[AltSvcFrame] = self._on_altsvc
+        table[ExtensionFrame] = self._on_extension
+        self._h2 = conn
+        self._now = 0.0
+        self._error: Http2Error | None = None
+        self._blocked: set[int] = set()  # streams whose send_data was cut short by a window
+        self._kinds: dict[int, int] = {}  # streams that are not PLAIN requests (heads.HEAD, ...)
+        self._control = 0  # control frames queued since the caller last took data_to_send()
+        self._opened = 0  # streams opened (either side), for the Envoy ratios
+        self._data_frames_sent = 0
+        self._priority_frames = 0
+        self._window_updates = 0
+        self._pings = _Bucket(s.max_pings, s.pings_per_second)
+        self._settings_frames = _Bucket(s.max_settings, s.settings_per_second)
+        self._goaway_sent: int | None = None  # the last stream id we promised to serve
+        self._goaway_received: int | None = None
+
+    # --- public: both sides --------------------------------------------------------------
+
+    def initiate(self) -> None:
+        """Queue what we say first: (the client preface and) our SETTINGS, and the connection
+        window beyond the RFC's 65,535 bytes."""
+        conn = self._h2
+        conn.initiate_connection()
+        extra = self.settings.initial_connection_window_size - _DEFAULT_WINDOW
+        if extra > 0:
+            conn.increment_flow_control_window(extra)
+
+    def receive(self, data: bytes, now: float) -> list[Any]:
+        """Feed bytes from the peer; the events they complete. Raises Http2Error (a GOAWAY is
+        queued: flush data_to_send() and close); every later call raises it again."""
+        if self._error is not None:
+            raise self._error
+        self._now = now
+        conn = self._h2
+        try:
+            return conn.receive_data(data)  # type: ignore[no-any-return]
+        except ProtocolError as exc:
+            code = int(exc.error_code)
+            if self._goaway_sent is None or code != NO_ERROR:
+                if conn.state_machine.state != ConnectionState.CLOSED:  # h2 did not queue its GOAWAY (a bad preface)
+                    conn._terminate_connection(ErrorCodes(code))
+            self._error = Http2Error(f"HTTP/2 connection error {ErrorCodes(code).name}: {exc}", code)
+            raise self._error from exc
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> int:
+        """Queue as much of `data` as the flow-control windows allow, in frames of the peer's
+        max frame size; how many bytes were taken. `end_stream` holds only once all is taken;
+        the rest waits for a WindowOpened. On a stream already reset: all taken, nothing sent."""
+        conn = self._h2
+        stream = conn.streams.get(stream_id)
+        if stream is None or not STREAM_OPEN[stream.state_machine.state]:
+            if self._closed_by_reset(stream_id):
+                return len(data)
+            if stream is None:
+                raise StreamClosedError(stream_id)
+        size = len(data)
+        window = min(conn.outbound_flow_control_window, stream.outbound_flow_control_window)  # type: ignore[union-attr]
+        if size > window:
+            take = window if window > 0 else 0
+            end = False
+            self._blocked.add(stream_id)
+            if take == 0:
+                return 0
+        else:
+            take = size
+            end = end_stream
+        max_frame = conn.max_outbound_frame_size
+        if take <= max_frame:
+            conn.send_data(stream_id, data if take == size else data[:take], end_stream=end)
+            self._data_frames_sent += 1
+            return take
+        view = memoryview(data)
+        offset = 0
+        while take - offset > max_frame:
+            conn.send_data(stream_id, view[offset : offset + max_frame])
+            offset += max_frame
+            self._data_frames_sent += 1
+        conn.send_data(stream_id, view[offset:take], end_stream=end)
+        self._data_frames_sent += 1
+        return take
+
+    def send_trailers(self, stream_id: int, trailers: Headers) -> None:
+        """End our side of the stream with trailers (nothing on a stream already reset)."""
+        if self._sendable(stream_id):
+            self._h2.send_headers(stream_id, heads.trailer_fields(trailers), end_stream=True)
+
+    def reset(self, stream_id: int, code: int) -> None:
+        """RST_STREAM; nothing if the stream is closed already."""
+        conn = self._h2
+        stream = conn.streams.get(stream_id)
+        if stream is not None and not stream.closed:
+            conn.reset_stream(stream_id, code)
+        self._blocked.discard(stream_id)
+        self._kinds.pop(stream_id, None)
+
+    def acknowledge(self, stream_id: int, flow_length: int) -> None:
+        """The layer above consumed this much of a stream's data: hand the window back (h2
+        batches WINDOW_UPDATEs until half a window is due)."""
+        if flow_length > 0:
+            self._h2.acknowledge_received_data(flow_length, stream_id)
+
+    def ping(self, data: bytes = b"\0" * 8) -> None:
+        self._h2.ping(data)
+
+    def goaway(self, code: int = NO_ERROR, last_stream_id: int | None = None) -> None:
+        """No new streams from the peer beyond `last_stream_id` (None: the highest it opened).
+        Streams up to it go on; call twice for a graceful drain (2^31-1 first)."""
+        conn = self._h2
+        if last_stream_id is None:
+            last_stream_id = conn.highest_inbound_stream_id
+        if self._goaway_sent is not None:
+            last_stream_id = min(last_stream_id, self._goaway_sent)  # may only go down
+        self._goaway_sent = last_stream_id
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = last_stream_id
+        frame.error_code = code
+        conn._data_to_send += frame.serialize()  # not through h2: its state machine would close
+
+    def data_to_send(self) -> bytes:
+        self._control = 0
+        return self._h2.data_to_send()  # type: ignore[no-any-return]
+
+    def outbound_backlog(self) -> int:
+        return len(self._h2._data_to_send)
+
+    def send_window(self, stream_id: int) -> int:
+        """Bytes send_data would take now on this stream (0: the connection's window)."""
+        conn = self._h2
+        if stream_id == 0:
+            return conn.outbound_flow_control_window  # type: ignore[no-any-return]
+        stream = conn.streams.get(stream_id)
+        if stream is None or not STREAM_OPEN[stream.state_machine.state]:
+            return 0
+        return max(0, min(conn.outbound_flow_control_window, stream.outbound_flow_control_window))
+
+    def receive_window(self, stream_id: int) -> int:
+        """Bytes the peer may still send (0: the connection's window)."""
+        conn = self._h2
+        if stream_id == 0:
+            return conn._inbound_flow_control_window_manager.current_window_size  # type: ignore[no-any-return]
+        stream = conn.streams.get(stream_id)
+        return 0 if stream is None else stream._inbound_window_manager.current_window_size
+
+    @property
+    def goaway_received(self) -> int | None:
+        """The last stream id of the peer's GOAWAY, None before one."""
+        return self._goaway_received
+
+    def buffered_size(self) -> int:
+        """Bytes held for the peer's frames not complete yet plus bytes queued to send: what a
+        misbehaving peer can make this connection hold."""
+        buffer = self._buffer
+        return len(buffer._data) + sum(len(f.data) for f in buffer._headers_buffer) + len(self._h2._data_to_send)
+
+    # --- hot upgrade ---------------------------------------------------------------------
+
+    def export_state(self) -> dict[str, Any]:
+        """The connection's state as JSON-able data; ValueError while a stream is open."""
+        state = _http2_state.export_h2(self._h2)
+        state["codec"] = {
+            "opened": self._opened,
+            "data_frames_sent": self._data_frames_sent,
+            "priority_frames": self._priority_frames,
+            "window_updates": self._window_updates,
+            "goaway_sent": self._goaway_sent,
+            "goaway_received": self._goaway_received,
+            "empty": self._buffer.empty,
+            "buckets": {name: bucket.export() for name, bucket in self._buckets().items()},
+            "extra": self._export_extra(),
+        }
+        return state
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        _http2_state.restore_h2(self._h2, state)
+        codec = state["codec"]
+        self._opened = codec["opened"]
+        self._data_frames_sent = codec["data_frames_sent"]
+        self._priority_frames = codec["priority_frames"]
+        self._window_updates = codec["window_updates"]
+        self._goaway_sent = codec["goaway_sent"]
+        self._goaway_received = codec["goaway_received"]
+        self._buffer.empty = codec["empty"]
+        buckets = self._buckets()
+        for name, (tokens, stamp) in codec["buckets"].items():
+            if name in buckets:
+                buckets[name].tokens = min(tokens, buckets[name].burst)
+                buckets[name].stamp = stamp
+        self._restore_extra(codec["extra"])
+
+    def _buckets(self) -> dict[str, _Bucket]:
+        return {"pings": self._pings, "settings": self._settings_frames}
+
+    def _export_extra(self) -> dict[str, Any]:
+        return {}
+
+    def _restore_extra(self, extra: dict[str, Any]) -> None:
+        pass
+
+    # --- frame handlers (h2 calls them from receive_data, with the parsed frame) ---------
+
+    def _decode(self, frame: HeadersFrame) -> list[Any]:
+        try:
+            return self._h2.decoder.decode(frame.data, raw=True)  # type: ignore[no-any-return]
+        except OversizedHeaderListError as exc:
+            raise _violation(ENHANCE_YOUR_CALM, f"header list over max_header_list_size: {exc}") from exc
+        except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as exc:
+            raise _violation(COMPRESSION_ERROR, f"HPACK: {exc}") from exc
+
+    def _on_headers(self, frame: HeadersFrame) -> tuple[list[Frame], list[Any]]:
+        raise NotImplementedError
+
+    def _trailers(self, stream: Any, fields: list[Any], end: bool) -> tuple[list[Frame], list[Any]]:
+        sid = stream.stream_id
+        if not end:
+            return self._malformed(sid, "trailers without END_STREAM")
+        try:
+            trailers = heads.trailers(fields, self.settings.max_header_fields)
+        except heads.Malformed as exc:
+            return self._malformed(sid, str(exc))
+        expected = stream._expected_content_length
+        if expected is not None and stream._actual_content_length != expected:
+            return self._malformed(sid, "body shorter than its content-length")
+        stream.receive_headers(fields, True, None)
+        self._kinds.pop(sid, None)
+        return [], [TrailersReceived(sid, trailers)]
+
+    def _malformed(self, stream_id: int, reason: str) -> tuple[list[Frame], list[Any]]:
+        """Reset a stream the peer sent a malformed message on (RFC 9113 §8.1.1)."""
+        self._h2.reset_stream(stream_id, PROTOCOL_ERROR)
+        self._count_control()
+        self._blocked.discard(stream_id)
+        self._kinds.pop(stream_id, None)
+        return [], [StreamReset(stream_id, PROTOCOL_ERROR, False)]
+
+    def _refuse(self, stream_id: int, code: int) -> list[Frame]:
+        """Reset a stream the peer opened before it exists for h2: its HPACK block is decoded
+        already, later frames on it are answered as for any stream we reset."""
+        conn = self._h2
+        conn.highest_inbound_stream_id = stream_id
+        conn._closed_streams[stream_id] = StreamClosedBy.SEND_RST_STREAM
+        self._count_control()
+        frame = RstStreamFrame(stream_id)
+        frame.error_code = code
+        return [frame]
+
+    def _on_data(self, frame: DataFrame) -> tuple[list[Frame], list[Any]]:
+        buffer = self._buffer
+        end = "END_STREAM" in frame.flags
+        if frame.data or end:
+            buffer.empty = 0
+        else:
+            buffer.empty += 1
+            if buffer.empty > buffer.max_empty:
+                raise _violation(ENHANCE_YOUR_CALM, "too many empty DATA frames")
+        sid = frame.stream_id
+        try:
+            frames, _ = self._h2_data(frame)
+        except InvalidBodyLengthError:
+            flow = frame.flow_controlled_length
+            _, events = self._malformed(sid, "body longer or shorter than its content-length")
+            self._h2.acknowledge_received_data(flow, sid)  # nobody will consume it
+            return [], events
+        if frames:  # on a closed stream: h2 answers RST_STREAM and hands the window back
+            self._count_control()
+            return frames, []
+        return [], [DataReceived(sid, frame.data, end, frame.flow_controlled_length)]
+
+    def _on_rst(self, frame: RstStreamFrame) -> tuple[list[Frame], list[Any]]:
+        sid = frame.stream_id
+        stream = self._h2.streams.get(sid)
+        # Whether we were still answering: our side not ended yet (read before h2 closes it).
+        answering = stream is not None and stream.state_machine.state != StreamState.HALF_CLOSED_LOCAL
+        frames, events = self._h2_rst(frame)
+        self._blocked.discard(sid)
+        self._kinds.pop(sid, None)
+        if not events or stream is None:
+            return frames, []
+        if answering:
+            self._peer_reset()
+        return frames, [StreamReset(sid, frame.error_code, True)]
+
+    def _peer_reset(self) -> None:
+        pass
+
+    def _on_settings(self, frame: SettingsFrame) -> tuple[list[Frame], list[Any]]:
+        if "ACK" in frame.flags:
+            frames, _ = self._h2_settings(frame)
+            return frames, []
+        if not self._settings_frames.take(self._now):
+            raise _violation(ENHANCE_YOUR_CALM, "SETTINGS flood")
+        self._count_control()
+        frames, events = self._h2_settings(frame)
+        out: list[Any] = []
+        for event in events:
+            if type(event) is RemoteSettingsChanged:
+                remote = self._h2.remote_settings
+                out.append(
+                    SettingsChanged(
+                        remote.max_concurrent_streams,
+                        remote.initial_window_size,
+                        remote.max_frame_size,
+                        bool(remote.enable_connect_protocol),
+                    )
+                )
+                change = event.changed_settings.get(SettingCodes.INITIAL_WINDOW_SIZE)
+                if change is not None and self._blocked and change.new_value > (change.original_value or 0):
+                    self._blocked.clear()
+                    out.append(WindowOpened(0))
+        return frames, out
+
+    def _on_ping(self, frame: PingFrame) -> tuple[list[Frame], list[Any]]:
+        if "ACK" in frame.flags:
+            frames, _ = self._h2_ping(frame)
+            return frames, [PingAcked(frame.opaque_data)]
+        if not self._pings.take(self._now):
+            raise _violation(ENHANCE_YOUR_CALM, "PING flood")
+        self._count_control()
+        frames, _ = self._h2_ping(frame)
+        return frames, []
+
+    def _on_window_update(self, frame: WindowUpdateFrame) -> tuple[list[Frame], list[Any]]:
+        self._window_updates += 1
+        allowed = 5 + 2 * (self._opened + self.settings.max_window_updates_per_data_frame * self._data_frames_sent)
+        if self._window_updates > allowed:
+            raise _violation(ENHANCE_YOUR_CALM, "WINDOW_UPDATE flood")
+        frames, events = self._h2_window_update(frame)
+        blocked = self._blocked
+        if not blocked:
+            return frames, []
+        sid = frame.stream_id
+        for event in events:
+            if type(event) is WindowUpdated:
+                if sid == 0:
+                    blocked.clear()
+                    return frames, [WindowOpened(0)]
+                if sid in blocked:
+                    blocked.discard(sid)
+                    return frames, [WindowOpened(sid)]
+        return frames, []
+
+    def _on_priority(self, frame: PriorityFrame) -> tuple[list[Frame], list[Any]]:
+        # RFC 9113 deprecates priority signals: counted (CVE-2019-9513), otherwise ignored.
+        self._priority_frames += 1
+        if self._priority_frames > self.settings.max_priority_frames_per_stream * (1 + self._opened):
+            raise _violation(ENHANCE_YOUR_CALM, "PRIORITY flood")
+        if frame.stream_id == 0:
+            raise _violation(PROTOCOL_ERROR, "PRIORITY on stream 0")
+        return [], []
+
+    def _on_goaway(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Any]]:
+        # Not h2's: it would close the state machine and drop what we queued.
+        last = frame.last_stream_id
+        if self._goaway_received is not None:
+            last = min(last, self._goaway_received)
+        self._goaway_received = last
+        return [], [GoAwayReceived(last, frame.error_code), *self._refused_by_goaway(last)]
+
+    def _refused_by_goaway(self, last: int) -> list[Any]:
+        return []
+
+    def _on_push_promise(self, frame: PushPromiseFrame) -> tuple[list[Frame], list[Any]]:
+        raise _violation(PROTOCOL_ERROR, "PUSH_PROMISE is not accepted (push is disabled)")
+
+    def _on_altsvc(self, frame: AltSvcFrame) -> tuple[list[Frame], list[Any]]:
+        frames, _ = self._h2_altsvc(frame)
+        return frames, []
+
+    def _on_extension(self, frame: ExtensionFrame) -> tuple[list[Frame], list[Any]]:
+        return [], []  # RFC 9113 §5.5: ignored
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _count_control(self) -> None:
+        self._control += 1
+        if self._control > self.settings.max_outbound_control_frames:
+            raise _violation(ENHANCE_YOUR_CALM, "too many control frames queued for a peer that does not read")
+
+    def _closed_by_reset(self, stream_id: int) -> bool:
+        return self._h2._stream_is_closed_by_reset(stream_id)  # type: ignore[no-any-return]
+
+    def _sendable(self, stream_id: int) -> bool:
+        """False on a stream reset already (the send is dropped, as after a TCP reset)."""
+        stream = self._h2.streams.get(stream_id)
+        if stream is not None and STREAM_OPEN[stream.state_machine.state]:
+            return True
+        if self._closed_by_reset(stream_id):
+            return False
+        return True  # let h2 raise what it raises for a programming error
+
+
+class ServerConnection(_Connection, ServerCodec):
+    """The server side of one HTTP/2 connection (a downstream client)."""
+
+    _CLIENT = False
+    protocol = "HTTP/2"
+
+    def __init__(self, settings: Http2Settings | None = None) -> None:
+        super().__init__(settings)
+        s = self.settings
+        self._resets = _Bucket(s.max_client_resets, s.client_resets_per_second)
+        self._refused = _Bucket(s.max_refused_streams, s.refused_streams_per_second)
+        self._premature_resets = 0
+        self._protocols: dict[int, bytes] = {}  # extended CONNECT streams: their :protocol
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], settings: Http2Settings | None = None) -> ServerConnection:
+        """A connection exported by export_state() (perhaps in another process), going on.
+        Settings already advertised stay as the peer knows them; `settings` give the budgets."""
+        codec = cls(settings)
+        codec._restore(state)
+        return codec
+
+    @property
+    def open_streams(self) -> int:
+        return self._h2.open_inbound_streams  # type: ignore[no-any-return]
+
+    @property
+    def highest_stream_id(self) -> int:
+        return self._h2.highest_inbound_stream_id  # type: ignore[no-any-return]
+
+    def stream_protocol(self, stream_id: int) -> bytes | None:
+        """The `:protocol` of an extended CONNECT stream (RFC 8441), as the client sent it."""
+        return self._protocols.get(stream_id)
+
+    def send_response(self, stream_id: int, head: ResponseHead, end_stream: bool) -> None:
+        """Queue a response head (a 1xx first if wanted). A 101 is allowed on an extended
+        CONNECT stream only and goes out as 200. Nothing on a stream already reset."""
+        if not self._sendable(stream_id):
+            return
+        kind = self._kinds.get(stream_id, heads.PLAIN)
+        fields = heads.response_fields(head, kind)
+        if head.status < 200:
+            if end_stream:
+                raise ValueError("an informational response cannot end the stream")
+        elif kind == heads.EXTENDED_CONNECT:
+            self._protocols.pop(stream_id, None)
+        self._h2.send_headers(stream_id, fields, end_stream=end_stream)
+        if end_stream:
+            self._kinds.pop(stream_id, None)
+
+    def _buckets(self) -> dict[str, _Bucket]:
+        return {"pings": self._pings, "settings": self._settings_frames, "resets": self._resets, "refused": self._refused}
+
+    def _export_extra(self) -> dict[str, Any]:
+        return {"premature_resets": self._premature_resets}
+
+    def _restore_extra(self, extra: dict[str, Any]) -> None:
+        self._premature_resets = extra["premature_resets"]
+
+    def _on_headers(self, frame: HeadersFrame) -> tuple[list[Frame], list[Any]]:
+        conn = self._h2
+        fields = self._decode(frame)  # always first: the HPACK state must follow every block
+        sid = frame.stream_id
+        end = "END_STREAM" in frame.flags
+        stream = conn.streams.get(sid)
+        if stream is None and sid > conn.highest_inbound_stream_id:
+            return self._open(sid, fields, end)
+        stream = conn._get_or_create_stream(sid, AllowedStreamIDs.ODD)  # closed: h2 answers
+        if stream.state_machine.state != StreamState.OPEN:
+            stream.receive_headers(fields, end, None)  # h2 raises the state error it should
+        return self._trailers(stream, fields, end)
+
+    def _open(self, sid: int, fields: list[Any], end: bool) -> tuple[list[Frame], list[Any]]:
+        conn = self._h2
+        if sid % 2 == 0:
+            raise _violation(PROTOCOL_ERROR, f"stream {sid}: a client opens odd streams")
+        conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        if self._goaway_sent is not None and sid > self._goaway_sent:
+            return self._refuse(sid, REFUSED_STREAM), []  # after our GOAWAY: never processed
+        s = self.settings
+        if conn.open_inbound_streams >= s.max_concurrent_streams:
+            if not self._refused.take(self._now):
+                raise _violation(ENHANCE_YOUR_CALM, "streams over max_concurrent_streams, again and again")
+            return self._refuse(sid, REFUSED_STREAM), []
+        try:
+            head, scheme, protocol = heads.request_head(fields, end, s.enable_connect_protocol, s.max_header_fields)
+        except heads.Malformed:
+            return self._refuse(sid, PROTOCOL_ERROR), [StreamReset(sid, PROTOCOL_ERROR, False)]
+        stream = conn._begin_new_stream(sid, AllowedStreamIDs.ODD)
+        stream.receive_headers(fields, end, None)
+        self._opened += 1
+        if head.upgrade is not None:
+            if head.upgrade == b"connect":
+                self._kinds[sid] = heads.CONNECT
+            else:
+                self._kinds[sid] = heads.EXTENDED_CONNECT
+                self._protocols[sid] = protocol  # type: ignore[assignment]
+                if len(self._protocols) > 2 * s.max_concurrent_streams:
+                    self._protocols = {k: v for k, v in self._protocols.items() if k in conn.streams}
+        elif head.method == b"HEAD":
+            self._kinds[sid] = heads.HEAD
+        if len(self._kinds) > 2 * s.max_concurrent_streams:
+            self._kinds = {k: v for k, v in self._kinds.items() if k in conn.streams}
+        return [], [RequestReceived(sid, head, scheme, end)]
+
+    def _peer_reset(self) -> None:
+        # Rapid Reset: a reset of a stream we are still answering cost us its work for nothing.
+        # (One whose response we ended is a client cancelling the rest of its upload.)
+        if not self._resets.take(self._now):
+            raise _violation(ENHANCE_YOUR_CALM, "too many streams reset by the client (rapid reset)")
+        self._premature_resets += 1
+        min_streams = self.settings.premature_reset_min_streams
+        if self._opened >= min_streams and 2 * self._premature_resets > self._opened:
+            raise _violation(ENHANCE_YOUR_CALM, "most streams are reset by the client (rapid reset)")
+
+
+class ClientConnection(_Connection):
+    """The client side of one HTTP/2 connection (to an upstream)."""
+
+    _CLIENT = True
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], settings: Http2Settings | None = None) -> ClientConnection:
+        codec = cls(settings)
+        codec._restore(state)
+        return codec
+
+    @property
+    def open_streams(self) -> int:
+        return self._h2.open_outbound_streams  # type: ignore[no-any-return]
+
+    @property
+    def highest_stream_id(self) -> int:
+        return self._h2.highest_outbound_stream_id  # type: ignore[no-any-return]
+
+    @property
+    def available_streams(self) -> int:
+        """How many more streams the peer allows now (0 after its GOAWAY or out of ids)."""
+        conn = self._h2
+        if self._goaway_received is not None or self._error is not None:
+            return 0
+        left_ids = (MAX_STREAM_ID - max(conn.highest_outbound_stream_id, -1)) // 2
+        room = conn.remote_settings.max_concurrent_streams - conn.open_outbound_streams
+        return max(0, min(room, left_ids))
+
+    def send_request(self, head: RequestHead, scheme: bytes, end_stream: bool) -> int:
+        """Open a stream with this request; its id. Raises NoStreamAvailable, or ValueError for
+        a head HTTP/2 cannot carry (an upgrade other than websocket, or websocket to a peer
+        without RFC 8441)."""
+        conn = self._h2
+        if self._goaway_received is not None or self._error is not None:
+            raise NoStreamAvailable("the connection is going away", True)
+        if conn.highest_outbound_stream_id + 2 > MAX_STREAM_ID:
+            raise NoStreamAvailable("stream ids exhausted", True)
+        if conn.open_outbound_streams >= conn.remote_settings.max_concurrent_streams:
+            raise NoStreamAvailable("the peer's max_concurrent_streams is reached", False)
+        fields, kind = heads.request_fields(head, scheme, bool(conn.remote_settings.enable_connect_protocol))
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, fields, end_stream=end_stream)
+        self._opened += 1
+        if kind != heads.PLAIN:
+            self._kinds[sid] = kind
+        return sid
+
+    def _on_headers(self, frame: HeadersFrame) -> tuple[list[Frame], list[Any]]:
+        conn = self._h2
+        fields = self._decode(frame)
+        sid = frame.stream_id
+        end = "END_STREAM" in frame.flags
+        try:
+            stream = conn._get_stream_by_id(sid)  # closed: StreamClosedError, h2 answers
+        except StreamClosedError:
+            raise
+        except NoSuchStreamError as exc:
+            raise _violation(PROTOCOL_ERROR, f"HEADERS on stream {sid}, never opened") from exc
+        sm = stream.state_machine
+        if sm.state != StreamState.OPEN and sm.state != StreamState.HALF_CLOSED_LOCAL:
+            stream.receive_headers(fields, end, None)  # h2 raises the state error it should
+        if sm.headers_received:
+            return self._trailers(stream, fields, end)
+        kind = self._kinds.get(sid, heads.PLAIN)
+        try:
+            head = heads.response_head(fields, end, kind, self.settings.max_header_fields)
+        except heads.Malformed as exc:
+            return self._malformed(sid, str(exc))
+        stream.receive_headers(fields, end, None)
+        if head.status < 200:
+            return [], [InformationalReceived(sid, head)]
+        if end:
+            self._kinds.pop(sid, None)
+        return [], [ResponseReceived(sid, head, end)]
+
+    def _refused_by_goaway(self, last: int) -> list[Any]:
+        # Streams above the last id were never processed (RFC 9113 §6.8): safe to retry, and
+        # gone from this connection.
+        conn = self._h2
+        events: list[Any] = []
+        for sid in sorted(conn.streams):
+            if sid > last and sid % 2 == 1:
+                del conn.streams[sid]
+                conn._closed_streams[sid] = StreamClosedBy.RECV_RST_STREAM
+                self._blocked.discard(sid)
+                self._kinds.pop(sid, None)
+                events.append(StreamReset(sid, REFUSED_STREAM, True))
+        return events
