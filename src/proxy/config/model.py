@@ -63,8 +63,9 @@ class AccessLog(_Model):
 class Listener(_Model):
     name: Name
     address: Address
-    # tcp | http1 | a multiplexed codec: a built-in name or "package.module:Codec"
-    # (proxy.http.codecs; checked when the config is loaded)
+    # tcp | http1 | http2 (prior-knowledge h2c) | http (HTTP/1.1 and HTTP/2 on one port, by the
+    # connection preface) | a multiplexed codec "package.module:Codec" (proxy.http.codecs;
+    # checked when the config is loaded)
     protocol: str
     # L4 listeners name the cluster their connections go to; HTTP listeners a route table.
     cluster: Name | None = None

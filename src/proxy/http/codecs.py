@@ -18,7 +18,7 @@ HTTP2 = "http2"
 AUTO_HTTP = "http"  # HTTP/1.1 and HTTP/2 on one port, by the connection preface
 L4 = "tcp"
 # Built-in multiplexed codecs by name.
-BUILTINS: dict[str, str] = {}
+BUILTINS: dict[str, str] = {HTTP2: "proxy.codec.http2:ServerConnection"}  # prior-knowledge h2c
 
 
 class CodecLoadError(Exception):
