@@ -60,7 +60,7 @@ def _listener_clusters(listeners: list[tuple[int, dict[str, Any]]], clusters: li
         cluster = listener.get("cluster")
         protocol = listener.get("protocol")
         if isinstance(protocol, str) and not codecs.is_known(protocol):
-            issues.add(("listeners", index, "protocol"), f"unknown protocol {protocol!r}; use tcp, http1, {''.join(n + ', ' for n in codecs.BUILTINS)}or 'package.module:Codec'")
+            issues.add(("listeners", index, "protocol"), f"unknown protocol {protocol!r}; use {', '.join(codecs.names())} or 'package.module:Codec'")
         elif isinstance(protocol, str) and protocol != "tcp" and listener.get("route") is None:
             issues.add(("listeners", index), f"an {protocol} listener needs a 'route' (a route table name)")
         if protocol == "tcp" and cluster is None:

@@ -25,6 +25,11 @@ class CodecLoadError(Exception):
     pass
 
 
+def names() -> list[str]:
+    """The protocol names a listener may use (besides a dotted path)."""
+    return [L4, HTTP1, *BUILTINS, *([AUTO_HTTP] if HTTP2 in BUILTINS else [])]
+
+
 def is_known(protocol: str) -> bool:
     if protocol == AUTO_HTTP:
         return HTTP2 in BUILTINS
@@ -38,8 +43,7 @@ def load_server_codec(protocol: str) -> Callable[[], ServerCodec]:
     target = BUILTINS.get(protocol, protocol)
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        names = ", ".join([L4, HTTP1, *BUILTINS])
-        raise CodecLoadError(f"unknown protocol {protocol!r}: use {names} or 'package.module:Codec'")
+        raise CodecLoadError(f"unknown protocol {protocol!r}: use {', '.join(names())} or 'package.module:Codec'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
