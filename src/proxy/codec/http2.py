@@ -227,7 +227,8 @@ def _violation(code: int, message: str) -> ProtocolError:
 
 
 class _Bucket:
-    """A token bucket: `burst` events at once, `rate` per second after that."""
+    """A token bucket: `burst` events at once, `rate` per second after that. A clock that goes
+    back (another process's, after a hot upgrade) only skips one refill."""
 
     __slots__ = ("rate", "burst", "tokens", "stamp")
 
