@@ -63,6 +63,8 @@ stopped, HPACK tables and windows included, without re-sending anything (_http2_
 
 from __future__ import annotations
 
+import logging
+import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -79,7 +81,9 @@ from h2.exceptions import (
 )
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
-from h2.stream import STREAM_OPEN, StreamClosedBy, StreamState
+from h2.stream import STREAM_OPEN, StreamClosedBy, StreamInputs, StreamState
+import hpack.hpack
+import hpack.table
 from hpack import HPACKError, OversizedHeaderListError
 from hyperframe.frame import (
     AltSvcFrame,
@@ -149,6 +153,17 @@ ENHANCE_YOUR_CALM = 0xB
 
 MAX_STREAM_ID = 2**31 - 1
 _DEFAULT_WINDOW = 65535  # RFC 9113 §6.9.2: every window starts here
+# A frame header: (24-bit length << 8 | type), flags, stream id. We write HEADERS, CONTINUATION
+# and DATA frames ourselves (h2's own path costs about as much again as the HPACK encoding).
+_FRAME = struct.Struct("!IBI")
+_END_STREAM, _END_HEADERS = 0x1, 0x4
+_SEND_HEADERS = StreamInputs.SEND_HEADERS
+_SEND_INFORMATIONAL = StreamInputs.SEND_INFORMATIONAL_HEADERS
+_SEND_DATA = StreamInputs.SEND_DATA
+_SEND_END = StreamInputs.SEND_END_STREAM
+_RECV_HEADERS = StreamInputs.RECV_HEADERS
+_RECV_INFORMATIONAL = StreamInputs.RECV_INFORMATIONAL_HEADERS
+_RECV_END = StreamInputs.RECV_END_STREAM
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +239,24 @@ def _violation(code: int, message: str) -> ProtocolError:
     exc = DenialOfServiceError(message) if code == ENHANCE_YOUR_CALM else ProtocolError(message)
     exc.error_code = ErrorCodes(code)  # type: ignore[misc]
     return exc
+
+
+class _QuietLog:
+    def debug(self, *args: object) -> None:
+        pass
+
+
+def _quiet_hpack() -> None:
+    """hpack logs every field it codes at DEBUG through `logging`, 20 calls per request and side
+    even with logging off: a quarter of its time (measured 40 -> 29 µs to code and decode a
+    6-field block). Unless its DEBUG logs were asked for, its loggers are swapped for a mute."""
+    for module in (hpack.hpack, hpack.table):
+        log = getattr(module, "log", None)
+        if isinstance(log, logging.Logger) and not log.isEnabledFor(logging.DEBUG):
+            module.log = _QuietLog()  # type: ignore[attr-defined]
+
+
+_quiet_hpack()
 
 
 class _Bucket:
@@ -401,25 +434,36 @@ class _Connection:
         else:
             take = size
             end = end_stream
+        sm = stream.state_machine  # type: ignore[union-attr]
+        conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        sm.process_input(_SEND_DATA)  # raises if our side of the stream is closed
+        if end:
+            sm.process_input(_SEND_END)
+        stream.outbound_flow_control_window -= take  # type: ignore[union-attr]
+        conn.outbound_flow_control_window -= take
         max_frame = conn.max_outbound_frame_size
+        flags = _END_STREAM if end else 0
         if take <= max_frame:
-            conn.send_data(stream_id, data if take == size else data[:take], end_stream=end)
+            conn._data_to_send += _FRAME.pack(take << 8, flags, stream_id) + (data if take == size else data[:take])
             self._data_frames_sent += 1
             return take
         view = memoryview(data)
+        out = []
         offset = 0
         while take - offset > max_frame:
-            conn.send_data(stream_id, view[offset : offset + max_frame])
+            out.append(_FRAME.pack(max_frame << 8, 0, stream_id))
+            out.append(view[offset : offset + max_frame])
             offset += max_frame
-            self._data_frames_sent += 1
-        conn.send_data(stream_id, view[offset:take], end_stream=end)
-        self._data_frames_sent += 1
+        out.append(_FRAME.pack((take - offset) << 8, flags, stream_id))
+        out.append(view[offset:take])
+        conn._data_to_send += b"".join(out)
+        self._data_frames_sent += len(out) // 2
         return take
 
     def send_trailers(self, stream_id: int, trailers: Headers) -> None:
         """End our side of the stream with trailers (nothing on a stream already reset)."""
         if self._sendable(stream_id):
-            self._h2.send_headers(stream_id, heads.trailer_fields(trailers), end_stream=True)
+            self._send_headers(self._h2.streams[stream_id], heads.trailer_fields(trailers), True, False)
 
     def reset(self, stream_id: int, code: int) -> None:
         """RST_STREAM; nothing if the stream is closed already."""
@@ -557,7 +601,9 @@ class _Connection:
         expected = stream._expected_content_length
         if expected is not None and stream._actual_content_length != expected:
             return self._malformed(sid, "body shorter than its content-length")
-        stream.receive_headers(fields, True, None)
+        sm = stream.state_machine
+        sm.process_input(_RECV_HEADERS)
+        sm.process_input(_RECV_END)
         self._kinds.pop(sid, None)
         return [], [TrailersReceived(sid, trailers)]
 
@@ -707,6 +753,31 @@ class _Connection:
 
     # --- helpers ---------------------------------------------------------------------------
 
+    def _send_headers(self, stream: Any, fields: list[Any], end_stream: bool, informational: bool) -> None:
+        """h2's send_headers, less its per-call generality: the state machines first (HPACK
+        encoding changes the peer's state for good), then the block in HEADERS (+CONTINUATION)."""
+        conn = self._h2
+        conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        sm = stream.state_machine
+        sm.process_input(_SEND_INFORMATIONAL if informational else _SEND_HEADERS)
+        if end_stream:
+            sm.process_input(_SEND_END)
+        block = conn.encoder.encode(fields)
+        sid = stream.stream_id
+        flags = _END_STREAM if end_stream else 0
+        size = len(block)
+        max_frame = conn.max_outbound_frame_size
+        if size <= max_frame:
+            conn._data_to_send += _FRAME.pack(size << 8 | 0x1, flags | _END_HEADERS, sid) + block
+            return
+        out = [_FRAME.pack(max_frame << 8 | 0x1, flags, sid), block[:max_frame]]
+        offset = max_frame
+        while size - offset > max_frame:
+            out += (_FRAME.pack(max_frame << 8 | 0x9, 0, sid), block[offset : offset + max_frame])
+            offset += max_frame
+        out += (_FRAME.pack((size - offset) << 8 | 0x9, _END_HEADERS, sid), block[offset:])
+        conn._data_to_send += b"".join(out)
+
     def _count_control(self) -> None:
         self._control += 1
         if self._control > self.settings.max_outbound_control_frames:
@@ -771,7 +842,10 @@ class ServerConnection(_Connection, ServerCodec):
                 raise ValueError("an informational response cannot end the stream")
         elif kind == heads.EXTENDED_CONNECT:
             self._protocols.pop(stream_id, None)
-        self._h2.send_headers(stream_id, fields, end_stream=end_stream)
+        stream = self._h2.streams.get(stream_id)
+        if stream is None:
+            raise StreamClosedError(stream_id)
+        self._send_headers(stream, fields, end_stream, head.status < 200)
         if end_stream:
             self._kinds.pop(stream_id, None)
 
@@ -793,6 +867,7 @@ class ServerConnection(_Connection, ServerCodec):
         if stream is None and sid > conn.highest_inbound_stream_id:
             return self._open(sid, fields, end)
         stream = conn._get_or_create_stream(sid, AllowedStreamIDs.ODD)  # closed: h2 answers
+        conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         if stream.state_machine.state != StreamState.OPEN:
             stream.receive_headers(fields, end, None)  # h2 raises the state error it should
         return self._trailers(stream, fields, end)
@@ -805,7 +880,9 @@ class ServerConnection(_Connection, ServerCodec):
         if self._goaway_sent is not None and sid > self._goaway_sent:
             return self._refuse(sid, REFUSED_STREAM), []  # after our GOAWAY: never processed
         s = self.settings
-        if conn.open_inbound_streams >= s.max_concurrent_streams:
+        # h2 counts by walking every stream (and forgets the closed ones): only near the limit.
+        limit = s.max_concurrent_streams
+        if len(conn.streams) >= limit and conn.open_inbound_streams >= limit:
             if not self._refused.take(self._now):
                 raise _violation(ENHANCE_YOUR_CALM, "streams over max_concurrent_streams, again and again")
             return self._refuse(sid, REFUSED_STREAM), []
@@ -814,7 +891,11 @@ class ServerConnection(_Connection, ServerCodec):
         except heads.Malformed:
             return self._refuse(sid, PROTOCOL_ERROR), [StreamReset(sid, PROTOCOL_ERROR, False)]
         stream = conn._begin_new_stream(sid, AllowedStreamIDs.ODD)
-        stream.receive_headers(fields, end, None)
+        sm = stream.state_machine
+        sm.process_input(_RECV_HEADERS)
+        if end:
+            sm.process_input(_RECV_END)
+        stream._expected_content_length = head.content_length  # h2 checks the DATA against it
         self._opened += 1
         if head.upgrade is not None:
             if head.upgrade == b"connect":
@@ -879,11 +960,14 @@ class ClientConnection(_Connection):
             raise NoStreamAvailable("the connection is going away", True)
         if conn.highest_outbound_stream_id + 2 > MAX_STREAM_ID:
             raise NoStreamAvailable("stream ids exhausted", True)
-        if conn.open_outbound_streams >= conn.remote_settings.max_concurrent_streams:
+        limit = conn.remote_settings.max_concurrent_streams
+        if len(conn.streams) >= limit and conn.open_outbound_streams >= limit:
             raise NoStreamAvailable("the peer's max_concurrent_streams is reached", False)
         fields, kind = heads.request_fields(head, scheme, bool(conn.remote_settings.enable_connect_protocol))
-        sid = conn.get_next_available_stream_id()
-        conn.send_headers(sid, fields, end_stream=end_stream)
+        sid = conn.highest_outbound_stream_id + 2 if conn.highest_outbound_stream_id else 1
+        stream = conn._begin_new_stream(sid, AllowedStreamIDs.ODD)
+        stream.request_method = head.method  # h2 expects no body on a response to HEAD
+        self._send_headers(stream, fields, end_stream, False)
         self._opened += 1
         if kind != heads.PLAIN:
             self._kinds[sid] = kind
@@ -900,6 +984,7 @@ class ClientConnection(_Connection):
             raise
         except NoSuchStreamError as exc:
             raise _violation(PROTOCOL_ERROR, f"HEADERS on stream {sid}, never opened") from exc
+        conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         sm = stream.state_machine
         if sm.state != StreamState.OPEN and sm.state != StreamState.HALF_CLOSED_LOCAL:
             stream.receive_headers(fields, end, None)  # h2 raises the state error it should
@@ -910,9 +995,20 @@ class ClientConnection(_Connection):
             head = heads.response_head(fields, end, kind, self.settings.max_header_fields)
         except heads.Malformed as exc:
             return self._malformed(sid, str(exc))
-        stream.receive_headers(fields, end, None)
         if head.status < 200:
+            sm.process_input(_RECV_INFORMATIONAL)
             return [], [InformationalReceived(sid, head)]
+        sm.process_input(_RECV_HEADERS)
+        if end:
+            sm.process_input(_RECV_END)
+        # What DATA may follow: none after HEAD, 204 or 304 (h2 would expect the length of the
+        # representation), a tunnel's bytes after a 2xx to CONNECT, else the content-length.
+        if head.status in (204, 304) or kind == heads.HEAD:
+            stream._expected_content_length = 0
+        elif kind >= heads.CONNECT and head.status < 300 or head.status == 101:
+            stream._expected_content_length = None
+        else:
+            stream._expected_content_length = head.content_length
         if end:
             self._kinds.pop(sid, None)
         return [], [ResponseReceived(sid, head, end)]
