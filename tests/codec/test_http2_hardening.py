@@ -211,6 +211,6 @@ def test_memory_stays_bounded_under_a_mixed_flood() -> None:
             server.receive(wire, float(second))
             server.data_to_send()
             assert server.buffered_size() == 0
-            assert len(server._h2.streams) <= 15
+            assert len(server._h2.streams) <= 100  # closed ones are forgotten at max_concurrent_streams
     assert info.value.code == ENHANCE_YOUR_CALM and "most streams" in str(info.value)
     assert (server.highest_stream_id + 1) // 2 == 500  # streams opened

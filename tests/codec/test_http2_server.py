@@ -414,3 +414,61 @@ def test_protocol_errors_answered_by_h2() -> None:
     with pytest.raises(Http2Error) as info:
         server.receive(raw(5, 0x4, 1, b"\0\0\0\2" + f.block(REQUEST)), 1.0)  # PUSH_PROMISE from a client
     assert info.value.code == PROTOCOL_ERROR
+
+
+def _conversation() -> tuple[bytes, list]:
+    f = Frames()
+    post = [(b":method", b"POST"), *REQUEST[1:], (b"content-length", b"11"), (b"x-long", b"v" * 300)]
+    block = f.block(post)
+    wire = (
+        f.preface(initial_window_size=1 << 20)
+        + f.settings(ack=True)
+        + f.headers_block(1, block[:100], end_headers=False)
+        + f.continuation(1, block[100:200])
+        + f.continuation(1, block[200:], end_headers=True)
+        + f.data(1, b"hello ", pad=4)
+        + f.ping(b"pingpong")
+        + f.data(1, b"world", end_stream=True)
+        + raw(1, 0x25, 3, b"\x00\x00\x00\x01\x0f" + f.block(REQUEST))  # HEADERS with PRIORITY
+        + f.window_update(0, 1000)
+        + raw(0xFA, 0, 0, b"unknown extension")
+        + f.headers(5, REQUEST, end_stream=True)
+    )
+    server = ServerConnection()
+    server.initiate()
+    server.data_to_send()
+    return wire, server.receive(wire, 1.0)
+
+
+def _same(a: list, b: list) -> bool:
+    return [repr(x) for x in a] == [repr(x) for x in b]
+
+
+def test_any_split_of_the_bytes_gives_the_same_events() -> None:
+    wire, whole = _conversation()
+    assert [type(e).__name__ for e in whole] == [
+        "SettingsChanged", "RequestReceived", "DataReceived", "DataReceived", "RequestReceived", "RequestReceived"
+    ]
+    assert whole[2] == DataReceived(1, b"hello ", False, 11)
+    import random
+
+    rng = random.Random(7)
+    for trial in range(60):
+        server = ServerConnection()
+        server.initiate()
+        server.data_to_send()
+        events: list = []
+        pos = 0
+        while pos < len(wire):
+            step = 1 if trial == 0 else rng.randint(1, 40)
+            events += server.receive(wire[pos : pos + step], 1.0)
+            pos += step
+        assert _same(events, whole), trial
+        assert server.buffered_size() == len(server._h2._data_to_send)
+
+
+def test_data_inside_a_header_block_is_a_protocol_error() -> None:
+    server, f, _ = handshake()
+    with pytest.raises(Http2Error) as info:
+        server.receive(f.headers_block(1, f.block(REQUEST), end_headers=False) + f.data(1, b"x"), 1.0)
+    assert info.value.code == PROTOCOL_ERROR

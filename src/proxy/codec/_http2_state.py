@@ -65,7 +65,7 @@ def export_h2(conn: H2Connection) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "client_side": bool(conn.config.client_side),
-        "state": int(conn.state_machine.state),
+        "state": conn.state_machine.state.name,
         "local_settings": _settings(conn.local_settings),
         "remote_settings": _settings(conn.remote_settings),
         "encoder": {"table": _table(conn.encoder.header_table), "size_changes": list(conn.encoder.table_size_changes)},
@@ -92,7 +92,7 @@ def restore_h2(conn: H2Connection, data: dict[str, Any]) -> None:
         raise ValueError(f"unknown HTTP/2 state format {data.get('format')!r}")
     if data["client_side"] != bool(conn.config.client_side):
         raise ValueError("exported from the other side of a connection")
-    conn.state_machine.state = ConnectionState(data["state"])
+    conn.state_machine.state = ConnectionState[data["state"]]
     _restore_settings(conn.local_settings, data["local_settings"])
     _restore_settings(conn.remote_settings, data["remote_settings"])
     _restore_table(conn.encoder.header_table, data["encoder"]["table"])
