@@ -32,6 +32,9 @@ class Cluster(_Model):
     max_pending_requests: PositiveInt = 1024  # requests waiting for a connection; overflow -> 503 UO
     max_requests_per_connection: PositiveInt | None = None
     idle_timeout: Duration = Duration(60.0)  # an unused pooled connection is closed after this
+    # What the proxy speaks to the hosts: HTTP/1.1, HTTP/2 (prior-knowledge h2c, multiplexed),
+    # or whatever the client spoke (Envoy's USE_DOWNSTREAM_PROTOCOL).
+    protocol: Literal["http1", "http2", "downstream"] = "http1"
 
 
 class HttpSettings(_Model):

@@ -384,7 +384,11 @@ class Router:
         host = cluster.balancer.choose()
         if host is None:
             raise _UpstreamFailure("connect-failure", flags.NO_HEALTHY_UPSTREAM, "no healthy upstream")
-        pool = self.pools.pool(host, cluster)
+        protocol = cluster.protocol
+        if protocol == "http1" or (protocol == "downstream" and stream.info.protocol != "HTTP/2"):
+            pool: Any = self.pools.pool(host, cluster)
+        else:
+            pool = self.pools.h2_pool(host, cluster)
         try:
             upstream = None if fresh else pool.take_idle()
             if upstream is not None:
