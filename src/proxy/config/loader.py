@@ -30,7 +30,7 @@ import yaml
 from proxy.config import semantic
 from proxy.config.errors import ROOT, ConfigError, ConfigIssue, Issues, PathTuple
 from proxy.config.model import Config
-from proxy.config.values import CUSTOM_TYPES, Address, Duration, decode_hook
+from proxy.config.values import CUSTOM_TYPES, Address, Duration, PositiveDuration, ZeroDuration, decode_hook
 
 try:
     _BaseLoader: type = yaml.CSafeLoader
@@ -348,6 +348,7 @@ def _structs(info: Any, seen: set[type] | None = None) -> list[mi.StructType]:
 _LITERAL_ORDER = _literal_order(_CONFIG_INFO)
 _CUSTOM_DESCRIPTIONS: dict[type, str] = {
     Duration: "a duration such as '5s'",
+    PositiveDuration: "a duration above 0 such as '5s'",
     Address: "an address such as 'host:port'",
 }
 
@@ -440,7 +441,10 @@ class _Walker:
         if value is None and len(members) < len(t.types):
             return
         if len(members) == 1:  # `X | None` with a value that is not None: check it as an X
-            self.check(members[0], value, path)
+            if isinstance(members[0], mi.CustomType):
+                self._custom(members[0], value, path, nullable=True)
+            else:
+                self.check(members[0], value, path)
             return
         shaped = [m for m in members if _shape_matches(m, value)]
         if len(shaped) == 1 and isinstance(shaped[0], _MAPPING_TYPES + _LIST_TYPES):
@@ -453,13 +457,16 @@ class _Walker:
                 return
         self.issues.add(path, f"expected {_describe(t)}, got {_got(value)}")
 
-    def _custom(self, t: mi.CustomType, value: Any, path: PathTuple) -> None:
+    def _custom(self, t: mi.CustomType, value: Any, path: PathTuple, nullable: bool = False) -> None:
         parse = CUSTOM_TYPES.get(t.cls)
         if parse is None:
             self._convert(t, value, path)
             return
         try:
             parse(value)
+        except ZeroDuration as exc:
+            # "0s" is how Envoy turns a timeout off; here that is null, where it may be off.
+            self.issues.add(path, f"{exc}; null turns it off" if nullable else str(exc))
         except (ValueError, TypeError) as exc:
             self.issues.add(path, str(exc))
 
