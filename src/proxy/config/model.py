@@ -27,7 +27,9 @@ class Cluster(_Model):
     name: Name
     hosts: Annotated[list[Host], msgspec.Meta(min_length=1)]
     lb: Literal["round_robin", "random"] = "round_robin"
-    connect_timeout: PositiveDuration = PositiveDuration(1.0)
+    # Envoy's default. Linux resends a SYN that got no answer after 1 s (then 3 s, 7 s): a
+    # shorter timeout turns one dropped SYN (a full accept queue) into a 502.
+    connect_timeout: PositiveDuration = PositiveDuration(5.0)
     # HTTP connection pool, per host (Envoy's circuit breaker defaults are 1024 each).
     max_connections: PositiveInt = 1024
     max_pending_requests: PositiveInt = 1024  # requests waiting for a connection; overflow -> 503 UO
