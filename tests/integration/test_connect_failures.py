@@ -3,7 +3,6 @@ connect timeout, and failed connects reach the log, one warning per host per int
 
 from __future__ import annotations
 
-import re
 import socket
 
 import trio
@@ -78,3 +77,31 @@ async def test_a_dropped_syn_is_resent_within_the_default_connect_timeout(nurser
     assert 1.0 <= elapsed < 4.0, elapsed  # it waited for the resent SYN, as nginx and HAProxy do
     for sock in fillers:
         sock.close()
+
+
+def connect_failed_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "event=upstream.connect_failed" in line]
+
+
+async def test_failed_connects_are_logged_once_per_host_per_interval(tmp_path):
+    dead, other = dead_address(), dead_address()
+    config = http_config([dead])
+    tcp = tcp_config([other])
+    tcp["listeners"][0]["cluster"] = tcp["clusters"][0]["name"] = "down"
+    config["listeners"] += tcp["listeners"]
+    config["clusters"] += tcp["clusters"]
+    async with running_proxy(config, tmp_path) as proxy:
+        for _ in range(20):  # HTTP: a 502 UF each, before this seen only in the access log
+            assert (await get(proxy.address("http"))).startswith(b"HTTP/1.1 502 ")
+        for _ in range(20):  # TCP: 3 attempts each, 60 failures, before this a line each
+            stream = await connect(proxy.address("tcp"))
+            async with stream:
+                assert await read_all(stream) == b""
+        await proxy.wait_log("event=upstream.all_attempts_failed")
+        await trio.sleep(0.2)
+        lines = connect_failed_lines(proxy.log())
+    # within 10 s of its first failure a host's failures are counted, not logged: the next line
+    # carries the count (tests/upstream/test_connect_log.py)
+    assert len(lines) == 2, lines
+    assert lines[0].endswith(f" level=warning logger=proxy.upstream event=upstream.connect_failed cluster=up host={dead} reason=econnrefused failures=1 listener=http"), lines
+    assert lines[1].endswith(f" level=warning logger=proxy.upstream event=upstream.connect_failed cluster=down host={other} reason=econnrefused failures=1 listener=tcp"), lines
