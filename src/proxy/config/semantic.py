@@ -115,6 +115,8 @@ def _admin(admin: Any, issues: Issues) -> None:
     if isinstance(sock, str) and not sock.startswith("/"):
         hint = " (write the path without 'unix:')" if sock.startswith("unix:/") else ""
         issues.add(("admin", "socket"), f"admin socket must be an absolute path, got {sock!r}{hint}")
+    elif isinstance(sock, str) and len(sock.encode()) > 107:  # sun_path; a relative one is resolved by now
+        issues.add(("admin", "socket"), f"admin socket path is longer than 107 bytes: {sock!r}")
     metrics = _address(admin.get("metrics"))
     if metrics is not None and metrics.is_unix:
         issues.add(("admin", "metrics"), f"admin metrics must be a TCP 'host:port' address, got {metrics.text!r}")
