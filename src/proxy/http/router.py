@@ -41,6 +41,7 @@ from proxy.router.retry import RetryState
 from proxy.router.route_table import choose_cluster, mutate_headers, redirect_location, rewrite_path
 from proxy.stats import ListenerStats
 from proxy.upstream.cluster import Cluster
+from proxy.upstream.connect_log import connect_failed
 from proxy.upstream.pool import PoolManager, PoolOverflow
 
 log = get_logger("http")
@@ -398,6 +399,7 @@ class Router:
         except ConnectFailed as exc:
             host.stats.cx_connect_fail += 1
             cluster.stats.upstream_cx_connect_fail += 1
+            connect_failed(host, cluster.name, exc.reason, self._now(), listener=self.name)
             raise _UpstreamFailure("connect-failure", flags.UPSTREAM_CONNECT_FAILURE, f"upstream connect error: {exc.reason}") from exc
         except PoolOverflow as exc:
             raise _UpstreamFailure("overflow", flags.UPSTREAM_OVERFLOW, "upstream overflow") from exc
