@@ -347,6 +347,7 @@ class AdminServer(SocketServer):
             "generation": getattr(self.worker, "generation", 1),
             "version": proxy.__version__,
             "listeners": len(self.worker.listeners),
+            "log_level": proxy_log.current_level(),
         }
 
     def listeners(self) -> list[dict[str, Any]]:
