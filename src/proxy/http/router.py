@@ -309,6 +309,8 @@ class Router:
         for field in head.headers:
             lname = field[0].lower()
             if lname in drop:
+                if lname == b"te" and field[1].strip().lower() == b"trailers":
+                    headers.append((b"te", b"trailers"))  # kept (RFC 9110 §10.1.4): gRPC needs it
                 continue
             if lname == b"host":
                 if host_rewrite is not None:
