@@ -249,7 +249,7 @@ def trailers(fields: list[HeaderTuple], max_fields: int) -> Headers:
         names.append(name)
         values.append(value)
     _check_fields(names, values)
-    return fields
+    return fields  # type: ignore[return-value]
 
 
 def _connection_named(headers: Headers) -> frozenset[bytes] | None:

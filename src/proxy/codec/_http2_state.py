@@ -35,7 +35,7 @@ def _settings(settings: Settings) -> dict[str, list[int | None]]:
 
 
 def _restore_settings(settings: Settings, data: dict[str, list[int | None]]) -> None:
-    settings._settings = {int(code): collections.deque(values) for code, values in data.items()}
+    settings._settings = {int(code): collections.deque(values) for code, values in data.items()}  # type: ignore[arg-type]
 
 
 def _table(table: HeaderTable) -> dict[str, Any]:

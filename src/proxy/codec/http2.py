@@ -387,8 +387,8 @@ class _Connection:
         self._h2_ping = table[PingFrame]
         self._h2_window_update = table[WindowUpdateFrame]
         self._h2_altsvc = table[AltSvcFrame]
-        table[HeadersFrame] = table[_FastHeaders] = self._on_headers
-        table[DataFrame] = table[_FastData] = self._on_data
+        table[HeadersFrame] = table[_FastHeaders] = self._on_headers  # type: ignore[index]
+        table[DataFrame] = table[_FastData] = self._on_data  # type: ignore[index]
         table[RstStreamFrame] = self._on_rst
         table[SettingsFrame] = self._on_settings
         table[PingFrame] = self._on_ping
@@ -488,9 +488,9 @@ class _Connection:
                 if kind:
                     if payload:
                         buffer.empty = 0
-                    events += conn._receive_frame(_FastHeaders(sid, payload, _FLAGS[flags]))
+                    events += conn._receive_frame(_FastHeaders(sid, payload, _FLAGS[flags]))  # type: ignore[arg-type]
                 else:
-                    events += conn._receive_frame(_FastData(sid, payload, _FLAGS[flags]))
+                    events += conn._receive_frame(_FastData(sid, payload, _FLAGS[flags]))  # type: ignore[arg-type]
             pos = end
         if slow >= 0:
             events += conn.receive_data(data[slow:pos])
@@ -533,7 +533,7 @@ class _Connection:
             self._data_frames_sent += 1
             return take
         view = memoryview(data)
-        out = []
+        out: list[bytes | memoryview] = []
         offset = 0
         while take - offset > max_frame:
             out.append(_FRAME.pack(max_frame << 8, 0, stream_id))
@@ -669,7 +669,7 @@ class _Connection:
 
     def _decode(self, frame: HeadersFrame) -> list[Any]:
         try:
-            return self._h2.decoder.decode(frame.data, raw=True)  # type: ignore[no-any-return]
+            return self._h2.decoder.decode(frame.data, raw=True)  # type: ignore[return-value]  # a list
         except OversizedHeaderListError as exc:
             raise _violation(ENHANCE_YOUR_CALM, f"header list over max_header_list_size: {exc}") from exc
         except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as exc:
