@@ -103,7 +103,7 @@ from hyperframe.frame import (
 
 from proxy.codec import _http2_heads as heads
 from proxy.codec import _http2_state
-from proxy.codec._hpack_decode import FastDecoder
+from proxy.codec._hpack import FastDecoder, FastEncoder
 from proxy.codec._http1_events import Headers, RequestHead, ResponseHead
 from proxy.codec.mux import (
     CodecError,
@@ -378,7 +378,8 @@ class _Connection:
                 values[SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1
         conn.local_settings = Settings(client=self._CLIENT, initial_values=values)
         conn.max_inbound_frame_size = s.max_frame_size
-        conn.decoder = FastDecoder()  # hpack's, with less per-field machinery (_hpack_decode)
+        conn.encoder = FastEncoder()  # hpack's, with less per-field machinery (_hpack)
+        conn.decoder = FastDecoder()
         conn.decoder.max_header_list_size = s.max_header_list_size
         self._buffer = _FrameBuffer(not self._CLIENT, s.max_header_list_size, s.max_consecutive_empty_frames)
         conn.incoming_buffer = self._buffer

@@ -1,23 +1,30 @@
-"""A faster HPACK decoder with hpack's state and limits (RFC 7541; see http2).
+"""Faster HPACK coding with hpack's state and limits (RFC 7541; see http2).
 
-hpack.Decoder spends most of a small request's decoding on per-field machinery: a HeaderTuple
-object and a DEBUG log call per field, a memoryview slice per field and, for every literal, a
-copy of the rest of the block (quadratic in the block's size). This one walks the block with
-integer offsets and returns plain (name, value) tuples (NeverIndexedHeaderTuple for fields
-sent never-indexed, so a proxy passes that on). The dynamic table, the size limits
-(max_header_list_size, max_allowed_table_size) and the errors are hpack's own, so h2's
-settings handling and the hot-upgrade export see no difference; Huffman strings go to hpack's
-decoder. tests/codec/test_hpack_decode.py checks it against hpack.Decoder.
+hpack spends most of a small request's coding on per-field machinery: a HeaderTuple object, a
+few DEBUG log calls and bytearray round trips per field; its decoder slices a memoryview per
+field and copies the rest of the block for every literal (quadratic in the block's size); its
+encoder searches the dynamic table with a Python loop per field. These subclasses do the same
+work with integer offsets, plain tuples and C-level searches:
+
+* FastDecoder returns plain (name, value) tuples (NeverIndexedHeaderTuple for fields sent
+  never-indexed, so a proxy passes that on).
+* FastEncoder emits exactly the bytes hpack.Encoder would.
+
+The dynamic tables, the size limits (max_header_list_size, max_allowed_table_size), pending
+size updates, Huffman coding and the errors are hpack's own objects, so h2's settings handling
+and the hot-upgrade export see no difference. tests/codec/test_hpack.py checks both against
+hpack, byte for byte.
 """
 
 from __future__ import annotations
 
-from hpack import Decoder, NeverIndexedHeaderTuple
+from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import HPACKDecodingError, InvalidTableIndex, InvalidTableSizeError, OversizedHeaderListError
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 _STATIC = HeaderTable.STATIC_TABLE
+_STATIC_MAP = HeaderTable.STATIC_TABLE_MAPPING  # name -> (first index, {value: index})
 _STATIC_LENGTH = len(_STATIC)
 _MAX_SHIFT = 28  # integers past 2^35: a decoding error (RFC 7541 §5.1 allows a limit)
 
@@ -117,3 +124,76 @@ class FastDecoder(Decoder):
         if table.maxsize > self.max_allowed_table_size:
             raise InvalidTableSizeError("encoder did not shrink the table size to within the max")
         return fields
+
+
+def _integer_bytes(value: int, prefix: int, mask: int) -> bytes:
+    """`value` with `prefix` in the first byte's high bits (mask: the low bits' maximum)."""
+    if value < mask:
+        return bytes((prefix | value,))
+    out = [prefix | mask]
+    value -= mask
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class FastEncoder(Encoder):
+    def encode(self, headers: list[tuple[bytes, bytes]], huffman: bool = True) -> bytes:  # type: ignore[override]
+        """A block for `headers` (bytes pairs; NeverIndexedHeaderTuple: never indexed)."""
+        table = self.header_table
+        out: list[bytes] = []
+        if table.resized:
+            out.append(self._encode_table_size_change())
+            table.resized = False
+        dynamic = table.dynamic_entries
+        code = self.huffman_coder.encode if huffman else None
+        for field in headers:
+            name = field[0]
+            value = field[1]
+            sensitive = isinstance(field, HeaderTuple) and not field.indexable
+            static = _STATIC_MAP.get(name)
+            if static is not None:
+                index = static[1].get(value)
+                if index is not None:
+                    out.append(bytes((0x80 | index,)))  # static indexes are all below 127
+                    continue
+            pair = (name, value)
+            if dynamic:
+                try:
+                    index = dynamic.index(pair) + _STATIC_LENGTH + 1
+                except ValueError:
+                    pass
+                else:
+                    out.append(_integer_bytes(index, 0x80, 0x7F))
+                    continue
+            # A literal value; the name indexed if any entry has it (static first, as hpack).
+            if static is not None:
+                name_index = static[0]
+            else:
+                name_index = 0
+                for i, entry in enumerate(dynamic):
+                    if entry[0] == name:
+                        name_index = i + _STATIC_LENGTH + 1
+                        break
+            if code is not None:
+                value_code = code(value)
+                value_part = _integer_bytes(len(value_code), 0x80, 0x7F) + value_code
+            else:
+                value_part = _integer_bytes(len(value), 0, 0x7F) + value
+            if name_index:
+                if sensitive:
+                    out.append(_integer_bytes(name_index, 0x10, 0x0F) + value_part)
+                else:
+                    out.append(_integer_bytes(name_index, 0x40, 0x3F) + value_part)
+            else:
+                if code is not None:
+                    name_code = code(name)
+                    name_part = _integer_bytes(len(name_code), 0x80, 0x7F) + name_code
+                else:
+                    name_part = _integer_bytes(len(name), 0, 0x7F) + name
+                out.append((b"\x10" if sensitive else b"\x40") + name_part + value_part)
+            if not sensitive:
+                table.add(name, value)
+        return b"".join(out)
