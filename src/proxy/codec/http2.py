@@ -165,6 +165,7 @@ _SEND_END = StreamInputs.SEND_END_STREAM
 _RECV_HEADERS = StreamInputs.RECV_HEADERS
 _RECV_INFORMATIONAL = StreamInputs.RECV_INFORMATIONAL_HEADERS
 _RECV_END = StreamInputs.RECV_END_STREAM
+_OPEN = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,7 +524,8 @@ class _Connection:
             take = size
             end = end_stream
         sm = stream.state_machine  # type: ignore[union-attr]
-        conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        if conn.state_machine.state not in _OPEN:  # open: every input leaves it so
+            conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
         sm.process_input(_SEND_DATA)  # raises if our side of the stream is closed
         if end:
             sm.process_input(_SEND_END)
@@ -848,7 +850,8 @@ class _Connection:
         """h2's send_headers, less its per-call generality: the state machines first (HPACK
         encoding changes the peer's state for good), then the block in HEADERS (+CONTINUATION)."""
         conn = self._h2
-        conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        if conn.state_machine.state not in _OPEN:  # open: every input leaves it so
+            conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
         sm = stream.state_machine
         sm.process_input(_SEND_INFORMATIONAL if informational else _SEND_HEADERS)
         if end_stream:
@@ -958,7 +961,8 @@ class ServerConnection(_Connection, ServerCodec):
         if stream is None and sid > conn.highest_inbound_stream_id:
             return self._open(sid, fields, end)
         stream = conn._get_or_create_stream(sid, AllowedStreamIDs.ODD)  # closed: h2 answers
-        conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        if conn.state_machine.state not in _OPEN:  # open: every input leaves it so
+            conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         if stream.state_machine.state != StreamState.OPEN:
             stream.receive_headers(fields, end, None)  # h2 raises the state error it should
         return self._trailers(stream, fields, end)
@@ -967,7 +971,8 @@ class ServerConnection(_Connection, ServerCodec):
         conn = self._h2
         if sid % 2 == 0:
             raise _violation(PROTOCOL_ERROR, f"stream {sid}: a client opens odd streams")
-        conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        if conn.state_machine.state not in _OPEN:  # open: every input leaves it so
+            conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         if self._goaway_sent is not None and sid > self._goaway_sent:
             return self._refuse(sid, REFUSED_STREAM), []  # after our GOAWAY: never processed
         s = self.settings
@@ -1075,7 +1080,8 @@ class ClientConnection(_Connection):
             raise
         except NoSuchStreamError as exc:
             raise _violation(PROTOCOL_ERROR, f"HEADERS on stream {sid}, never opened") from exc
-        conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        if conn.state_machine.state not in _OPEN:  # open: every input leaves it so
+            conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         sm = stream.state_machine
         if sm.state != StreamState.OPEN and sm.state != StreamState.HALF_CLOSED_LOCAL:
             stream.receive_headers(fields, end, None)  # h2 raises the state error it should
