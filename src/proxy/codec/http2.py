@@ -45,14 +45,17 @@ Hardening, counted per connection; each violation queues GOAWAY and raises Http2
   HPACK bomb / big header lists: the decoded size (max_header_list_size) -> ENHANCE_YOUR_CALM;
       decoding errors -> COMPRESSION_ERROR
   PING and SETTINGS floods (CVE-2019-9512/9515): token buckets -> ENHANCE_YOUR_CALM
-  outbound control frames we must queue (PING/SETTINGS acks, our RST_STREAMs) while the caller
-      does not take data_to_send(): max_outbound_control_frames -> ENHANCE_YOUR_CALM
+  outbound control frames we must queue (PING/SETTINGS acks, our RST_STREAMs: the reset flood
+      of CVE-2019-9514) while the caller does not take data_to_send():
+      max_outbound_control_frames -> ENHANCE_YOUR_CALM
   empty frames (CVE-2019-9518): consecutive DATA/HEADERS/CONTINUATION with no payload and no
       end flag, Envoy's max_consecutive_inbound_frames_with_empty_payload -> ENHANCE_YOUR_CALM
   PRIORITY floods (CVE-2019-9513): at most max_priority_frames_per_stream per opened stream
   WINDOW_UPDATE floods: Envoy's 5 + 2 * (streams + max_window_updates_per_data_frame * DATA
       frames sent)
-  stream exhaustion (CVE-2019-9516 family): refused streams, a token bucket -> ENHANCE_YOUR_CALM
+  stream exhaustion: streams refused for max_concurrent_streams, a token bucket (a client
+      that keeps trying) -> ENHANCE_YOUR_CALM
+  (0-length header names, CVE-2019-9516, are malformed: the stream is reset.)
 
 Time is passed in (`receive(data, now)`), so the codec reads no clock and tests are exact.
 
