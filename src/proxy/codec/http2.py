@@ -80,6 +80,7 @@ from h2.config import H2Configuration
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import RemoteSettingsChanged, WindowUpdated
+from h2.events import StreamReset as H2StreamReset
 from h2.exceptions import (
     DenialOfServiceError,
     InvalidBodyLengthError,
@@ -741,7 +742,7 @@ class _Connection:
                 raise _violation(ENHANCE_YOUR_CALM, "too many empty DATA frames")
         sid = frame.stream_id
         try:
-            frames, _ = self._h2_data(frame)
+            frames, h2_events = self._h2_data(frame)
         except InvalidBodyLengthError:
             flow = frame.flow_controlled_length
             _, events = self._malformed(sid, "body longer or shorter than its content-length")
@@ -749,7 +750,7 @@ class _Connection:
             return [], events
         if frames:  # on a closed stream: h2 answers RST_STREAM and hands the window back
             self._count_control()
-            return frames, []
+            return frames, self._h2_resets(h2_events)
         return [], [DataReceived(sid, frame.data, end, frame.flow_controlled_length)]
 
     def _on_rst(self, frame: RstStreamFrame) -> tuple[list[Frame], list[Any]]:
@@ -883,6 +884,26 @@ class _Connection:
         out += (_FRAME.pack((size - offset) << 8 | 0x9, _END_HEADERS, sid), block[offset:])
         conn._data_to_send += b"".join(out)
 
+    def _h2_resets(self, events: list[Any]) -> list[Any]:
+        """h2's own StreamReset events (it reset a live stream for a frame the stream's state
+        forbids, e.g. DATA after END_STREAM) as ours: the layer above must learn of them."""
+        out = []
+        for event in events:
+            if type(event) is H2StreamReset:
+                sid = event.stream_id
+                self._blocked.discard(sid)
+                self._kinds.pop(sid, None)
+                out.append(StreamReset(sid, int(event.error_code), False))
+        return out
+
+    def _receive_headers_h2(self, stream: Any, fields: list[Any], end: bool) -> None:
+        """Let h2 answer HEADERS its stream state forbids (it raises); its events made ours."""
+        try:
+            stream.receive_headers(fields, end, None)
+        except StreamClosedError as exc:
+            exc._events = self._h2_resets(exc._events)
+            raise
+
     def _count_control(self) -> None:
         self._control += 1
         if self._control > self.settings.max_outbound_control_frames:
@@ -975,7 +996,7 @@ class ServerConnection(_Connection, ServerCodec):
         if conn.state_machine.state not in _OPEN:  # open: every input leaves it so
             conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         if stream.state_machine.state != StreamState.OPEN:
-            stream.receive_headers(fields, end, None)  # h2 raises the state error it should
+            self._receive_headers_h2(stream, fields, end)  # h2 raises the state error it should
         return self._trailers(stream, fields, end)
 
     def _open(self, sid: int, fields: list[Any], end: bool) -> tuple[list[Frame], list[Any]]:
@@ -1095,7 +1116,7 @@ class ClientConnection(_Connection):
             conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         sm = stream.state_machine
         if sm.state != StreamState.OPEN and sm.state != StreamState.HALF_CLOSED_LOCAL:
-            stream.receive_headers(fields, end, None)  # h2 raises the state error it should
+            self._receive_headers_h2(stream, fields, end)  # h2 raises the state error it should
         if sm.headers_received:
             return self._trailers(stream, fields, end)
         kind = self._kinds.get(sid, heads.PLAIN)
