@@ -451,9 +451,7 @@ class _Connection:
         try:
             return self._receive(data)
         except ProtocolError as exc:
-            code = int(exc.error_code)
-            if conn.state_machine.state != ConnectionState.CLOSED:  # h2 queued no GOAWAY (a bad preface)
-                conn._terminate_connection(ErrorCodes(code))
+            code = int(exc.error_code)  # its GOAWAY is queued (by h2 or _receive)
             self._error = Http2Error(f"HTTP/2 connection error {ErrorCodes(code).name}: {exc}", code)
             raise self._error from exc
 
@@ -465,9 +463,13 @@ class _Connection:
         conn = self._h2
         buffer = self._buffer
         events: list[Any] = []
-        if buffer._preamble_len:  # the client preface: h2 checks it
+        if buffer._preamble_len:  # the client preface: h2 checks it (and queues no GOAWAY)
             cut = min(buffer._preamble_len, len(data))
-            conn.receive_data(data[:cut])
+            try:
+                conn.receive_data(data[:cut])
+            except ProtocolError as exc:
+                conn._terminate_connection(exc.error_code)
+                raise
             data = data[cut:]
         if self._pending:
             data = self._pending + data
@@ -483,6 +485,7 @@ class _Connection:
             if length > max_frame:
                 if slow >= 0:
                     events += conn.receive_data(data[slow:pos])
+                conn._terminate_connection(ErrorCodes.FRAME_SIZE_ERROR)
                 raise _violation(FRAME_SIZE_ERROR, f"frame of {length} bytes over our max frame size {max_frame}")
             end = pos + 9 + length
             if end > size:
@@ -501,12 +504,16 @@ class _Connection:
                     events += conn.receive_data(data[slow:pos])
                     slow = -1
                 payload = data[pos + 9 : end]
-                if kind:
-                    if payload:
-                        buffer.empty = 0
-                    events += conn._receive_frame(_FastHeaders(sid, payload, _FLAGS[flags]))  # type: ignore[arg-type]
-                else:
-                    events += conn._receive_frame(_FastData(sid, payload, _FLAGS[flags]))  # type: ignore[arg-type]
+                try:
+                    if kind:
+                        if payload:
+                            buffer.empty = 0
+                        events += conn._receive_frame(_FastHeaders(sid, payload, _FLAGS[flags]))  # type: ignore[arg-type]
+                    else:
+                        events += conn._receive_frame(_FastData(sid, payload, _FLAGS[flags]))  # type: ignore[arg-type]
+                except ProtocolError as exc:  # as h2's receive_data does: GOAWAY, then raise
+                    conn._terminate_connection(exc.error_code)
+                    raise
             pos = end
         if slow >= 0:
             events += conn.receive_data(data[slow:pos])
