@@ -390,7 +390,7 @@ class _Connection:
         conn.max_inbound_frame_size = s.max_frame_size
         # How each closed stream ended, so late frames on it get a RST and not a GOAWAY. h2 keeps
         # 65,536: ~5 MB for every long-lived connection. A few times the concurrency is enough.
-        conn._closed_streams._size_limit = max(1024, 4 * s.max_concurrent_streams)
+        conn._closed_streams._size_limit = max(1024, 4 * s.max_concurrent_streams)  # type: ignore[attr-defined]
         conn.encoder = FastEncoder()  # hpack's, with less per-field machinery (_hpack)
         conn.decoder = FastDecoder()
         conn.decoder.max_header_list_size = s.max_header_list_size
