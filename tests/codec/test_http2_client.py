@@ -373,3 +373,15 @@ def test_h2_client_against_our_server() -> None:
     events = peer.receive_data(server.data_to_send())  # h2 validates what we sent
     kinds = [type(e) for e in events]
     assert h2.events.ResponseReceived in kinds and h2.events.TrailersReceived in kinds and h2.events.StreamEnded in kinds
+
+
+def test_many_requests_hold_little() -> None:
+    pair = Pair()
+    for _ in range(500):
+        sid = pair.client.send_request(get(), b"http", True)
+        pair.take()
+        pair.server.send_response(sid, ok(204), True)
+        pair.take()
+    assert pair.client.available_streams == 100
+    assert len(pair.client._h2.streams) <= 16 and len(pair.server._h2.streams) <= 16
+    assert pair.client.buffered_size() == 0 and pair.server.buffered_size() == 0

@@ -422,6 +422,7 @@ class _Connection:
         self._kinds: dict[int, int] = {}  # streams that are not PLAIN requests (heads.HEAD, ...)
         self._control = 0  # control frames queued since the caller last took data_to_send()
         self._opened = 0  # streams opened (either side), for the Envoy ratios
+        self._sweep_at = 16  # h2's stream dict size at which to count (and forget) closed streams
         self._data_frames_sent = 0
         self._priority_frames = 0
         self._window_updates = 0
@@ -911,6 +912,16 @@ class _Connection:
             exc._events = self._h2_resets(exc._events)
             raise
 
+    def _open_count(self) -> int:
+        """Streams open on our side's count (the peer's for a server, ours for a client). h2
+        counts by walking every stream it holds, forgetting the closed ones as it goes: done
+        only once the dict has doubled since (or reaches the limit), so closed streams are
+        held boundedly and the walk costs O(1) per stream."""
+        conn = self._h2
+        count = conn.open_outbound_streams if self._CLIENT else conn.open_inbound_streams
+        self._sweep_at = 2 * count + 16
+        return count  # type: ignore[no-any-return]
+
     def _count_control(self) -> None:
         self._control += 1
         if self._control > self.settings.max_outbound_control_frames:
@@ -1015,9 +1026,8 @@ class ServerConnection(_Connection, ServerCodec):
         if self._goaway_sent is not None and sid > self._goaway_sent:
             return self._refuse(sid, REFUSED_STREAM), []  # after our GOAWAY: never processed
         s = self.settings
-        # h2 counts by walking every stream (and forgets the closed ones): only near the limit.
         limit = s.max_concurrent_streams
-        if len(conn.streams) >= limit and conn.open_inbound_streams >= limit:
+        if len(conn.streams) >= min(limit, self._sweep_at) and self._open_count() >= limit:
             if not self._refused.take(self._now):
                 raise _violation(ENHANCE_YOUR_CALM, "streams over max_concurrent_streams, again and again")
             return self._refuse(sid, REFUSED_STREAM), []
@@ -1096,7 +1106,7 @@ class ClientConnection(_Connection):
         if conn.highest_outbound_stream_id + 2 > MAX_STREAM_ID:
             raise NoStreamAvailable("stream ids exhausted", True)
         limit = conn.remote_settings.max_concurrent_streams
-        if len(conn.streams) >= limit and conn.open_outbound_streams >= limit:
+        if len(conn.streams) >= min(limit, self._sweep_at) and self._open_count() >= limit:
             raise NoStreamAvailable("the peer's max_concurrent_streams is reached", False)
         fields, kind = heads.request_fields(head, scheme, bool(conn.remote_settings.enable_connect_protocol))
         sid = conn.highest_outbound_stream_id + 2 if conn.highest_outbound_stream_id else 1
