@@ -141,6 +141,7 @@ def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] 
     fails. `state`: what a keeper passed to itself across an upgrade's re-exec."""
     from proxy import log
     from proxy.config import ConfigError, load_text
+    from proxy.config.paths import config_dir
     from proxy.http.filter import FilterLoadError
     from proxy.network.listener import BindError
     from proxy.server import raise_fd_limit
@@ -155,7 +156,7 @@ def _serve(args: argparse.Namespace, config: Any, report: Callable[[str], None] 
 
     if state is not None:
         try:
-            config = load_text(state["config_text"], state["config_path"])
+            config = load_text(state["config_text"], state["config_path"], base_dir=config_dir(state["config_path"]))
             text = state["config_text"]
         except ConfigError:  # the new code reads the old text differently: the file passed its precheck
             from proxy.http.filter import load_config

@@ -114,6 +114,12 @@ def set_level(level: str) -> None:
     logging.getLogger(_ROOT).setLevel(LEVELS[level])
 
 
+def current_level() -> str:
+    """The current level's name (as `set_level` takes it)."""
+    current = logging.getLogger(_ROOT).getEffectiveLevel()
+    return next((name for name, value in LEVELS.items() if value == current), logging.getLevelName(current).lower())
+
+
 def reopen() -> None:
     """Reopen log files after rotation (SIGUSR1)."""
     for handler in logging.getLogger(_ROOT).handlers:

@@ -6,11 +6,13 @@ One metric family per stat, each with `# HELP` and `# TYPE` lines and all its sa
     proxy_cluster_<stat>{cluster="NAME"}             ClusterStats
     proxy_host_<stat>{cluster="NAME",host="ADDR"}    HostStats
 
-A stat whose name contains `_active` is a gauge; every other stat is a counter, and counters end
+A stat a stats class declares in GAUGES is a gauge; its COUNTERS are counters, and counters end
 in `_total` as Prometheus wants (`downstream_cx_total` stays as is, `downstream_cx_destroy`
-becomes `downstream_cx_destroy_total`). Plus `proxy_info{version}`, `proxy_uptime_seconds` and
-`proxy_state{state}` (one sample per known state, 1 for the current one). The output passes
-`promtool check metrics` without lint warnings (tested).
+becomes `downstream_cx_destroy_total`). Plus `proxy_info{version}`, `proxy_uptime_seconds`,
+`proxy_state{state}` (one sample per known state, 1 for the current one) and each host's
+`proxy_host_weight`, `proxy_host_enabled` and `proxy_host_healthy`. The output passes
+`promtool check metrics` without lint warnings (tested). `SUMMED_GAUGES` and `PER_WORKER` say
+how the keeper folds several workers' expositions into one.
 
 Used by the plain-HTTP metrics listener (`admin.metrics`) and the admin socket's `GET /metrics`.
 """
@@ -78,8 +80,11 @@ _HELP: dict[str, str] = {
 }
 
 
+_GAUGES = frozenset(ListenerStats.GAUGES + ClusterStats.GAUGES + HostStats.GAUGES)
+
+
 def is_gauge(stat: str) -> bool:
-    return "_active" in stat
+    return stat in _GAUGES
 
 
 def metric_name(prefix: str, stat: str) -> str:
@@ -126,8 +131,8 @@ class _Writer:
             self.lines.append(f"{name}{_labels(labels)} {_format_value(value)}")
 
 
-def _stat_families(w: _Writer, prefix: str, what: str, slots: tuple[str, ...], objects: list[tuple[dict[str, str], Any]]) -> None:
-    for stat in slots:
+def _stat_families(w: _Writer, prefix: str, what: str, cls: type[Any], objects: list[tuple[dict[str, str], Any]]) -> None:
+    for stat in cls.COUNTERS + cls.GAUGES:
         kind = "gauge" if is_gauge(stat) else "counter"
         help_text = _HELP.get(stat, f"{what} {kind} {stat}.")
         w.family(metric_name(prefix, stat), kind, help_text, ((labels, getattr(stats, stat)) for labels, stats in objects))
@@ -147,11 +152,14 @@ def render(worker: Any, now: float | None = None) -> str:
     w.family("proxy_state", "gauge", "Worker state: 1 for the current state, 0 for the others.", [({"state": s}, int(s == state)) for s in states])
 
     listeners = [({"listener": lr.config.name}, lr.stats) for lr in worker.listeners]
-    _stat_families(w, "listener", "Listener", ListenerStats.COUNTERS, listeners)
+    _stat_families(w, "listener", "Listener", ListenerStats, listeners)
     clusters = list(worker.clusters.values())
-    _stat_families(w, "cluster", "Cluster", ClusterStats.COUNTERS, [({"cluster": c.name}, c.stats) for c in clusters])
-    hosts = [({"cluster": c.name, "host": str(h.address)}, h.stats) for c in clusters for h in c.hosts]
-    _stat_families(w, "host", "Host", HostStats.COUNTERS, hosts)
+    _stat_families(w, "cluster", "Cluster", ClusterStats, [({"cluster": c.name}, c.stats) for c in clusters])
+    hosts = [({"cluster": c.name, "host": str(h.address)}, h) for c in clusters for h in c.hosts]
+    _stat_families(w, "host", "Host", HostStats, [(labels, h.stats) for labels, h in hosts])
+    w.family("proxy_host_weight", "gauge", "Load balancing weight of the host.", [(labels, h.weight) for labels, h in hosts])
+    w.family("proxy_host_enabled", "gauge", "1 while the host takes traffic, 0 once disabled (proxy ctl host).", [(labels, int(h.enabled)) for labels, h in hosts])
+    w.family("proxy_host_healthy", "gauge", "1 while the host is healthy.", [(labels, int(h.healthy)) for labels, h in hosts])
     w.family(
         "proxy_listener_downstream_rq_code_total",
         "counter",
@@ -161,6 +169,16 @@ def render(worker: Any, now: float | None = None) -> str:
     _histograms(w, "listener", ListenerStats.HISTOGRAMS, listeners)
     _histograms(w, "cluster", ClusterStats.HISTOGRAMS, [({"cluster": c.name}, c.stats) for c in clusters])
     return "\n".join(w.lines) + "\n"
+
+
+# How the keeper folds several workers' expositions into one (proxy.admin.aggregate): counters
+# and histograms add up, and so do these gauges (amounts each worker holds). Any other gauge is
+# a property (a state, a weight, the build): taken once where the workers agree, else one sample
+# per worker with a `worker` label. A family the schema does not know is never summed.
+SUMMED_GAUGES = frozenset(
+    metric_name(prefix, stat) for prefix, cls in (("listener", ListenerStats), ("cluster", ClusterStats), ("host", HostStats)) for stat in cls.GAUGES
+)
+PER_WORKER = frozenset({"proxy_uptime_seconds"})  # each worker's own: one sample per worker, always
 
 
 _HISTOGRAM_HELP = {

@@ -3,6 +3,11 @@
 Each stats object is a slotted class of plain ints: incrementing one on the hot path is a single
 attribute add (`stats.downstream_cx_total += 1`), no dict lookups. Names follow Envoy's so
 operators recognise them. The admin issue exports these as /stats and /metrics.
+
+Each class declares what its numbers are, and everything that reads them goes by that, not by
+names: COUNTERS count events since start (carried across generations, summed over workers),
+GAUGES are amounts a process holds now (open connections, requests in flight: summed over
+workers, never carried), HISTOGRAMS are distributions (summed bucket by bucket).
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from typing import Any
 
 class _Stats:
     __slots__: tuple[str, ...] = ()
-    COUNTERS: tuple[str, ...] = ()  # plain ints (counters and gauges)
+    COUNTERS: tuple[str, ...] = ()  # plain ints counting events since start
+    GAUGES: tuple[str, ...] = ()  # plain ints holding a current amount that adds up over processes
     HISTOGRAMS: tuple[str, ...] = ()  # Histogram objects
+    BY_CODE = False  # a `downstream_rq_code` dict: responses by status code (counters)
 
     def snapshot(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS + self.GAUGES}
         for name in self.HISTOGRAMS:
             h = getattr(self, name)
             out[f"{name}_count"] = h.count
@@ -25,6 +32,18 @@ class _Stats:
         for code, n in sorted(getattr(self, "downstream_rq_code", {}).items()):
             out[f"downstream_rq_code.{code}"] = n
         return out
+
+    @classmethod
+    def adds_up(cls, field: str) -> bool:
+        """Whether a `snapshot()` field adds up over workers: every field this class declares
+        does (counters, gauges, a histogram's count and sum, per-code counts). A field it does
+        not declare is not summed: a number is a count only where it says so."""
+        if field in cls.COUNTERS or field in cls.GAUGES:
+            return True
+        if any(field in (f"{h}_count", f"{h}_sum_ms") for h in cls.HISTOGRAMS):
+            return True
+        code = field.removeprefix("downstream_rq_code.")
+        return cls.BY_CODE and code != field and code.isdigit()
 
 
 class Histogram:
@@ -59,7 +78,6 @@ class Histogram:
 class ListenerStats(_Stats):
     COUNTERS = (
         "downstream_cx_total",
-        "downstream_cx_active",
         "downstream_cx_destroy",
         "downstream_cx_overflow",  # refused by max_connections
         "downstream_cx_error",  # a handler failed unexpectedly (logged with its traceback)
@@ -74,7 +92,6 @@ class ListenerStats(_Stats):
         "downstream_cx_migrated_in",
         # HTTP listeners
         "downstream_rq_total",
-        "downstream_rq_active",
         "downstream_rq_1xx",
         "downstream_rq_2xx",
         "downstream_rq_3xx",
@@ -87,11 +104,13 @@ class ListenerStats(_Stats):
         "downstream_rq_rx_reset",
         "downstream_rq_tx_reset",
     )
+    GAUGES = ("downstream_cx_active", "downstream_rq_active")
     HISTOGRAMS = ("downstream_rq_time",)  # request duration, first byte in to last byte out
-    __slots__ = COUNTERS + HISTOGRAMS + ("downstream_rq_code",)
+    BY_CODE = True
+    __slots__ = COUNTERS + GAUGES + HISTOGRAMS + ("downstream_rq_code",)
 
     def __init__(self) -> None:
-        for name in self.COUNTERS:
+        for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
         self.downstream_rq_time = Histogram()
         self.downstream_rq_code: dict[int, int] = {}  # responses by status code
@@ -100,13 +119,11 @@ class ListenerStats(_Stats):
 class ClusterStats(_Stats):
     COUNTERS = (
         "upstream_cx_total",
-        "upstream_cx_active",
         "upstream_cx_connect_fail",
         "upstream_cx_connect_timeout",
         "upstream_cx_connect_attempts_exceeded",
         # HTTP
         "upstream_rq_total",
-        "upstream_rq_active",
         "upstream_rq_timeout",
         "upstream_rq_per_try_timeout",
         "upstream_rq_retry",
@@ -115,21 +132,23 @@ class ClusterStats(_Stats):
         "upstream_rq_reset",
         "upstream_cx_reused_closed",  # a reused keep-alive connection closed before answering
     )
+    GAUGES = ("upstream_cx_active", "upstream_rq_active")
     HISTOGRAMS = ("upstream_rq_time",)  # upstream service time: request sent to response head
-    __slots__ = COUNTERS + HISTOGRAMS
+    __slots__ = COUNTERS + GAUGES + HISTOGRAMS
 
     def __init__(self) -> None:
-        for name in self.COUNTERS:
+        for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
         self.upstream_rq_time = Histogram()
 
 
 class HostStats(_Stats):
-    COUNTERS = ("cx_total", "cx_active", "cx_connect_fail")
-    __slots__ = COUNTERS
+    COUNTERS = ("cx_total", "cx_connect_fail")
+    GAUGES = ("cx_active",)
+    __slots__ = COUNTERS + GAUGES
 
     def __init__(self) -> None:
-        for name in self.COUNTERS:
+        for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
 
 
@@ -138,9 +157,9 @@ class HostStats(_Stats):
 
 def export(stats: _Stats) -> dict[str, Any]:
     """Everything `absorb` needs to add these counts to another process's stats: counters
-    (gauges excluded: an open connection is counted by whichever process holds it), full
+    (not gauges: an open connection is counted by whichever process holds it), full
     histograms and per-code counts. Plain JSON values."""
-    out: dict[str, Any] = {name: getattr(stats, name) for name in stats.COUNTERS if "_active" not in name}
+    out: dict[str, Any] = {name: getattr(stats, name) for name in stats.COUNTERS}
     for name in stats.HISTOGRAMS:
         h = getattr(stats, name)
         out[name] = {"counts": h.counts, "sum": h.sum, "count": h.count}
@@ -155,7 +174,7 @@ def absorb(stats: _Stats, data: dict[str, Any]) -> None:
     an older release had) are ignored, so counters stay monotonic across upgrades."""
     for name in stats.COUNTERS:
         value = data.get(name)
-        if isinstance(value, int) and "_active" not in name:
+        if isinstance(value, int):
             setattr(stats, name, getattr(stats, name) + value)
     for name in stats.HISTOGRAMS:
         value = data.get(name)

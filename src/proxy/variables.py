@@ -319,6 +319,7 @@ register("start_time", _start_time)
 register("duration", _milliseconds("duration"))
 register("upstream_service_time", _milliseconds("upstream_service_time"))
 register("response_flags", _flags)
+register("grpc_status", lambda info: None if getattr(info, "grpc_status", None) is None else str(info.grpc_status))
 register_function("request_header", lambda arg: _request_header_getter(_header_argument(arg)))
 register_function("response_header", lambda arg: _response_header_getter(_header_argument(arg)))
 del _name

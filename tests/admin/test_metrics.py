@@ -53,9 +53,9 @@ def test_every_stat_is_one_family_with_help_and_type():
     helps = re.findall(r"^# HELP (\S+) \S", text, re.M)
     assert sorted(helps) == sorted(types)  # every family has a non-empty HELP
     for prefix, cls in (("listener", ListenerStats), ("cluster", ClusterStats), ("host", HostStats)):
-        for stat in cls.COUNTERS:
+        for stat in cls.COUNTERS + cls.GAUGES:
             name = metric_name(prefix, stat)
-            assert types[name] == ("gauge" if "_active" in stat else "counter")
+            assert types[name] == ("gauge" if stat in cls.GAUGES else "counter")
         for stat in cls.HISTOGRAMS:
             assert types[f"proxy_{prefix}_{stat}_seconds"] == "histogram"
     # counters end in _total, gauges do not

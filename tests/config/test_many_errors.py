@@ -14,7 +14,7 @@ BAD = Path(__file__).parent / "bad"
 
 MANY = """\
 admin:
-  socket: proxy.sock
+  socket: unix:proxy.sock
 runtime:
   workers: 0
   drain_timeout: 5 parsecs

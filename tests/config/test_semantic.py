@@ -169,3 +169,30 @@ routes:
     assert ("routes.main.virtual_hosts[0].routes[0].match.variables[0].variable", 10) in found
     assert ("routes.main.virtual_hosts[0].routes[0].match.variables[1]", 10) in found
     assert "unknown variable %no_such_thing%" in messages and "a variable matcher needs one of" in messages
+
+
+def test_listeners_that_cannot_both_bind() -> None:
+    # As the listener binds (proxy.network.listener): SO_REUSEADDR, and IPV6_V6ONLY on IPv6.
+    text = (
+        "listeners:\n"
+        + listener("a1", "0.0.0.0:80")
+        + listener("a2", "127.0.0.1:80")  # clash: the wildcard holds port 80 on every IPv4 address
+        + listener("a3", "127.0.0.2:81")
+        + listener("a4", "0.0.0.0:81")  # clash, the wildcard second
+        + listener("b1", "[::]:80")  # beside 0.0.0.0:80: fine, IPv6 sockets are v6-only
+        + listener("b2", "[::1]:80")  # clash
+        + listener("c1", "127.0.0.1:82")
+        + listener("c2", "127.0.0.2:82")  # two specific addresses: fine
+        + listener("d1", "0.0.0.0:0")
+        + listener("d2", "127.0.0.1:0")  # port 0: each its own port
+        + listener("e1", "localhost:80")  # a name: resolved when bound, not here
+        + TWO_CLUSTERS
+        + "admin:\n  metrics: 0.0.0.0:82\n"  # the metrics listener binds too: clash with c1
+    )
+    issues = issues_of(text)
+    assert [(i.path, i.line, i.message) for i in issues] == [
+        ("listeners[1].address", 7, "'127.0.0.1:80' cannot be bound beside '0.0.0.0:80' (at listeners[0].address): 0.0.0.0 takes port 80 on every IPv4 address"),
+        ("listeners[3].address", 15, "'0.0.0.0:81' cannot be bound beside '127.0.0.2:81' (at listeners[2].address): 0.0.0.0 takes port 81 on every IPv4 address"),
+        ("listeners[5].address", 23, "'[::1]:80' cannot be bound beside '[::]:80' (at listeners[4].address): [::] takes port 80 on every IPv6 address"),
+        ("admin.metrics", 52, "'0.0.0.0:82' cannot be bound beside '127.0.0.1:82' (at listeners[6].address): 0.0.0.0 takes port 82 on every IPv4 address"),
+    ]

@@ -133,7 +133,7 @@ def test_bad_literals() -> None:
 
 def test_protocol_literal() -> None:
     issue = one_issue(LISTENER.replace("protocol: tcp", "protocol: udp") + CLUSTER)
-    assert (issue.path, issue.line, issue.message) == ("listeners[0].protocol", 4, "unknown protocol 'udp'; use tcp, http1, or 'package.module:Codec'")
+    assert (issue.path, issue.line, issue.message) == ("listeners[0].protocol", 4, "unknown protocol 'udp'; use tcp, http1, http2, http or 'package.module:Codec'")
 
 
 @pytest.mark.parametrize(

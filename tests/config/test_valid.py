@@ -85,7 +85,7 @@ def test_full_config_round_trip() -> None:
     assert first.metadata == {"zone": "a", "rack": "7"}
     assert (second.address.host, second.address.family, second.weight) == ("backend.internal", socket.AF_UNSPEC, 1)
     other = cfg.cluster("other")
-    assert (other.lb, other.connect_timeout) == ("round_robin", 1.0)
+    assert (other.lb, other.connect_timeout) == ("round_robin", 5.0)  # Envoy's default
     assert other.hosts[0].address.path == "/run/app.sock"
 
     with pytest.raises(AttributeError):

@@ -453,7 +453,7 @@ async def test_ctl_tables_read_as_an_operator_reads_them(nursery, tmp_path):
         assert (await ctl(sock, "host", "enable", "api", api_b.address)).stdout == f"cluster api, host {api_b.address}: enabled\n"
         assert (await ctl(sock, "log-level", "debug")).stdout == "log level: debug\n"
         tasks = (await ctl(sock, "tasks")).stdout
-        assert "None" not in tasks and re.search(r"(?m)^<init>$", tasks), tasks
+        assert "None" not in tasks and tasks.startswith("2 workers\n") and re.search(r"(?m)^  worker #1 \(pid \d+\)\n    <init>$", tasks), tasks
         config_out = (await ctl(sock, "config")).stdout
         assert json.loads(config_out)["listeners"][1]["name"] == "http"
         assert (await ctl(sock, "drain")).stdout == "draining: the proxy stopped accepting; open connections finish up to drain_timeout\n"

@@ -130,3 +130,29 @@ async def test_json_logs_pid_file_and_stop(nursery, tmp_path):
         assert stop.returncode == 0, stop.stderr
         assert await proxy.wait(timeout=5) == 0
         assert not pid_file.exists()
+
+
+def test_check_reports_listeners_that_cannot_both_bind_and_zero_timeouts(tmp_path):
+    path = tmp_path / "clash.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            listeners:
+              - {name: all, address: "0.0.0.0:8080", protocol: tcp, cluster: c}
+              - {name: v6, address: "[::]:8080", protocol: tcp, cluster: c}
+              - {name: local, address: "127.0.0.1:8080", protocol: tcp, cluster: c}
+            clusters:
+              - name: c
+                connect_timeout: 0s
+                hosts: [{address: "127.0.0.1:1"}]
+            """
+        )
+    )
+    result = proxy_cli("check", "-c", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:4: listeners[2].address: '127.0.0.1:8080' cannot be bound beside '0.0.0.0:8080' (at listeners[0].address): "
+        "0.0.0.0 takes port 8080 on every IPv4 address",
+        f"{path}:7: clusters[0].connect_timeout: duration '0s' must be more than 0",
+        f"{path}: 2 errors",
+    ]

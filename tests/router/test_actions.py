@@ -80,13 +80,13 @@ def test_direct_response() -> None:
 def test_route_settings() -> None:
     r = route(
         cluster="api",
-        timeout="0s",
+        timeout=None,
         host_rewrite="backend.internal",
         allow_upgrades=["WebSocket", "h2c"],
         allow_connect=True,
         retry={"on": ["reset"], "attempts": 3, "per_try_timeout": "500ms"},
     )
-    assert r.timeout is None  # "0s": no timeout
+    assert r.timeout is None  # null: no timeout ("0s" is refused: tests/config/test_durations.py)
     assert r.host_rewrite == b"backend.internal"
     assert r.allow_upgrades == {b"websocket", b"h2c"}
     assert r.allow_connect is True

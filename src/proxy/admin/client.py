@@ -356,9 +356,8 @@ def render(cmd: str, result: Any) -> str:
         rows = []
         for c in result:
             for h in c["hosts"]:
-                rows.append(
-                    [c["name"], h["address"], h["weight"], _yn(h["enabled"]), _yn(h["healthy"]), h["stats"]["cx_active"], h["stats"]["cx_total"]]
-                )
+                weight, enabled, healthy = _per_worker(h, "weight", humanize.number), _per_worker(h, "enabled", _yn), _per_worker(h, "healthy", _yn)
+                rows.append([c["name"], h["address"], weight, enabled, healthy, h["stats"]["cx_active"], h["stats"]["cx_total"]])
             if not c["hosts"]:
                 rows.append([c["name"], "-", "-", "-", "-", "-", "-"])
         return table(["CLUSTER", "HOST", "WEIGHT", "ENABLED", "HEALTHY", "ACTIVE", "TOTAL"], rows)
@@ -379,6 +378,18 @@ def render(cmd: str, result: Any) -> str:
 
 def _yn(value: bool) -> str:
     return "yes" if value else "no"
+
+
+def _per_worker(obj: dict[str, Any], key: str, show: Any) -> str:
+    """A field as shown; one the workers disagree on (null, with a `per_worker` entry) as each
+    value with its workers: `yes (#0 #2), no (#1)`."""
+    split = (obj.get("per_worker") or {}).get(key)
+    if not isinstance(split, dict):
+        return str(show(obj[key]))
+    groups: dict[str, list[str]] = {}
+    for worker, value in split.items():
+        groups.setdefault(str(show(value)), []).append(f"#{worker}")
+    return ", ".join(f"{value} ({' '.join(workers)})" for value, workers in groups.items())
 
 
 def _render_tree(node: dict[str, Any], depth: int, lines: list[str]) -> None:

@@ -9,6 +9,7 @@ a failing admin connection is logged and never takes the worker down.
 Endpoints: GET /status /listeners /clusters /stats[?filter=S] /metrics (Prometheus text) /config /tasks,
 GET /debug/profile[?seconds=N] (sampling profile, collapsed stacks; 409 while another runs),
 PUT /log_level, POST /drain, POST /clusters/{name}/hosts/{addr}/(enable|disable).
+`MERGE` declares how the keeper folds several workers' answers into one (proxy.admin.aggregate).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from proxy import log as proxy_log
 from proxy import metrics as proxy_metrics
 from proxy.config.values import Address, Duration
 from proxy.admin._socket_server import HeadTooLarge, SocketServer, read_head, status_line
+from proxy.admin.aggregate import ONCE, Each, Fields, Rule, summed_where
 from proxy.log import get_logger
 from proxy.network.listener import bind
+from proxy.stats import ClusterStats, HostStats, ListenerStats
 
 log = get_logger("admin")
 
@@ -130,6 +133,34 @@ def flatten_stats(listeners: Iterable[Any], clusters: Iterable[Any], pattern: st
     if pattern:
         out = {k: v for k, v in out.items() if pattern in k}
     return dict(sorted(out.items()))
+
+
+def stat_adds_up(key: str) -> bool:
+    """Whether a /stats key (`flatten_stats`'s names) adds up over workers: as the stats class
+    it comes from declares (names hold dots, so the field is read from the end)."""
+    head, _, field = key.rpartition(".")
+    if head.endswith(".downstream_rq_code"):
+        field = f"downstream_rq_code.{field}"
+    if key.startswith("listener."):
+        return ListenerStats.adds_up(field)
+    if key.startswith("cluster."):
+        return ClusterStats.adds_up(field) or (".host." in head and HostStats.adds_up(field))
+    return False
+
+
+# How the keeper folds several workers' answers into one (proxy.admin.aggregate): the numbers of
+# a stats snapshot add up as its class declares; every other field (a name, an address, a weight,
+# enabled, healthy, the config) is taken once, and shown per worker where the workers differ.
+# /tasks is one tree per worker; /status is the keeper's own; commands answer like /config.
+MERGE: dict[str, Rule] = {
+    "/stats": summed_where(stat_adds_up),
+    "/listeners": Each("name", Fields({"stats": summed_where(ListenerStats.adds_up)})),
+    "/clusters": Each(
+        "name",
+        Fields({"stats": summed_where(ClusterStats.adds_up), "hosts": Each("address", Fields({"stats": summed_where(HostStats.adds_up)}))}),
+    ),
+    "/config": ONCE,
+}
 
 
 def task_tree(task: Any, limit: int = TASK_CHILD_LIMIT) -> dict[str, Any]:
@@ -316,6 +347,7 @@ class AdminServer(SocketServer):
             "generation": getattr(self.worker, "generation", 1),
             "version": proxy.__version__,
             "listeners": len(self.worker.listeners),
+            "log_level": proxy_log.current_level(),
         }
 
     def listeners(self) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ Three passes, each collecting issues instead of stopping at the first:
 1. parse: YAML is composed into nodes and built into plain dicts/lists by hand, so every path
    gets the line it starts on (a mapping entry: the line of its key; a list item: its own line)
    and duplicate keys are caught. JSON is parsed with `json` (no lines, except syntax errors).
+   Relative paths are then made absolute against the config file's directory (`paths`).
 2. structure: a walker over `msgspec.inspect.type_info(Config)` reports unknown and missing keys,
    wrong types and bad values anywhere in the tree.
 3. meaning: `proxy.config.semantic` checks names, references and addresses across the tree.
@@ -27,10 +28,10 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
-from proxy.config import semantic
+from proxy.config import paths, semantic
 from proxy.config.errors import ROOT, ConfigError, ConfigIssue, Issues, PathTuple
 from proxy.config.model import Config
-from proxy.config.values import CUSTOM_TYPES, Address, Duration, decode_hook
+from proxy.config.values import CUSTOM_TYPES, Address, Duration, PositiveDuration, ZeroDuration, decode_hook
 
 try:
     _BaseLoader: type = yaml.CSafeLoader
@@ -66,7 +67,8 @@ def load(path: str | os.PathLike[str]) -> Config:
 
 
 def read(path: str | os.PathLike[str]) -> tuple[Config, str]:
-    """`load`, also returning the text it read (a keeper hands exactly that to its workers)."""
+    """`load`, also returning the text it read (a keeper hands exactly that to its workers).
+    Relative paths in it are resolved against the file's directory (proxy.config.paths)."""
     filename = os.fspath(path)
     try:
         data = Path(filename).read_bytes()
@@ -80,11 +82,13 @@ def read(path: str | os.PathLike[str]) -> tuple[Config, str]:
         message = f"config file is not valid UTF-8 (byte {exc.start})"
         raise ConfigError([ConfigIssue(ROOT, message, line, filename)]) from None
     fmt: Format = "json" if Path(filename).suffix.lower() == ".json" else "yaml"
-    return load_text(text, filename=filename, fmt=fmt), text
+    return load_text(text, filename=filename, fmt=fmt, base_dir=paths.config_dir(filename)), text
 
 
-def load_text(text: str, filename: str = "<config>", fmt: Format | None = None) -> Config:
-    """Load config text. `fmt` is "yaml" or "json"; by default `.json` filenames are JSON."""
+def load_text(text: str, filename: str = "<config>", fmt: Format | None = None, *, base_dir: str | None = None) -> Config:
+    """Load config text. `fmt` is "yaml" or "json"; by default `.json` filenames are JSON.
+    `base_dir`: the directory relative paths in it mean (`paths.config_dir(filename)` for text
+    read from a file); None leaves them as written."""
     if fmt is None:
         fmt = "json" if filename.lower().endswith(".json") else "yaml"
     if fmt not in ("yaml", "json"):
@@ -94,6 +98,8 @@ def load_text(text: str, filename: str = "<config>", fmt: Format | None = None) 
         ok, raw = _parse_json(text, issues) if fmt == "json" else _parse_yaml(text, issues)
         if not ok:
             raise issues.error()
+        if base_dir is not None:
+            paths.resolve(raw, base_dir)
         _Walker(issues).check(_CONFIG_INFO, raw, ())
         semantic.check(raw, issues)
     except RecursionError:
@@ -348,6 +354,7 @@ def _structs(info: Any, seen: set[type] | None = None) -> list[mi.StructType]:
 _LITERAL_ORDER = _literal_order(_CONFIG_INFO)
 _CUSTOM_DESCRIPTIONS: dict[type, str] = {
     Duration: "a duration such as '5s'",
+    PositiveDuration: "a duration above 0 such as '5s'",
     Address: "an address such as 'host:port'",
 }
 
@@ -440,7 +447,10 @@ class _Walker:
         if value is None and len(members) < len(t.types):
             return
         if len(members) == 1:  # `X | None` with a value that is not None: check it as an X
-            self.check(members[0], value, path)
+            if isinstance(members[0], mi.CustomType):
+                self._custom(members[0], value, path, nullable=True)
+            else:
+                self.check(members[0], value, path)
             return
         shaped = [m for m in members if _shape_matches(m, value)]
         if len(shaped) == 1 and isinstance(shaped[0], _MAPPING_TYPES + _LIST_TYPES):
@@ -453,13 +463,16 @@ class _Walker:
                 return
         self.issues.add(path, f"expected {_describe(t)}, got {_got(value)}")
 
-    def _custom(self, t: mi.CustomType, value: Any, path: PathTuple) -> None:
+    def _custom(self, t: mi.CustomType, value: Any, path: PathTuple, nullable: bool = False) -> None:
         parse = CUSTOM_TYPES.get(t.cls)
         if parse is None:
             self._convert(t, value, path)
             return
         try:
             parse(value)
+        except ZeroDuration as exc:
+            # "0s" is how Envoy turns a timeout off; here that is null, where it may be off.
+            self.issues.add(path, f"{exc}; null turns it off" if nullable else str(exc))
         except (ValueError, TypeError) as exc:
             self.issues.add(path, str(exc))
 

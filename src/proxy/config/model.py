@@ -1,8 +1,9 @@
 """The typed, frozen config model: what a validated config file becomes.
 
 Every struct forbids unknown keys. Two value types are parsed from strings by the loader
-(`proxy.config.values`): `Duration` ("250ms", "5s", "2m", "1h", "1.5s") and `Address`
-("host:port", "[v6]:port", "unix:/path"). Cross-references (a listener's cluster) and
+(`proxy.config.values`): `Duration` ("250ms", "5s", "2m", "1h", "1.5s"; `PositiveDuration`
+refuses "0s": timeouts, where null, if allowed, means none) and `Address` ("host:port",
+"[v6]:port", "unix:/path"). Cross-references (a listener's cluster) and
 uniqueness (names) are checked after decoding, in `proxy.config.semantic`.
 """
 
@@ -14,7 +15,7 @@ import msgspec
 
 from proxy.config.base import Name, PositiveInt, Weight, _Model
 from proxy.config.routes import RouteTable
-from proxy.config.values import Address, Duration
+from proxy.config.values import Address, Duration, PositiveDuration
 
 class Host(_Model):
     address: Address
@@ -26,12 +27,17 @@ class Cluster(_Model):
     name: Name
     hosts: Annotated[list[Host], msgspec.Meta(min_length=1)]
     lb: Literal["round_robin", "random"] = "round_robin"
-    connect_timeout: Duration = Duration(1.0)
+    # Envoy's default. Linux resends a SYN that got no answer after 1 s (then 3 s, 7 s): a
+    # shorter timeout turns one dropped SYN (a full accept queue) into a 502.
+    connect_timeout: PositiveDuration = PositiveDuration(5.0)
     # HTTP connection pool, per host (Envoy's circuit breaker defaults are 1024 each).
     max_connections: PositiveInt = 1024
     max_pending_requests: PositiveInt = 1024  # requests waiting for a connection; overflow -> 503 UO
     max_requests_per_connection: PositiveInt | None = None
-    idle_timeout: Duration = Duration(60.0)  # an unused pooled connection is closed after this
+    idle_timeout: PositiveDuration = PositiveDuration(60.0)  # an unused pooled connection is closed after this
+    # What the proxy speaks to the hosts: HTTP/1.1, HTTP/2 (prior-knowledge h2c, multiplexed),
+    # or whatever the client spoke (Envoy's USE_DOWNSTREAM_PROTOCOL).
+    protocol: Literal["http1", "http2", "downstream"] = "http1"
 
 
 class HttpSettings(_Model):
@@ -41,8 +47,8 @@ class HttpSettings(_Model):
     max_header_bytes: Annotated[int, msgspec.Meta(ge=256)] = 65536  # -> 431
     max_header_count: PositiveInt = 100  # -> 431
     max_body_bytes: PositiveInt | None = None  # -> 413
-    request_header_timeout: Duration = Duration(10.0)  # a request head must arrive within this (408)
-    idle_timeout: Duration = Duration(300.0)  # keep-alive connection with no request in flight
+    request_header_timeout: PositiveDuration = PositiveDuration(10.0)  # a request head must arrive within this (408)
+    idle_timeout: PositiveDuration = PositiveDuration(300.0)  # keep-alive connection with no request in flight
     max_requests_per_connection: PositiveInt | None = None
     via: str | None = None  # e.g. "1.1 proxy": appended to Via both ways when set
     forwarded_headers: bool = True  # set X-Forwarded-For/-Proto/-Host
@@ -63,8 +69,9 @@ class AccessLog(_Model):
 class Listener(_Model):
     name: Name
     address: Address
-    # tcp | http1 | a multiplexed codec: a built-in name or "package.module:Codec"
-    # (proxy.http.codecs; checked when the config is loaded)
+    # tcp | http1 | http2 (prior-knowledge h2c) | http (HTTP/1.1 and HTTP/2 on one port, by the
+    # connection preface) | a multiplexed codec "package.module:Codec" (proxy.http.codecs;
+    # checked when the config is loaded)
     protocol: str
     # L4 listeners name the cluster their connections go to; HTTP listeners a route table.
     cluster: Name | None = None
@@ -76,7 +83,7 @@ class Listener(_Model):
     # (Envoy's listener connection limit); None means no limit.
     max_connections: PositiveInt | None = None
     # No bytes in either direction for this long closes both sides (Envoy tcp_proxy: 1h).
-    idle_timeout: Duration | None = Duration(3600.0)
+    idle_timeout: PositiveDuration | None = PositiveDuration(3600.0)
     # Upstream connect attempts before the downstream is closed; each one goes to the next host.
     max_connect_attempts: Annotated[int, msgspec.Meta(ge=1, le=16)] = 3
     # How plaintext bytes are relayed: splice(2) through a pipe (zero-copy), or a userspace copy.
@@ -103,7 +110,7 @@ class Runtime(_Model):
     drain_timeout: Duration = Duration(30.0)
     # Reload/upgrade: a new worker generation must be READY within this, or it is killed and
     # the old one serves on (tableflip's default).
-    upgrade_timeout: Duration = Duration(60.0)
+    upgrade_timeout: PositiveDuration = PositiveDuration(60.0)
     # After READY the new generation accepts alone for this long before the old one commits its
     # live connections to it; a new worker that dies meanwhile is rolled back at once.
     upgrade_probation: Duration = Duration(1.0)
@@ -113,7 +120,7 @@ class Diagnostics(_Model):
     # Holmes-like watcher (proxy.diagnostics): when a metric reaches its threshold, a dump file
     # `<directory>/<utc-timestamp>-<metric>.txt` is written (at most one per metric per cooldown).
     directory: str = "/var/tmp/proxy-diag"
-    interval: Duration = Duration(1.0)
+    interval: PositiveDuration = PositiveDuration(1.0)
     cooldown: Duration = Duration(60.0)
     cpu_percent: Annotated[float, msgspec.Meta(gt=0)] | None = None
     rss_mb: Annotated[float, msgspec.Meta(gt=0)] | None = None

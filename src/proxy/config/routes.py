@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from proxy.config.base import Name, _Model
-from proxy.config.values import Duration
+from proxy.config.values import Duration, PositiveDuration
 
 # An HTTP field name (RFC 9110 token); matched case-insensitively, sent lower-case.
 HeaderName = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")]
@@ -145,7 +145,7 @@ class Retry(_Model):
     retriable_status_codes: list[Status] = []
     # Retries, not counting the first try (Envoy's num_retries).
     attempts: Annotated[int, msgspec.Meta(ge=0, le=10)] = 1
-    per_try_timeout: Duration | None = None
+    per_try_timeout: PositiveDuration | None = None
     backoff: Backoff = Backoff()
 
 
@@ -163,8 +163,9 @@ class Route(_Model):
     prefix_rewrite: str | None = None
     regex_rewrite: RegexRewrite | None = None
     host_rewrite: Annotated[str, msgspec.Meta(min_length=1)] | None = None
-    # The whole request, retries included; "0s" means none. Envoy's default.
-    timeout: Duration = Duration(15.0)
+    # The whole request, retries included (Envoy's default); null means none ("0s", Envoy's
+    # way to say none, is refused: it reads as "time out at once").
+    timeout: PositiveDuration | None = PositiveDuration(15.0)
     retry: Retry | None = None
     allow_upgrades: list[HeaderName] = msgspec.field(default_factory=lambda: ["websocket"])
     allow_connect: bool = False

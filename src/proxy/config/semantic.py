@@ -1,4 +1,5 @@
-"""Checks across the config tree: unique names, cluster references, address clashes.
+"""Checks across the config tree: unique names, cluster references, address clashes (listening
+addresses that cannot all be bound).
 
 They run on the raw parsed data, also when the structural check found errors, so one run shows
 everything; every check looks only at the parts that have the right shape and skips the rest
@@ -27,7 +28,7 @@ def check(raw: Any, issues: Issues) -> None:
     _unique_names(listeners, ("listeners",), "listener", issues)
     cluster_names = _unique_names(clusters, ("clusters",), "cluster", issues)
     _listener_clusters(listeners, cluster_names, issues)
-    _listener_addresses(listeners, issues)
+    _listener_addresses(listeners, raw.get("admin"), issues)
     _host_addresses(clusters, issues)
     _admin(raw.get("admin"), issues)
     check_routes(raw, issues)
@@ -60,7 +61,7 @@ def _listener_clusters(listeners: list[tuple[int, dict[str, Any]]], clusters: li
         cluster = listener.get("cluster")
         protocol = listener.get("protocol")
         if isinstance(protocol, str) and not codecs.is_known(protocol):
-            issues.add(("listeners", index, "protocol"), f"unknown protocol {protocol!r}; use tcp, http1, {''.join(n + ', ' for n in codecs.BUILTINS)}or 'package.module:Codec'")
+            issues.add(("listeners", index, "protocol"), f"unknown protocol {protocol!r}; use {', '.join(codecs.names())} or 'package.module:Codec'")
         elif isinstance(protocol, str) and protocol != "tcp" and listener.get("route") is None:
             issues.add(("listeners", index), f"an {protocol} listener needs a 'route' (a route table name)")
         if protocol == "tcp" and cluster is None:
@@ -76,18 +77,51 @@ def _listener_clusters(listeners: list[tuple[int, dict[str, Any]]], clusters: li
             issues.add(("listeners", index, "cluster"), message)
 
 
-def _listener_addresses(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
-    first: dict[tuple[Any, ...], PathTuple] = {}
-    for index, listener in listeners:
-        address = _address(listener.get("address"))
+def _listener_addresses(listeners: list[tuple[int, dict[str, Any]]], admin: Any, issues: Issues) -> None:
+    """Listening addresses that cannot all be bound: one address twice, or a wildcard beside
+    an address of its family on the same port. The admin metrics listener is one of them."""
+    bound: list[tuple[PathTuple, Address, tuple[Any, ...]]] = []
+    candidates: list[tuple[PathTuple, Any]] = [(("listeners", index, "address"), listener.get("address")) for index, listener in listeners]
+    if isinstance(admin, dict):
+        candidates.append((("admin", "metrics"), admin.get("metrics")))
+    for path, value in candidates:
+        address = _address(value)
         if address is None or (not address.is_unix and address.port == 0):
             continue  # port 0: the kernel picks a free port for each listener
-        path = ("listeners", index, "address")
         key = _address_key(address)
-        if key in first:
-            issues.add(path, f"duplicate listener address {address.text!r} (first at {format_path(first[key])})")
+        for first_path, first, first_key in bound:
+            if key == first_key:
+                issues.add(path, f"duplicate listener address {address.text!r} (first at {format_path(first_path)})")
+                break
+            if _wildcard_clash(first, first_key, address, key):
+                wildcard = (first if _is_wildcard(first_key) else address).host
+                family = _FAMILY_NAMES[address.family]
+                issues.add(
+                    path,
+                    f"{address.text!r} cannot be bound beside {first.text!r} (at {format_path(first_path)}): "
+                    f"{f'[{wildcard}]' if family == 'IPv6' else wildcard} takes port {address.port} on every {family} address",
+                )
+                break
         else:
-            first[key] = path
+            bound.append((path, address, key))
+
+
+_FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+
+
+def _is_wildcard(key: tuple[Any, ...]) -> bool:
+    return key[0] in _FAMILY_NAMES and key[1].is_unspecified
+
+
+def _wildcard_clash(a: Address, a_key: tuple[Any, ...], b: Address, b_key: tuple[Any, ...]) -> bool:
+    """Linux refuses to bind a wildcard and another address of its family on one port (even
+    with SO_REUSEADDR; SO_REUSEPORT, set only with several workers, would let both bind, so
+    the config would break when the worker count drops to 1). IPv4 and IPv6 never clash:
+    IPv6 listeners bind with IPV6_V6ONLY (proxy.network.listener), so [::]:80 leaves
+    0.0.0.0:80 free. Host names are resolved only when bound: not checked here."""
+    if a.family not in _FAMILY_NAMES or a.family != b.family or a.port != b.port:
+        return False
+    return _is_wildcard(a_key) or _is_wildcard(b_key)
 
 
 def _host_addresses(clusters: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
@@ -115,6 +149,8 @@ def _admin(admin: Any, issues: Issues) -> None:
     if isinstance(sock, str) and not sock.startswith("/"):
         hint = " (write the path without 'unix:')" if sock.startswith("unix:/") else ""
         issues.add(("admin", "socket"), f"admin socket must be an absolute path, got {sock!r}{hint}")
+    elif isinstance(sock, str) and len(sock.encode()) > 107:  # sun_path; a relative one is resolved by now
+        issues.add(("admin", "socket"), f"admin socket path is longer than 107 bytes: {sock!r}")
     metrics = _address(admin.get("metrics"))
     if metrics is not None and metrics.is_unix:
         issues.add(("admin", "metrics"), f"admin metrics must be a TCP 'host:port' address, got {metrics.text!r}")

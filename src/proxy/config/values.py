@@ -1,4 +1,4 @@
-"""Config value types parsed from strings: durations and addresses.
+"""Config value types parsed from strings: durations (any, or above zero) and addresses.
 
 Each parser raises ValueError with a message fit to show an operator; the loader adds the
 path and line. `decode_hook` lets msgspec build these types while converting.
@@ -33,7 +33,26 @@ class Duration(float):
         return cls(float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
 
     def __repr__(self) -> str:
-        return f"Duration({float(self)}s)"
+        return f"{type(self).__name__}({float(self)}s)"
+
+
+class ZeroDuration(ValueError):
+    """A zero where only a duration above zero makes sense."""
+
+
+class PositiveDuration(Duration):
+    """A Duration above zero: timeouts and intervals where "0s" would be a bug (a connect that
+    can never succeed, a busy loop) or ambiguous (Envoy reads 0 as "no timeout"; here that is
+    null, where a timeout may be off)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> PositiveDuration:
+        duration = super().parse(value)
+        if duration <= 0:
+            raise ZeroDuration(f"duration {value!r} must be more than 0")
+        return cls(duration)
 
 
 class Address:
@@ -121,7 +140,7 @@ def _parse_port(value: str, port_text: str) -> int:
     return port
 
 
-CUSTOM_TYPES: dict[type, Any] = {Duration: Duration.parse, Address: Address.parse}
+CUSTOM_TYPES: dict[type, Any] = {Duration: Duration.parse, PositiveDuration: PositiveDuration.parse, Address: Address.parse}
 
 
 def decode_hook(type_: type, value: Any) -> Any:

@@ -14,26 +14,36 @@ from collections.abc import Callable
 from proxy.codec.mux import ServerCodec
 
 HTTP1 = "http1"
+HTTP2 = "http2"
+AUTO_HTTP = "http"  # HTTP/1.1 and HTTP/2 on one port, by the connection preface
 L4 = "tcp"
-# Built-in multiplexed codecs by name (HTTP/2 joins here).
-BUILTINS: dict[str, str] = {}
+# Built-in multiplexed codecs by name.
+BUILTINS: dict[str, str] = {HTTP2: "proxy.codec.http2:ServerConnection"}  # prior-knowledge h2c
 
 
 class CodecLoadError(Exception):
     pass
 
 
+def names() -> list[str]:
+    """The protocol names a listener may use (besides a dotted path)."""
+    return [L4, HTTP1, *BUILTINS, *([AUTO_HTTP] if HTTP2 in BUILTINS else [])]
+
+
 def is_known(protocol: str) -> bool:
+    if protocol == AUTO_HTTP:
+        return HTTP2 in BUILTINS
     return protocol in (L4, HTTP1) or protocol in BUILTINS or ":" in protocol
 
 
 def load_server_codec(protocol: str) -> Callable[[], ServerCodec]:
     """The codec class a listener's `protocol` names; raises CodecLoadError saying why not."""
+    if protocol == AUTO_HTTP:
+        protocol = HTTP2  # (its HTTP/1.1 side is http1_server's)
     target = BUILTINS.get(protocol, protocol)
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        names = ", ".join([L4, HTTP1, *BUILTINS])
-        raise CodecLoadError(f"unknown protocol {protocol!r}: use {names} or 'package.module:Codec'")
+        raise CodecLoadError(f"unknown protocol {protocol!r}: use {', '.join(names())} or 'package.module:Codec'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

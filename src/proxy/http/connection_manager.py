@@ -36,6 +36,9 @@ log = get_logger("http")
 
 # How often the watchdog looks for connections past their deadline (idle, header, route).
 WATCHDOG_TICK = 0.1
+# The HTTP/2 connection preface (RFC 9113 §3.4): on a `protocol: http` listener, a client that
+# starts with it speaks HTTP/2 (prior knowledge); any other first bytes are HTTP/1.1.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class HttpConnectionManager:
@@ -58,8 +61,11 @@ class HttpConnectionManager:
         self.clusters = clusters
         self.router = Router(config, route_table, clusters, pools, chain, access_logs, stats)
         self.http1 = Http1Server(self, self.router, config)
-        # A multiplexed codec (proxy.http.codecs) when the listener names one.
+        # A multiplexed codec (proxy.http.codecs) when the listener names one; `http` serves
+        # HTTP/1.1 and HTTP/2 on one port, told apart by the connection preface.
         self.mux: MuxServer | None = None
+        self.detect = config.protocol == codecs.AUTO_HTTP
+        self.header_timeout = float(config.http.request_header_timeout)
         if config.protocol != codecs.HTTP1:
             self.mux = MuxServer(self, self.router, config, codecs.load_server_codec(config.protocol))
         self.draining = False
@@ -98,10 +104,34 @@ class HttpConnectionManager:
 
     async def handle(self, sock: socket.socket, peer: Any) -> None:
         self.stats.downstream_cx_total += 1
-        if self.mux is not None:
+        if self.detect:
+            if await self._speaks_h2(sock):
+                await self.mux.connection(sock, peer)  # type: ignore[union-attr]
+            else:
+                await self.http1.connection(sock, peer, 0, b"")
+        elif self.mux is not None:
             await self.mux.connection(sock, peer)
         else:
             await self.http1.connection(sock, peer, 0, b"")
+
+    async def _speaks_h2(self, sock: socket.socket) -> bool:
+        """Peek at the first bytes (nothing is consumed): the HTTP/2 preface, or not. A client
+        that sends nothing, or stops midway through a preface, is left to HTTP/1's timeouts."""
+        with trio.move_on_after(self.header_timeout):
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    first = sock.recv(len(H2_PREFACE), socket.MSG_PEEK)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return False
+                if not first or not H2_PREFACE.startswith(first):
+                    return False
+                if len(first) == len(H2_PREFACE):
+                    return True
+                await trio.sleep(0.005)  # part of a preface: wait for the rest
+        return False
 
     # ------------------------------------------------------------------ hot upgrade
 

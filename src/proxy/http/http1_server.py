@@ -151,7 +151,16 @@ class Http1ServerStream(ServerStream):
     __slots__ = ("conn", "server", "out", "chunked", "ended")
 
     def __init__(self, conn: Http1Connection, server: Http1Server, head: RequestHead, info: StreamInfo, client_ip: str) -> None:
-        super().__init__(head, info, client_ip)
+        # ServerStream's fields, inline (one frame per request instead of three)
+        self.request = head
+        self.response = None
+        self.info = info
+        self.route = None
+        self.downstream_address = client_ip
+        self.scheme = b"http"
+        self.response_started = False
+        self.has_body = head.chunked or bool(head.content_length)
+        self.grpc = False
         self.conn = conn
         self.server = server
         self.out: list[bytes] = []  # written, not flushed

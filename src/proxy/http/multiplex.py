@@ -84,10 +84,7 @@ class MuxServerStream(ServerStream):
         self.window: trio.Event | None = None  # set when flow control lets sends go on
         self.reset_code: int | None = None  # the peer reset the stream
         self.timer_fired = False
-
-    @property
-    def has_body(self) -> bool:
-        return not self.request_ended or bool(self.inbound)
+        self.has_body = not end_stream
 
     async def receive_body(self) -> Body | EndOfMessage:
         inbound = self.inbound

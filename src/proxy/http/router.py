@@ -28,6 +28,7 @@ import trio
 from proxy.clock import clock_reader
 from proxy.codec import http1
 from proxy.codec.http1 import Body, EndOfMessage, ProtocolError, RequestHead, ResponseHead
+from proxy.http import grpc
 from proxy.http import stream_info as flags
 from proxy.http.access_log import AccessLogger
 from proxy.http.filter import FilterChain, LocalReply
@@ -40,6 +41,7 @@ from proxy.router.retry import RetryState
 from proxy.router.route_table import choose_cluster, mutate_headers, redirect_location, rewrite_path
 from proxy.stats import ListenerStats
 from proxy.upstream.cluster import Cluster
+from proxy.upstream.connect_log import connect_failed
 from proxy.upstream.pool import PoolManager, PoolOverflow
 
 log = get_logger("http")
@@ -148,7 +150,11 @@ class Router:
                 if cluster is not None:
                     cluster.stats.upstream_rq_timeout += 1
                 if not stream.response_started:
-                    info.response_code = 504
+                    if stream.grpc:  # (the codec's answer will be gRPC-shaped)
+                        info.response_code = 200
+                        info.grpc_status = grpc.DEADLINE_EXCEEDED
+                    else:
+                        info.response_code = 504
             stats.downstream_rq_active -= 1
             self._count_status(info.response_code)
             info.finish()
@@ -197,13 +203,15 @@ class Router:
             return
         info.cluster = cluster.name
 
-        up_head = self._upstream_head(stream, match, host, path, query, upgrade)
+        up_head, grpc_timeout = self._upstream_head(stream, match, host, path, query, upgrade)
         try:
-            await self._forward(stream, cluster, route, up_head, upgrade)
+            await self._forward(stream, cluster, route, up_head, upgrade, grpc_timeout)
         except _LocalReplyRaised as raised:  # a body filter answered locally
             await self.send_local_reply(stream, raised.reply, True)
 
-    async def _forward(self, stream: ServerStream, cluster: Cluster, route: Any, up_head: RequestHead, upgrade: bytes | None) -> None:
+    async def _forward(
+        self, stream: ServerStream, cluster: Cluster, route: Any, up_head: RequestHead, upgrade: bytes | None, grpc_timeout: bytes | None
+    ) -> None:
         """Send the request upstream (with retries when the route has them and the body can be
         replayed), then relay the response."""
         head = stream.request
@@ -215,6 +223,10 @@ class Router:
         retry = RetryState(route.retry, body_replayable=body is not None) if route.retry is not None else None
 
         deadline = self._now() + route.timeout if route.timeout else _INF
+        if grpc_timeout is not None and stream.grpc:  # the client's own deadline caps the route's
+            seconds = grpc.parse_timeout(grpc_timeout)
+            if seconds is not None:
+                deadline = min(deadline, self._now() + seconds)
         stream.set_deadline(deadline)  # the route timeout: the codec answers 504
         fresh = False
         while True:
@@ -274,10 +286,13 @@ class Router:
             return LocalReply(403, b"upgrade not allowed", close=True)
         return None
 
-    def _upstream_head(self, stream: ServerStream, match: Any, host: bytes, path: bytes, query: bytes, upgrade: bytes | None) -> RequestHead:
+    def _upstream_head(
+        self, stream: ServerStream, match: Any, host: bytes, path: bytes, query: bytes, upgrade: bytes | None
+    ) -> tuple[RequestHead, bytes | None]:
         """The request as the upstream gets it, built in one pass over the client's headers:
         hop-by-hop fields (and those Connection names) dropped, Expect dropped (the proxy
-        answers 100-continue itself), X-Forwarded-* and Via set, Host rewritten if asked."""
+        answers 100-continue itself), X-Forwarded-* and Via set, Host rewritten if asked.
+        The same pass notes a gRPC call (stream.grpc) and its grpc-timeout, returned."""
         head = stream.request
         drop = _UPSTREAM_DROP
         for name, value in head.headers:
@@ -289,7 +304,7 @@ class Router:
         route = match.route
         host_rewrite = route.host_rewrite
         headers = []
-        xff = None
+        xff = grpc_timeout = None
         has_host = has_forwarded_host = False
         for field in head.headers:
             lname = field[0].lower()
@@ -306,6 +321,11 @@ class Router:
                 if lname == b"x-forwarded-proto":
                     continue
                 has_forwarded_host = True  # kept as the client sent it
+            elif lname == b"content-type":
+                if field[1][:16].lower() == grpc.CONTENT_TYPE:
+                    stream.grpc = True
+            elif lname == b"grpc-timeout":
+                grpc_timeout = field[1]
             headers.append(field)
         if host_rewrite is not None:
             headers.insert(0, (b"host", host_rewrite))
@@ -328,7 +348,7 @@ class Router:
         if route.prefix_rewrite is not None or route.regex_rewrite is not None:
             target = rewrite_path(route, target)
         # Positional: a slotted dataclass built with keywords costs ~0.4 µs more.
-        return RequestHead(head.method, target, b"1.1", headers, True, head.chunked, head.content_length, False, upgrade)
+        return RequestHead(head.method, target, b"1.1", headers, True, head.chunked, head.content_length, False, upgrade), grpc_timeout
 
     async def _read_body(self, stream: ServerStream, expect: bool) -> bytes:
         """Buffer the whole request body (small bodies of retried routes)."""
@@ -365,7 +385,11 @@ class Router:
         host = cluster.balancer.choose()
         if host is None:
             raise _UpstreamFailure("connect-failure", flags.NO_HEALTHY_UPSTREAM, "no healthy upstream")
-        pool = self.pools.pool(host, cluster)
+        protocol = cluster.protocol
+        if protocol == "http1" or (protocol == "downstream" and stream.info.protocol != "HTTP/2"):
+            pool: Any = self.pools.pool(host, cluster)
+        else:
+            pool = self.pools.h2_pool(host, cluster)
         try:
             upstream = None if fresh else pool.take_idle()
             if upstream is not None:
@@ -375,6 +399,7 @@ class Router:
         except ConnectFailed as exc:
             host.stats.cx_connect_fail += 1
             cluster.stats.upstream_cx_connect_fail += 1
+            connect_failed(host, cluster.name, exc.reason, self._now(), listener=self.name)
             raise _UpstreamFailure("connect-failure", flags.UPSTREAM_CONNECT_FAILURE, f"upstream connect error: {exc.reason}") from exc
         except PoolOverflow as exc:
             raise _UpstreamFailure("overflow", flags.UPSTREAM_OVERFLOW, "upstream overflow") from exc
@@ -463,6 +488,8 @@ class Router:
                 _append_header(headers, b"via", self.via)
             response.headers = headers
             info.response_code = response.status
+            if stream.grpc:
+                info.grpc_status = grpc.status_of(headers)  # a trailers-only response has it here
             events = upstream.buffered()  # what came with the head: the head never waits for the body
             stream.write_response(response, len(events) == 1 and type(events[0]) is EndOfMessage)
             body_filters = self.chain.response_body
@@ -477,6 +504,8 @@ class Router:
                             sent += len(data)
                             stream.write_data(data)
                     else:
+                        if event.trailers and stream.grpc:
+                            info.grpc_status = grpc.status_of(event.trailers)
                         stream.write_end(event.trailers)
                         info.bytes_sent += sent
                         sent = 0
@@ -509,13 +538,13 @@ class Router:
         if reply.flag:
             info.add_flag(reply.flag)
         self.stats.downstream_rq_local_reply += 1
-        info.response_code = reply.status
-        head = self.local_reply(stream, reply, upgrade)
+        head, body = self.local_reply(stream, reply, upgrade)
         stream.response = head
         info.response = head
         if self.chain.response:
             await self.chain.run_response(stream)
-        body = b"" if stream.request.method == b"HEAD" else reply.body
+        if stream.request.method == b"HEAD":
+            body = b""
         stream.write_response(head, not body)
         if body:
             stream.write_data(body)
@@ -523,30 +552,42 @@ class Router:
             stream.write_end()
         await stream.flush()
 
-    def local_reply(self, stream: ServerStream, reply: LocalReply, upgrade: bool = False) -> ResponseHead:
-        """The head of a local reply (Server, Content-Type, Content-Length, the reply's and the
-        route's headers); tells the codec whether the connection must end after it."""
+    def local_reply(self, stream: ServerStream, reply: LocalReply, upgrade: bool = False) -> tuple[ResponseHead, bytes]:
+        """The head and body of a local reply: Server, Content-Type, Content-Length, the
+        reply's and the route's headers; gRPC-shaped for a gRPC call (HTTP 200, grpc-status,
+        grpc-message, no body). Tells the codec whether the connection must end after it."""
         close = reply.close or upgrade or self.draining
         stream.reply_headers(close)
+        info = stream.info
         out = [(b"server", self.server_name)]
+        if stream.grpc or grpc.is_grpc(stream.request.headers):
+            status = grpc.local_status(reply.status, reply.flag)
+            info.grpc_status = status
+            info.response_code = 200
+            out.extend(grpc.reply_headers(status, reply.body))
+            out.extend(reply.headers)
+            _mutate_response(stream, out)
+            return ResponseHead(200, b"", b"1.1", out, not close, False, None), b""
+        info.response_code = reply.status
         if reply.body and not _has_header(reply.headers, b"content-type"):
             out.append((b"content-type", b"text/plain"))
         out.append((b"content-length", str(len(reply.body)).encode()))
         if reply.headers:
             out.extend(reply.headers)
         _mutate_response(stream, out)
-        return ResponseHead(reply.status, b"", b"1.1", out, not close, False, len(reply.body))
+        return ResponseHead(reply.status, b"", b"1.1", out, not close, False, len(reply.body)), reply.body
 
     def timeout_reply(self, stream: ServerStream) -> LocalReply:
-        return LocalReply(504, b"upstream request timeout")
+        return LocalReply(504, b"upstream request timeout", flag=flags.UPSTREAM_TIMEOUT)
 
     async def send_quietly(self, stream: ServerStream, reply: LocalReply) -> None:
-        """A last answer after something broke (500, a bad body): no filters, best effort,
-        bounded in time."""
-        head = self.local_reply(stream, reply)
+        """A last answer after something broke (500, a bad body, a timeout): no filters, no
+        counts, best effort, bounded in time."""
+        head, body = self.local_reply(stream, reply)
         stream.response = head
         stream.info.response = head
-        body = b"" if stream.request.method == b"HEAD" else reply.body
+        if stream.request.method == b"HEAD":
+            body = b""
         try:
             with trio.move_on_after(5):
                 stream.write_response(head, not body)

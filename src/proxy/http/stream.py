@@ -68,21 +68,24 @@ class ServerStream(Stream):
     object as their `Stream`.
     """
 
-    __slots__ = ("scheme", "response_started")
+    __slots__ = ("scheme", "response_started", "has_body", "grpc")
 
     def __init__(self, request: RequestHead, info: StreamInfo, downstream_address: str) -> None:
-        super().__init__(request, info, downstream_address)
+        # (the fields of Stream and ServerStream, set here in one frame: codecs build one
+        # stream per request and call no super().__init__ on the hot path)
+        self.request = request
+        self.response = None
+        self.info = info
+        self.route = None
+        self.downstream_address = downstream_address
         self.scheme = b"http"
         self.response_started = False  # the first byte of the response has been written
+        # A request body is still to come (chunked, a content length, or a stream that did not
+        # end with its head): set by the codec, and what the router reads before the body.
+        self.has_body = request.chunked or bool(request.content_length)
+        self.grpc = False  # a gRPC call (content-type application/grpc): seen by the router
 
     # -- the request body
-    @property
-    def has_body(self) -> bool:
-        """The request has a body still to come (chunked, a content length, or a stream that
-        did not end with its head)."""
-        head = self.request
-        return head.chunked or bool(head.content_length)
-
     async def receive_body(self) -> Body | EndOfMessage:
         """The next piece of the request body, or its end (with trailers). Raises StreamReset
         (or ConnectionLost) if the client goes away midway, ProtocolError if it breaks the

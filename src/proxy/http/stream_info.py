@@ -58,6 +58,7 @@ class StreamInfo:
         "protocol",
         "attempts",
         "filter_state",
+        "grpc_status",
     )
 
     def __init__(self, request: Any, listener: str, remote: str, local: str) -> None:
@@ -82,6 +83,7 @@ class StreamInfo:
         self.protocol = "HTTP/1.1"
         self.attempts = 0
         self.filter_state: dict[str, Any] | None = None  # per-request scratch space for filters
+        self.grpc_status: int | None = None  # a gRPC call's status (proxy.http.grpc)
 
     def add_flag(self, flag: str) -> None:
         if self.flags is None:

@@ -25,6 +25,7 @@ from proxy.network.connect import ConnectFailed, connect
 from proxy.stats import ListenerStats
 from proxy.upgrade import migration as migration_mod
 from proxy.upstream.cluster import Cluster
+from proxy.upstream.connect_log import connect_failed
 from proxy.upstream.host import Host
 
 log = get_logger("tcp_proxy")
@@ -155,9 +156,7 @@ class TcpProxy:
                     cstats.upstream_cx_connect_timeout += 1
                 else:
                     cstats.upstream_cx_connect_fail += 1
-                log.warning(
-                    "upstream.connect_failed", listener=self.name, cluster=cluster.name, host=str(host.address), reason=exc.reason
-                )
+                connect_failed(host, cluster.name, exc.reason, trio.current_time(), listener=self.name)
                 continue
             cstats.upstream_cx_active += 1
             host.stats.cx_active += 1

@@ -360,7 +360,7 @@ class CompiledRoute:
             rewrite = config.regex_rewrite
             self.regex_rewrite = (re.compile(rewrite.pattern.encode()), rewrite.substitution.encode())
         self.host_rewrite = None if config.host_rewrite is None else config.host_rewrite.encode()
-        self.timeout: float | None = float(config.timeout) or None
+        self.timeout: float | None = None if config.timeout is None else float(config.timeout)
         self.retry = None if config.retry is None else RetryPolicy.from_config(config.retry)
         self.allow_upgrades = frozenset(token.lower().encode("ascii") for token in config.allow_upgrades)
         self.allow_connect = config.allow_connect

@@ -93,6 +93,7 @@ class _StartFailed(Exception):
 async def _start(ctrl: Channel) -> tuple[Any, dict[str, Any]]:
     from proxy import log as proxy_log
     from proxy.config import ConfigError, load_text
+    from proxy.config.paths import config_dir
     from proxy.http.filter import FilterLoadError
     from proxy.server import Worker
 
@@ -134,7 +135,8 @@ async def _start(ctrl: Channel) -> tuple[Any, dict[str, Any]]:
         if not body.get("more"):
             break
     try:
-        config = load_text(text, welcome.get("config_path", "<config>"))
+        path = welcome.get("config_path")  # relative paths in the config mean its directory, as in the keeper
+        config = load_text(text, path or "<config>", base_dir=config_dir(path) if path else None)
         worker = Worker(config, inherited=inherited)
     except (ConfigError, FilterLoadError) as exc:
         raise _StartFailed(str(exc)) from exc

@@ -5,7 +5,8 @@ socket, supervisor of worker generations; it serves no traffic.
      ├─ signals        SIGHUP reload, SIGUSR2 upgrade (re-exec first), SIGTERM drain, SIGINT stop,
      │                 SIGUSR1 reopen logs
      ├─ admin socket   keeper endpoints (/status /reload /upgrade /drain) answered here, the rest
-     │                 forwarded to worker 0 over its control channel; metrics listener likewise
+     │                 asked of the workers over their control channels, their answers folded
+     │                 into one (proxy.admin.aggregate); metrics listener likewise
      └─ workers        one supervisor task per worker process: a worker that dies is replaced
                        (within 1 s), and since the keeper never closes a listener, connections
                        queued in the kernel meanwhile are served by the replacement

@@ -1,26 +1,32 @@
 """The keeper's admin socket and metrics listener.
 
 The keeper answers what is its own (`/status` with generations and the last reload, `/reload`,
-`/upgrade`, `/drain`) and forwards everything else to worker 0 of the current generation over
-its control channel (ADMIN / ADMIN_REPLY), so the worker's stats, clusters, config, task tree
-and profiles are read where they live. Commands that change worker state (`/log_level`, host
-enable/disable) go to every current worker. `/metrics` is the worker's text plus the keeper's
-upgrade families.
+`/upgrade`, `/drain`) and asks the workers of the current generation for the rest over their
+control channels (ADMIN / ADMIN_REPLY), so stats, clusters, config, task trees and profiles are
+read where they live. With several workers, every one is asked and the answers are folded into
+one by the schema declared where they are built (`proxy.admin.aggregate`): counters and gauges
+of amounts add up, properties are taken once or shown per worker. Commands that change worker
+state (`/log_level`, host enable/disable) go to every worker. `?worker=I` on any worker endpoint
+reads (or changes) that worker alone. `/metrics` is the workers' text plus the keeper's upgrade
+families.
 """
 
 from __future__ import annotations
 
 import contextvars
+import json
 import re
 import socket
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import trio
 
 from proxy import log as proxy_log
+from proxy import metrics as proxy_metrics
+from proxy.admin import aggregate
 from proxy.admin.metrics_server import MetricsServer, response
-from proxy.admin.server import AdminServer, TextBody
+from proxy.admin.server import MERGE, AdminServer, TextBody
 from proxy.log import get_logger
 from proxy.metrics import CONTENT_TYPE, escape_label_value
 from proxy.upgrade.migration import b64d
@@ -29,6 +35,8 @@ log = get_logger("admin")
 
 _current_conn: contextvars.ContextVar[socket.socket | None] = contextvars.ContextVar("admin_conn", default=None)
 _BROADCAST = re.compile(r"/log_level|/clusters/[^/]+/hosts/[^/]+/(enable|disable)")
+_KEEPERS = ("/reload", "/upgrade", "/drain")  # and /status without ?worker
+_FOLDED = {*MERGE, "/metrics", "/tasks"}  # GETs answered by every worker together; the rest by worker 0
 
 
 class KeeperAdmin(AdminServer):
@@ -48,7 +56,9 @@ class KeeperAdmin(AdminServer):
         keeper = self.keeper
         path = urlsplit(target).path.rstrip("/") or "/"
         try:
-            if path == "/status" and "worker=" not in target:  # ?worker=I: that worker's own view
+            if path in _KEEPERS and _wanted(target) is not None:
+                return 400, {"error": f"{path} is the keeper's (the whole proxy's): ?worker does not apply"}, None
+            if path == "/status" and _wanted(target) is None:  # ?worker=I: that worker's own view
                 if method != "GET":
                     return 405, {"error": f"{method} not allowed on /status"}, "GET"
                 return 200, keeper.status(), None
@@ -68,119 +78,150 @@ class KeeperAdmin(AdminServer):
                 assert keeper._nursery is not None
                 keeper._nursery.start_soon(keeper.drain)
                 return 200, {"draining": True}, None
-            workers = [w for w in keeper.current if not w.gone.is_set()]
-            if not workers:
-                return 503, {"error": "no worker is running"}, None
-            if _BROADCAST.fullmatch(path) and method in ("PUT", "POST"):
-                replies = [await w.admin(method, target, body) for w in workers]
-                reply = replies[0]
-                if reply is not None and reply.get("status") == 200:
-                    done = _json_body(reply)
-                    if path == "/log_level":
-                        if done.get("level") in proxy_log.LEVELS:
-                            proxy_log.set_level(done["level"])
-                            keeper.logging["level"] = done["level"]  # new generations start with it too
-                    else:  # host enable/disable: replayed into the workers of later generations
-                        keeper.host_overrides[(done.get("cluster"), done.get("host"))] = bool(done.get("enabled"))
-            elif method == "GET" and path in _SUMMED and len(workers) > 1:
-                replies = [await w.admin(method, target, body) for w in workers]
-                reply = _sum_replies(path, [r for r in replies if r is not None and r.get("status") == 200]) or replies[0]
-            else:
-                reply = await _pick(workers, target).admin(method, target, body)
-            if reply is None:
-                return 503, {"error": "the worker did not answer"}, None
-            data = b64d(reply.get("body", ""))
-            if path == "/metrics" and reply.get("status") == 200:
-                data += keeper_metrics(keeper).encode()
-            return int(reply["status"]), TextBody(reply.get("content_type", "application/json"), data), reply.get("allow")
-        except _NoSuchWorker as exc:
-            return 404, {"error": f"no worker with index {exc}"}, None
+            return await ask_workers(keeper, method, target, body)
+        except _BadWorker as exc:
+            return exc.status, {"error": str(exc)}, None
         except Exception as exc:  # an admin request never takes the keeper down
             log.error("admin.handler_error", exc_info=exc, method=method, target=target)
             return 500, {"error": f"internal error: {exc}"}, None
 
 
-_SUMMED = {"/stats", "/listeners", "/clusters", "/metrics"}
-_NOT_SUMMED = ("proxy_info", "proxy_uptime_seconds", "proxy_state")
-
-
-def _sum_replies(path: str, replies: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """One view over several workers: counters and gauges added up (worker 0 gives the shape)."""
-    import json
-
-    from proxy.upgrade.migration import b64e
-
-    if not replies:
-        return None
-    bodies = [b64d(r.get("body", "")) for r in replies]
-    if path == "/metrics":
-        merged = _sum_metrics([b.decode() for b in bodies]).encode()
-    else:
-        docs = [json.loads(b) for b in bodies]
-        merged = json.dumps(_sum_json(docs, counters=path == "/stats"), default=str).encode() + b"\n"
-    return {**replies[0], "body": b64e(merged)}
-
-
-def _sum_json(docs: list[Any], counters: bool = False) -> Any:
-    """Worker 0's document with its counters added up over `docs`. Counters are the numbers of
-    /stats and those under a `stats` key (/listeners, /clusters); any other number is config
-    (a host's weight) and is the same in every worker: worker 0's is kept, not summed."""
-    first = docs[0]
-    if isinstance(first, bool) or not isinstance(first, (int, float, dict, list)):
-        return first
-    if isinstance(first, (int, float)):
-        if not counters:
-            return first
-        return sum(d for d in docs if isinstance(d, (int, float)) and not isinstance(d, bool))
-    if isinstance(first, dict):
-        return {k: _sum_json([d.get(k, v) if isinstance(d, dict) else v for d in docs], counters or k == "stats") for k, v in first.items()}
-    # lists of listeners/clusters/hosts: matched by position (every worker has the same config)
-    return [_sum_json([d[i] if isinstance(d, list) and i < len(d) else item for d in docs], counters) for i, item in enumerate(first)]
-
-
-def _sum_metrics(texts: list[str]) -> str:
-    values: dict[str, float] = {}
-    for text in texts[1:]:
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                values[key] = values.get(key, 0.0) + float(value)
-    out = []
-    for line in texts[0].splitlines():
-        if line and not line.startswith("#") and not line.startswith(_NOT_SUMMED):
-            key, _, value = line.rpartition(" ")
-            total = float(value) + values.get(key, 0.0)
-            line = f"{key} {int(total) if total.is_integer() and '.' not in value else repr(total)}"
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
-async def metrics_text(keeper: Any) -> bytes | None:
-    """Every current worker's metrics added up, plus the keeper's own families."""
+async def ask_workers(keeper: Any, method: str, target: str, body: bytes) -> tuple[int, Any, str | None]:
+    """A worker endpoint's answer: from the worker `?worker=I` names; else, with several
+    workers, every worker's answer folded into one (reads) or applied by each (commands);
+    else worker 0's. Raises _BadWorker for a `?worker` that names none."""
     workers = [w for w in keeper.current if not w.gone.is_set()]
-    replies = [await w.admin("GET", "/metrics", b"") for w in workers]
-    reply = _sum_replies("/metrics", [r for r in replies if r is not None and r.get("status") == 200])
+    if not workers:
+        return 503, {"error": "no worker is running"}, None
+    path = urlsplit(target).path.rstrip("/") or "/"
+    wanted = _wanted(target)
+    if wanted is not None:  # one worker's own view; a command changes that worker alone
+        return _relay(await _pick(workers, wanted).admin(method, target, body))
+    broadcast = _BROADCAST.fullmatch(path) is not None and method in ("PUT", "POST")
+    folded = method == "GET" and path in _FOLDED
+    if len(workers) == 1 or not (broadcast or folded):
+        reply = await workers[0].admin(method, target, body)
+        if broadcast and reply is not None and reply.get("status") == 200:
+            _remember(keeper, path, _json(reply))
+        status, payload, allow = _relay(reply)
+        if path == "/metrics" and status == 200 and isinstance(payload, TextBody):
+            payload = TextBody(payload.content_type, payload.body + keeper_metrics(keeper).encode())
+        return status, payload, allow
+    replies = await _ask_all(workers, method, target, body)
+    if broadcast:
+        return _applied(keeper, path, workers, replies)
+    answered = [(w, r) for w, r in zip(workers, replies, strict=True) if r is not None]
+    if len(answered) < len(workers):  # a sum without a worker's share would be a wrong number
+        names = ", ".join(f"#{w.index} (pid {w.pid})" for w, r in zip(workers, replies, strict=True) if r is None)
+        return 503, {"error": f"worker {names} did not answer; ?worker=I reads one worker"}, None
+    for _, reply in answered:
+        if reply.get("status") != 200:  # a request every worker refuses (a bad query): one of them says why
+            return _relay(reply)
+    bodies = {str(w.index): b64d(r.get("body", "")) for w, r in answered}
+    if path == "/metrics":
+        text = aggregate.merge_metrics({w: b.decode() for w, b in bodies.items()}, proxy_metrics.SUMMED_GAUGES, proxy_metrics.PER_WORKER)
+        return 200, TextBody(CONTENT_TYPE, text.encode() + keeper_metrics(keeper).encode()), None
+    docs = {w: json.loads(b) for w, b in bodies.items()}
+    if path == "/tasks":
+        return 200, aggregate.task_trees({str(w.index): (w.pid, docs[str(w.index)]) for w in workers}), None
+    return 200, aggregate.merge(MERGE[path], docs), None
+
+
+def _applied(keeper: Any, path: str, workers: list[Any], replies: list[dict[str, Any] | None]) -> tuple[int, Any, str | None]:
+    """A command sent to every worker: its answer when every worker took it (or every worker
+    refused it alike); else a 502 saying which workers took it and what the others said."""
+    answers = {str(w.index): (None if r is None else r.get("status"), _json(r)) for w, r in zip(workers, replies, strict=True)}
+    took = {w: body for w, (status, body) in answers.items() if status == 200}
+    if took:
+        _remember(keeper, path, aggregate.merge(aggregate.ONCE, took))
+    statuses = {status for status, _ in answers.values()}
+    if len(statuses) == 1 and None not in statuses:
+        return (200, aggregate.merge(aggregate.ONCE, took), None) if took else _relay(replies[0])
+    refused = "; ".join(f"#{w}: {_reason(status, body)}" for w, (status, body) in answers.items() if status != 200)
+    error = f"applied by worker {', '.join(f'#{w}' for w in took) or 'none'}; not by {refused}"
+    return 502, {"error": error, "per_worker": {w: body for w, (_, body) in answers.items()}}, None
+
+
+def _reason(status: int | None, body: Any) -> str:
+    if status is None:
+        return "no answer"
+    return str(body.get("error") if isinstance(body, dict) and body.get("error") else f"HTTP {status}")
+
+
+def _remember(keeper: Any, path: str, done: Any) -> None:
+    """A command the workers took is the keeper's too: its log level, and host enable/disable,
+    which is replayed into the workers of later generations (not so for `?worker=I`)."""
+    if not isinstance(done, dict):
+        return
+    if path == "/log_level":
+        if done.get("level") in proxy_log.LEVELS:
+            proxy_log.set_level(done["level"])
+            keeper.logging["level"] = done["level"]  # new generations start with it too
+    else:
+        keeper.host_overrides[(done.get("cluster"), done.get("host"))] = bool(done.get("enabled"))
+
+
+async def _ask_all(workers: list[Any], method: str, target: str, body: bytes) -> list[dict[str, Any] | None]:
+    """Every worker's reply (None: no answer), asked at once."""
+    replies: list[dict[str, Any] | None] = [None] * len(workers)
+
+    async def ask(i: int) -> None:
+        replies[i] = await workers[i].admin(method, target, body)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(workers)):
+            nursery.start_soon(ask, i)
+    return replies
+
+
+def _relay(reply: dict[str, Any] | None) -> tuple[int, Any, str | None]:
+    """A worker's reply as this server's answer, its body as it is."""
+    if reply is None:
+        return 503, {"error": "the worker did not answer"}, None
+    return int(reply["status"]), TextBody(reply.get("content_type", "application/json"), b64d(reply.get("body", ""))), reply.get("allow")
+
+
+def _json(reply: dict[str, Any] | None) -> Any:
     if reply is None:
         return None
-    return b64d(reply.get("body", "")) + keeper_metrics(keeper).encode()
+    try:
+        return json.loads(b64d(reply.get("body", "")))
+    except ValueError:
+        return None
 
 
-def _pick(workers: list[Any], target: str) -> Any:
-    """`?worker=I` picks the worker of that index (for /tasks, /debug/profile, /config with
-    several workers); worker 0 by default."""
-    from urllib.parse import parse_qs
+async def metrics_text(keeper: Any, target: str = "/metrics") -> tuple[int, bytes]:
+    """The metrics listener's GET /metrics: the admin socket's answer (folded over the workers,
+    plus the keeper's families; `?worker=I`: that worker's own)."""
+    try:
+        status, payload, _ = await ask_workers(keeper, "GET", target, b"")
+    except _BadWorker as exc:
+        return exc.status, f"{exc}\n".encode()
+    if isinstance(payload, TextBody):
+        return status, payload.body
+    return status, f"{payload.get('error') if isinstance(payload, dict) else payload}\n".encode()
 
+
+def _wanted(target: str) -> str | None:
     wanted = parse_qs(urlsplit(target).query).get("worker")
-    if wanted:
-        for w in workers:
-            if str(w.index) == wanted[-1]:
-                return w
-        raise _NoSuchWorker(wanted[-1])
-    return workers[0]
+    return wanted[-1] if wanted else None
 
 
-class _NoSuchWorker(Exception):
-    pass
+def _pick(workers: list[Any], wanted: str) -> Any:
+    """The worker `?worker=I` names (its index, as `proxy ctl status` lists them)."""
+    indices = ", ".join(str(w.index) for w in workers)
+    if not wanted.isdigit():
+        raise _BadWorker(400, f"worker must be a worker index ({indices}), got {wanted!r}")
+    for w in workers:
+        if w.index == int(wanted):
+            return w
+    raise _BadWorker(404, f"no worker with index {wanted} (workers: {indices})")
+
+
+class _BadWorker(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def reload_status(result: dict[str, Any]) -> int:
@@ -192,16 +233,6 @@ def reload_status(result: dict[str, Any]) -> int:
     if result.get("stage") == "config":
         return 400
     return 500
-
-
-def _json_body(reply: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    try:
-        body = json.loads(b64d(reply.get("body", "")))
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def keeper_metrics(keeper: Any) -> str:
@@ -249,8 +280,8 @@ class KeeperMetrics(MetricsServer):
     async def answer(self, head: bytes) -> bytes:
         parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
         if len(parts) == 3 and parts[1].split("?", 1)[0] == "/metrics" and parts[0] in ("GET", "HEAD"):
-            body = await metrics_text(self.keeper)
-            if body is None:
-                return response(503, b"no worker is running\n")
+            status, body = await metrics_text(self.keeper, parts[1])
+            if status != 200:
+                return response(status, body)
             return response(200, body, CONTENT_TYPE, head_only=parts[0] == "HEAD")
         return await super().answer(head)  # /ready and errors from the keeper's state

@@ -9,7 +9,7 @@ from proxy.upstream.lb import make_balancer
 
 
 class Cluster:
-    __slots__ = ("name", "config", "hosts", "balancer", "stats", "connect_timeout")
+    __slots__ = ("name", "config", "hosts", "balancer", "stats", "connect_timeout", "protocol")
 
     def __init__(self, config: ClusterConfig) -> None:
         self.name = config.name
@@ -18,6 +18,7 @@ class Cluster:
         self.balancer = make_balancer(config.lb, self.hosts)
         self.stats = ClusterStats()
         self.connect_timeout = float(config.connect_timeout)
+        self.protocol = config.protocol  # the upstream side: http1 | http2 | downstream
 
     def __repr__(self) -> str:
         return f"<Cluster {self.name} hosts={len(self.hosts)} lb={self.balancer.name}>"

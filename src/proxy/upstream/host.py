@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from proxy.config.values import Address
 from proxy.stats import HostStats
+from proxy.upstream.connect_log import Throttle
 
 
 class Host:
-    __slots__ = ("address", "weight", "metadata", "enabled", "healthy", "stats", "current_weight")
+    __slots__ = ("address", "weight", "metadata", "enabled", "healthy", "stats", "current_weight", "connect_log")
 
     def __init__(self, address: Address, weight: int = 1, metadata: dict[str, str] | None = None) -> None:
         self.address = address
@@ -17,6 +18,7 @@ class Host:
         self.healthy = True  # set by active health checks
         self.stats = HostStats()
         self.current_weight = 0  # smooth weighted round robin state, owned by the balancer
+        self.connect_log = Throttle()  # failed connects: one warning per interval (connect_log)
 
     @property
     def available(self) -> bool:

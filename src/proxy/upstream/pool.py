@@ -157,12 +157,15 @@ class HostPool:
 
 
 class PoolManager:
-    """Every host pool of a worker; runs the idle sweeper."""
+    """Every host pool of a worker, HTTP/1 and HTTP/2; runs the idle sweeper, and owns the
+    nursery the HTTP/2 connections' reader tasks live in (the upstream nursery)."""
 
     SWEEP_INTERVAL = 1.0
 
     def __init__(self) -> None:
         self.pools: dict[Host, HostPool] = {}
+        self.h2_pools: dict[Host, Any] = {}  # Host -> proxy.http.http2_upstream.H2HostPool
+        self.nursery: trio.Nursery | None = None
 
     def pool(self, host: Host, cluster: Cluster) -> HostPool:
         pool = self.pools.get(host)
@@ -170,14 +173,31 @@ class PoolManager:
             pool = self.pools[host] = HostPool(host, cluster)
         return pool
 
+    def h2_pool(self, host: Host, cluster: Cluster) -> Any:
+        pool = self.h2_pools.get(host)
+        if pool is None:
+            from proxy.http.http2_upstream import H2HostPool
+
+            pool = self.h2_pools[host] = H2HostPool(host, cluster, self)
+        return pool
+
     async def run_sweeper(self) -> None:
-        while True:
-            await trio.sleep(self.SWEEP_INTERVAL)
-            now = trio.current_time()
-            for pool in self.pools.values():
-                if pool.idle:
-                    pool.sweep(now)
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            try:
+                while True:
+                    await trio.sleep(self.SWEEP_INTERVAL)
+                    now = trio.current_time()
+                    for pool in self.pools.values():
+                        if pool.idle:
+                            pool.sweep(now)
+                    for pool in self.h2_pools.values():
+                        pool.sweep(now)
+            finally:
+                self.nursery = None
 
     def close_all(self) -> None:
         for pool in self.pools.values():
+            pool.close_all()
+        for pool in self.h2_pools.values():
             pool.close_all()

@@ -1,0 +1,116 @@
+"""HTTP/2 downstream through a real `proxy run`: prior-knowledge h2c (`protocol: http2`), and
+HTTP/1.1 and HTTP/2 on one port (`protocol: http`), with curl, h2load and a raw-frame client,
+in front of an HTTP/1.1 upstream (h11). The router, filters, access log and stats are the
+same code as for HTTP/1.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import trio
+
+from tests.codec.h2frames import Frames, goaway, parse
+from tests.integration.harness import connect, running_proxy
+from tests.integration.http_upstream import HttpUpstream, http_config
+
+
+@pytest.fixture
+async def upstream(nursery):
+    up = HttpUpstream("a")
+    await up.start(nursery)
+    return up
+
+
+def h2_config(upstream: HttpUpstream, protocol: str = "http2", **listener) -> dict:
+    config = http_config([upstream.address], **listener)
+    config["listeners"][0]["protocol"] = protocol
+    return config
+
+
+async def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(["curl", "-sS", "--max-time", "10", *args], capture_stdout=True, capture_stderr=True, check=False)
+
+
+def url(proxy, path: str = "/") -> str:
+    host, port = proxy.address("http")
+    return f"http://{host}:{port}{path}"
+
+
+async def test_curl_prior_knowledge_get_and_post_reach_an_http1_upstream(tmp_path, upstream):
+    log = tmp_path / "access.log"
+    config = h2_config(upstream, access_log=[{"path": str(log), "format": "%protocol% %method% %request_uri% %response_code% %bytes_received% %bytes_sent%"}])
+    async with running_proxy(config, tmp_path) as proxy:
+        got = await curl("--http2-prior-knowledge", "-i", url(proxy, "/echo/a?b=1"), "-H", "Cookie: a=1", "-H", "Cookie: b=2")
+        assert got.returncode == 0, got.stderr
+        head, _, body = got.stdout.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/2 200")
+        seen = json.loads(body)
+        headers = {k.lower(): v for k, v in seen["headers"]}
+        assert seen["target"] == "/echo/a?b=1" and seen["method"] == "GET"
+        host, port = proxy.address("http")
+        assert headers["host"] == f"{host}:{port}"  # :authority became Host
+        assert headers["cookie"] == "a=1; b=2"  # cookie crumbs joined (RFC 9113 §8.2.3)
+        assert headers["x-forwarded-proto"] == "http"
+        posted = await curl("--http2-prior-knowledge", url(proxy, "/echo"), "--data-binary", "x" * 100_000)
+        assert posted.returncode == 0, posted.stderr
+        assert json.loads(posted.stdout)["body_length"] == 100_000
+        with trio.fail_after(5):
+            while log.read_text().count("\n") < 2:
+                await trio.sleep(0.02)
+        first, second = log.read_text().splitlines()
+        assert first.startswith("HTTP/2 GET /echo/a?b=1 200 0 ")
+        assert second.startswith("HTTP/2 POST /echo 200 100000 ")
+
+
+async def test_one_port_serves_http1_and_http2(tmp_path, upstream):
+    async with running_proxy(h2_config(upstream, protocol="http"), tmp_path) as proxy:
+        h1 = await curl("-i", url(proxy, "/echo"))
+        h2 = await curl("-i", "--http2-prior-knowledge", url(proxy, "/echo"))
+        assert h1.stdout.startswith(b"HTTP/1.1 200"), h1.stdout[:100]
+        assert h2.stdout.startswith(b"HTTP/2 200"), h2.stdout[:100]
+
+
+async def test_h2load_multiplexed_streams_all_succeed(tmp_path, upstream):
+    async with running_proxy(h2_config(upstream), tmp_path) as proxy:
+        result = await trio.run_process(["h2load", "-n", "2000", "-c", "4", "-m", "10", url(proxy, "/echo")], capture_stdout=True, check=False)
+        out = result.stdout.decode()
+        assert result.returncode == 0, out
+        assert "2000 succeeded, 0 failed, 0 errored, 0 timeout" in out, out
+        assert "2000 2xx" in out, out
+
+
+async def test_a_local_reply_and_a_dead_upstream_answer_on_their_stream(tmp_path, upstream):
+    config = h2_config(upstream, routes=[{"match": {"path": "/direct"}, "direct_response": {"status": 201, "body": "made here"}}, {"match": {"prefix": "/"}, "cluster": "up"}])
+    config["clusters"][0]["hosts"] = [{"address": "127.0.0.1:1"}]  # nothing listens
+    async with running_proxy(config, tmp_path) as proxy:
+        direct = await curl("--http2-prior-knowledge", "-i", url(proxy, "/direct"))
+        assert direct.stdout.startswith(b"HTTP/2 201") and direct.stdout.endswith(b"made here")
+        dead = await curl("--http2-prior-knowledge", "-i", url(proxy, "/x"))
+        assert dead.stdout.startswith(b"HTTP/2 502"), dead.stdout[:200]
+
+
+async def test_rapid_reset_gets_goaway_and_other_connections_serve_on(tmp_path, upstream):
+    """CVE-2023-44487 through the whole proxy: a client that opens and resets streams as fast as
+    it can gets GOAWAY(ENHANCE_YOUR_CALM) and is closed; a well-behaved client is not touched."""
+    async with running_proxy(h2_config(upstream), tmp_path) as proxy:
+        attacker = await connect(proxy.address("http"))
+        f = Frames()
+        wire = f.preface()
+        request = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/slow/500"), (b":authority", b"x")]
+        for sid in range(1, 2 * 1000, 2):
+            wire += f.headers(sid, request, end_stream=True) + f.rst(sid, 8)
+        await attacker.send_all(wire)
+        received = b""
+        with trio.fail_after(10):
+            while True:
+                data = await attacker.receive_some(65536)
+                if not data:
+                    break
+                received += data
+        seen = goaway(parse(received, client_preface=False))
+        assert seen is not None and seen[1] == 0xB, seen  # ENHANCE_YOUR_CALM
+        good = await curl("--http2-prior-knowledge", url(proxy, "/echo"))
+        assert good.returncode == 0 and json.loads(good.stdout)["method"] == "GET"
+    assert "connection.protocol_error" in proxy.log()
