@@ -373,3 +373,30 @@ def test_h2_client_against_our_server() -> None:
     events = peer.receive_data(server.data_to_send())  # h2 validates what we sent
     kinds = [type(e) for e in events]
     assert h2.events.ResponseReceived in kinds and h2.events.TrailersReceived in kinds and h2.events.StreamEnded in kinds
+
+
+def test_many_requests_hold_little() -> None:
+    pair = Pair()
+    for _ in range(500):
+        sid = pair.client.send_request(get(), b"http", True)
+        pair.take()
+        pair.server.send_response(sid, ok(204), True)
+        pair.take()
+    assert pair.client.available_streams == 100
+    assert len(pair.client._h2.streams) <= 16 and len(pair.server._h2.streams) <= 16
+    assert pair.client.buffered_size() == 0 and pair.server.buffered_size() == 0
+
+
+def test_without_huffman() -> None:
+    plain = Http2Settings(huffman=False)
+    pair = Pair(client=plain, server=plain)
+    sid = pair.client.send_request(get(b"/a-path-sent-as-plain-bytes", [(b"x-id", b"abcdef0123456789")]), b"http", True)
+    wire = pair.client.data_to_send()
+    assert b"/a-path-sent-as-plain-bytes" in wire and b"abcdef0123456789" in wire
+    (request,) = pair.server.receive(wire, 0.0)
+    assert request.head.target == b"/a-path-sent-as-plain-bytes" and (b"x-id", b"abcdef0123456789") in request.head.headers
+    pair.server.send_response(sid, ok(200, [(b"x-plain", b"visible-value")]), True)
+    wire = pair.server.data_to_send()
+    assert b"visible-value" in wire
+    (response,) = pair.client.receive(wire, 0.0)
+    assert (b"x-plain", b"visible-value") in response.head.headers

@@ -211,6 +211,17 @@ def test_memory_stays_bounded_under_a_mixed_flood() -> None:
             server.receive(wire, float(second))
             server.data_to_send()
             assert server.buffered_size() == 0
-            assert len(server._h2.streams) <= 100  # closed ones are forgotten at max_concurrent_streams
+            assert len(server._h2.streams) <= 32  # closed ones are forgotten as the dict grows
     assert info.value.code == ENHANCE_YOUR_CALM and "most streams" in str(info.value)
     assert (server.highest_stream_id + 1) // 2 == 500  # streams opened
+
+
+def test_closed_streams_are_remembered_boundedly() -> None:
+    server, f = handshake()
+    for i in range(3000):
+        sid = 1 + 2 * i
+        server.receive(f.headers(sid, REQUEST, end_stream=True), 1.0)
+        server.send_response(sid, _ok(), True)
+        server.data_to_send()
+    assert len(server._h2._closed_streams) <= 1024
+    assert len(server._h2.streams) <= 16  # closed streams are forgotten as the dict grows

@@ -472,3 +472,67 @@ def test_data_inside_a_header_block_is_a_protocol_error() -> None:
     with pytest.raises(Http2Error) as info:
         server.receive(f.headers_block(1, f.block(REQUEST), end_headers=False) + f.data(1, b"x"), 1.0)
     assert info.value.code == PROTOCOL_ERROR
+
+
+def test_options_asterisk() -> None:
+    server, f, _ = handshake()
+    fields = [(b":method", b"OPTIONS"), (b":scheme", b"https"), (b":path", b"*"), (b":authority", b"a")]
+    (event,) = server.receive(f.headers(1, fields, end_stream=True), 1.0)
+    assert event.head.target == b"*"
+
+
+@pytest.mark.parametrize(
+    "wire_of,code",
+    [
+        # More than the stream's window (1 MiB): a flow-control error.
+        (lambda f: f.headers(1, [(b":method", b"POST"), *REQUEST[1:]]) + b"".join(f.data(1, b"z" * 16384) for _ in range(65)), 0x3),
+        # A window pushed past 2^31-1.
+        (lambda f: f.window_update(0, 2**31 - 1), 0x3),
+        # SETTINGS_INITIAL_WINDOW_SIZE past 2^31-1.
+        (lambda f: raw(4, 0, 0, b"\x00\x04\x80\x00\x00\x00"), 0x3),
+        # An HPACK table size update beyond the 4096 we allow.
+        (lambda f: raw(1, 0x5, 1, b"\x3f\xe1\x3f" + f.block(REQUEST)), COMPRESSION_ERROR),
+        # A SETTINGS frame on a stream, a PING of the wrong length.
+        (lambda f: raw(4, 0, 1, b""), PROTOCOL_ERROR),
+        (lambda f: raw(6, 0, 0, b"1234567"), 0x6),
+        # HEADERS on stream 0.
+        (lambda f: raw(1, 0x5, 0, f.block(REQUEST)), PROTOCOL_ERROR),
+        # A CONTINUATION with no header block open.
+        (lambda f: f.continuation(1, f.block(REQUEST), end_headers=True), PROTOCOL_ERROR),
+        # A stream id lower than one already used.
+        (lambda f: f.headers(5, REQUEST, end_stream=True) + f.headers(3, REQUEST, end_stream=True), PROTOCOL_ERROR),
+    ],
+)
+def test_connection_errors(wire_of, code: int) -> None:
+    server, f, _ = handshake()
+    with pytest.raises(Http2Error) as info:
+        server.receive(wire_of(f), 1.0)
+    assert info.value.code == code
+    assert goaway(parse(server.data_to_send()))[1] == code
+
+
+def test_trailers_on_a_stream_we_reset_get_a_reset() -> None:
+    server, f, _ = handshake()
+    server.receive(f.headers(1, [(b":method", b"POST"), *REQUEST[1:]]), 1.0)
+    server.reset(1, 8)
+    server.data_to_send()
+    assert server.receive(f.headers(1, [(b"x-t", b"1")], end_stream=True), 1.0) == []
+    out = parse(server.data_to_send())
+    assert resets(out) == {1: 0x5} and goaway(out) is None
+    (event,) = server.receive(f.headers(3, REQUEST, end_stream=True), 1.0)  # HPACK still in step
+    assert event.stream_id == 3
+
+
+def test_frames_the_stream_state_forbids_reset_it() -> None:
+    server, f, _ = handshake()
+    # DATA after the client ended its side (half closed, remote): a stream error.
+    events = server.receive(f.headers(1, REQUEST, end_stream=True) + f.data(1, b"x"), 1.0)
+    assert events[1:] == [StreamReset(1, 0x5, False)]
+    out = parse(server.data_to_send())
+    assert resets(out) == {1: 0x5} and goaway(out) is None
+    # HEADERS after the trailers.
+    post = [(b":method", b"POST"), *REQUEST[1:]]
+    events = server.receive(f.headers(3, post) + f.headers(3, [(b"x", b"1")], end_stream=True) + f.headers(3, [(b"y", b"2")], end_stream=True), 1.0)
+    assert events[1:] == [TrailersReceived(3, [(b"x", b"1")]), StreamReset(3, 0x5, False)]
+    out = parse(server.data_to_send())
+    assert resets(out) == {3: 0x5} and goaway(out) is None

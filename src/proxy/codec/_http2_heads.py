@@ -2,7 +2,11 @@
 
 Inbound (decoded HPACK field lists, pseudo-headers first) becomes a RequestHead or ResponseHead
 the router can use as it uses an HTTP/1 one: no pseudo-header survives, `:authority` becomes
-`host`, cookie crumbs are joined, framing (content-length, chunked) is stated the HTTP/1 way.
+the first field, `host` (a `host` field as well must say the same, RFC 9113 §8.3.1, and then
+appears once; `host` alone, without `:authority`, is kept where it is), cookie crumbs are
+joined with "; " (§8.2.3), framing is stated the HTTP/1 way: `content_length` from the one
+content-length field (a second one is refused, as by the HTTP/1 codec), `chunked` when a body
+of unknown length follows (an HTTP/1 hop sends it chunked).
 A block that RFC 9113 §8.1.1 calls malformed raises `Malformed` (the caller resets the stream
 with PROTOCOL_ERROR); so does anything an HTTP/1 hop could read differently: field names
 outside lowercase tchar, CTLs in values, spaces in `:path`.
@@ -249,7 +253,7 @@ def trailers(fields: list[HeaderTuple], max_fields: int) -> Headers:
         names.append(name)
         values.append(value)
     _check_fields(names, values)
-    return fields
+    return fields  # type: ignore[return-value]
 
 
 def _connection_named(headers: Headers) -> frozenset[bytes] | None:

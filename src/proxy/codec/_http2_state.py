@@ -6,7 +6,7 @@ limits, a pending size update), the connection flow-control windows both ways, t
 stream ids, the connection state and whether the client preface was read. Bytes travel as
 latin-1 strings, which JSON carries unchanged.
 
-This reads and writes h2's and hpack's internals: verified against h2 4.1-4.4 and hpack 4.x
+This reads and writes h2's and hpack's internals: verified against h2 4.3-4.4 and hpack 4.2
 (pyproject pins the range).
 """
 
@@ -35,7 +35,7 @@ def _settings(settings: Settings) -> dict[str, list[int | None]]:
 
 
 def _restore_settings(settings: Settings, data: dict[str, list[int | None]]) -> None:
-    settings._settings = {int(code): collections.deque(values) for code, values in data.items()}
+    settings._settings = {int(code): collections.deque(values) for code, values in data.items()}  # type: ignore[arg-type]
 
 
 def _table(table: HeaderTable) -> dict[str, Any]:

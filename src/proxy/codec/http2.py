@@ -45,16 +45,24 @@ Hardening, counted per connection; each violation queues GOAWAY and raises Http2
   HPACK bomb / big header lists: the decoded size (max_header_list_size) -> ENHANCE_YOUR_CALM;
       decoding errors -> COMPRESSION_ERROR
   PING and SETTINGS floods (CVE-2019-9512/9515): token buckets -> ENHANCE_YOUR_CALM
-  outbound control frames we must queue (PING/SETTINGS acks, our RST_STREAMs) while the caller
-      does not take data_to_send(): max_outbound_control_frames -> ENHANCE_YOUR_CALM
+  outbound control frames we must queue (PING/SETTINGS acks, our RST_STREAMs: the reset flood
+      of CVE-2019-9514) while the caller does not take data_to_send():
+      max_outbound_control_frames -> ENHANCE_YOUR_CALM
   empty frames (CVE-2019-9518): consecutive DATA/HEADERS/CONTINUATION with no payload and no
       end flag, Envoy's max_consecutive_inbound_frames_with_empty_payload -> ENHANCE_YOUR_CALM
   PRIORITY floods (CVE-2019-9513): at most max_priority_frames_per_stream per opened stream
   WINDOW_UPDATE floods: Envoy's 5 + 2 * (streams + max_window_updates_per_data_frame * DATA
       frames sent)
-  stream exhaustion (CVE-2019-9516 family): refused streams, a token bucket -> ENHANCE_YOUR_CALM
+  stream exhaustion: streams refused for max_concurrent_streams, a token bucket (a client
+      that keeps trying) -> ENHANCE_YOUR_CALM
+  (0-length header names, CVE-2019-9516, are malformed: the stream is reset.)
 
 Time is passed in (`receive(data, now)`), so the codec reads no clock and tests are exact.
+
+Cost and configuration: h2 runs with header validation, normalisation and encoding off (our
+checks replace them), our receive loop and frame writers around its state machines, and the
+faster HPACK coders of _hpack; about 0.4x the CPU of h2 alone with validation off
+(tests/codec/bench_http2.py). h2's internals are used: pyproject pins the verified versions.
 
 Hot upgrade: `export_state()` on an idle connection (no open stream) -> a JSON-able dict;
 `ServerConnection.from_state(state, settings)` / `ClientConnection.from_state` carry on where it
@@ -63,7 +71,6 @@ stopped, HPACK tables and windows included, without re-sending anything (_http2_
 
 from __future__ import annotations
 
-import logging
 import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -72,6 +79,7 @@ from h2.config import H2Configuration
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import RemoteSettingsChanged, WindowUpdated
+from h2.events import StreamReset as H2StreamReset
 from h2.exceptions import (
     DenialOfServiceError,
     InvalidBodyLengthError,
@@ -82,8 +90,6 @@ from h2.exceptions import (
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
 from h2.stream import STREAM_OPEN, StreamClosedBy, StreamInputs, StreamState
-import hpack.hpack
-import hpack.table
 from hpack import HPACKError, OversizedHeaderListError
 from hyperframe.frame import (
     AltSvcFrame,
@@ -103,6 +109,7 @@ from hyperframe.frame import (
 
 from proxy.codec import _http2_heads as heads
 from proxy.codec import _http2_state
+from proxy.codec._hpack import FastDecoder, FastEncoder
 from proxy.codec._http1_events import Headers, RequestHead, ResponseHead
 from proxy.codec.mux import (
     CodecError,
@@ -164,6 +171,7 @@ _SEND_END = StreamInputs.SEND_END_STREAM
 _RECV_HEADERS = StreamInputs.RECV_HEADERS
 _RECV_INFORMATIONAL = StreamInputs.RECV_INFORMATIONAL_HEADERS
 _RECV_END = StreamInputs.RECV_END_STREAM
+_OPEN = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +185,10 @@ class Http2Settings:
     max_header_list_size: int = 65536  # decoded (RFC 7541 sizes), and the encoded block's bound
     max_header_fields: int = 100  # per block, as the HTTP/1 codec's max_header_count
     enable_connect_protocol: bool = False  # RFC 8441 extended CONNECT (WebSocket over HTTP/2)
+    # Huffman-code the literals we send (hpack's coder, pure Python): literals a quarter smaller,
+    # for ~45 % more codec CPU on a browser-like request, counting both sides (a peer decodes
+    # plain literals faster too; tests/codec/bench_http2.py). Off suits upstreams on a LAN.
+    huffman: bool = True
     # Flood budgets (see the module docstring).
     max_client_resets: int = 200
     client_resets_per_second: float = 20.0
@@ -269,24 +281,6 @@ class _FastHeaders(_FastData):
 _FLAGS = {0: frozenset(), 1: frozenset({"END_STREAM"}), 4: frozenset({"END_HEADERS"}), 5: frozenset({"END_STREAM", "END_HEADERS"})}
 
 
-class _QuietLog:
-    def debug(self, *args: object) -> None:
-        pass
-
-
-def _quiet_hpack() -> None:
-    """hpack logs every field it codes at DEBUG through `logging`, 20 calls per request and side
-    even with logging off: a quarter of its time (measured 40 -> 29 µs to code and decode a
-    6-field block). Unless its DEBUG logs were asked for, its loggers are swapped for a mute."""
-    for module in (hpack.hpack, hpack.table):
-        log = getattr(module, "log", None)
-        if isinstance(log, logging.Logger) and not log.isEnabledFor(logging.DEBUG):
-            module.log = _QuietLog()  # type: ignore[attr-defined]
-
-
-_quiet_hpack()
-
-
 class _Bucket:
     """A token bucket: `burst` events at once, `rate` per second after that. A clock that goes
     back (another process's, after a hot upgrade) only skips one refill."""
@@ -377,6 +371,11 @@ class _Connection:
                 values[SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1
         conn.local_settings = Settings(client=self._CLIENT, initial_values=values)
         conn.max_inbound_frame_size = s.max_frame_size
+        # How each closed stream ended, so late frames on it get a RST and not a GOAWAY. h2 keeps
+        # 65,536: ~5 MB for every long-lived connection. A few times the concurrency is enough.
+        conn._closed_streams._size_limit = max(1024, 4 * s.max_concurrent_streams)  # type: ignore[attr-defined]
+        conn.encoder = FastEncoder()  # hpack's, with less per-field machinery (_hpack)
+        conn.decoder = FastDecoder()
         conn.decoder.max_header_list_size = s.max_header_list_size
         self._buffer = _FrameBuffer(not self._CLIENT, s.max_header_list_size, s.max_consecutive_empty_frames)
         conn.incoming_buffer = self._buffer
@@ -387,8 +386,8 @@ class _Connection:
         self._h2_ping = table[PingFrame]
         self._h2_window_update = table[WindowUpdateFrame]
         self._h2_altsvc = table[AltSvcFrame]
-        table[HeadersFrame] = table[_FastHeaders] = self._on_headers
-        table[DataFrame] = table[_FastData] = self._on_data
+        table[HeadersFrame] = table[_FastHeaders] = self._on_headers  # type: ignore[index]
+        table[DataFrame] = table[_FastData] = self._on_data  # type: ignore[index]
         table[RstStreamFrame] = self._on_rst
         table[SettingsFrame] = self._on_settings
         table[PingFrame] = self._on_ping
@@ -406,6 +405,7 @@ class _Connection:
         self._kinds: dict[int, int] = {}  # streams that are not PLAIN requests (heads.HEAD, ...)
         self._control = 0  # control frames queued since the caller last took data_to_send()
         self._opened = 0  # streams opened (either side), for the Envoy ratios
+        self._sweep_at = 16  # h2's stream dict size at which to count (and forget) closed streams
         self._data_frames_sent = 0
         self._priority_frames = 0
         self._window_updates = 0
@@ -435,9 +435,7 @@ class _Connection:
         try:
             return self._receive(data)
         except ProtocolError as exc:
-            code = int(exc.error_code)
-            if conn.state_machine.state != ConnectionState.CLOSED:  # h2 queued no GOAWAY (a bad preface)
-                conn._terminate_connection(ErrorCodes(code))
+            code = int(exc.error_code)  # its GOAWAY is queued (by h2 or _receive)
             self._error = Http2Error(f"HTTP/2 connection error {ErrorCodes(code).name}: {exc}", code)
             raise self._error from exc
 
@@ -449,9 +447,13 @@ class _Connection:
         conn = self._h2
         buffer = self._buffer
         events: list[Any] = []
-        if buffer._preamble_len:  # the client preface: h2 checks it
+        if buffer._preamble_len:  # the client preface: h2 checks it (and queues no GOAWAY)
             cut = min(buffer._preamble_len, len(data))
-            conn.receive_data(data[:cut])
+            try:
+                conn.receive_data(data[:cut])
+            except ProtocolError as exc:
+                conn._terminate_connection(exc.error_code)
+                raise
             data = data[cut:]
         if self._pending:
             data = self._pending + data
@@ -467,6 +469,7 @@ class _Connection:
             if length > max_frame:
                 if slow >= 0:
                     events += conn.receive_data(data[slow:pos])
+                conn._terminate_connection(ErrorCodes.FRAME_SIZE_ERROR)
                 raise _violation(FRAME_SIZE_ERROR, f"frame of {length} bytes over our max frame size {max_frame}")
             end = pos + 9 + length
             if end > size:
@@ -485,12 +488,16 @@ class _Connection:
                     events += conn.receive_data(data[slow:pos])
                     slow = -1
                 payload = data[pos + 9 : end]
-                if kind:
-                    if payload:
-                        buffer.empty = 0
-                    events += conn._receive_frame(_FastHeaders(sid, payload, _FLAGS[flags]))
-                else:
-                    events += conn._receive_frame(_FastData(sid, payload, _FLAGS[flags]))
+                try:
+                    if kind:
+                        if payload:
+                            buffer.empty = 0
+                        events += conn._receive_frame(_FastHeaders(sid, payload, _FLAGS[flags]))  # type: ignore[arg-type]
+                    else:
+                        events += conn._receive_frame(_FastData(sid, payload, _FLAGS[flags]))  # type: ignore[arg-type]
+                except ProtocolError as exc:  # as h2's receive_data does: GOAWAY, then raise
+                    conn._terminate_connection(exc.error_code)
+                    raise
             pos = end
         if slow >= 0:
             events += conn.receive_data(data[slow:pos])
@@ -520,7 +527,8 @@ class _Connection:
             take = size
             end = end_stream
         sm = stream.state_machine  # type: ignore[union-attr]
-        conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        if conn.state_machine.state not in _OPEN:  # open: every input leaves it so
+            conn.state_machine.process_input(ConnectionInputs.SEND_DATA)
         sm.process_input(_SEND_DATA)  # raises if our side of the stream is closed
         if end:
             sm.process_input(_SEND_END)
@@ -533,7 +541,7 @@ class _Connection:
             self._data_frames_sent += 1
             return take
         view = memoryview(data)
-        out = []
+        out: list[bytes | memoryview] = []
         offset = 0
         while take - offset > max_frame:
             out.append(_FRAME.pack(max_frame << 8, 0, stream_id))
@@ -669,7 +677,7 @@ class _Connection:
 
     def _decode(self, frame: HeadersFrame) -> list[Any]:
         try:
-            return self._h2.decoder.decode(frame.data, raw=True)  # type: ignore[no-any-return]
+            return self._h2.decoder.decode(frame.data, raw=True)  # type: ignore[return-value]  # a list
         except OversizedHeaderListError as exc:
             raise _violation(ENHANCE_YOUR_CALM, f"header list over max_header_list_size: {exc}") from exc
         except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as exc:
@@ -725,7 +733,7 @@ class _Connection:
                 raise _violation(ENHANCE_YOUR_CALM, "too many empty DATA frames")
         sid = frame.stream_id
         try:
-            frames, _ = self._h2_data(frame)
+            frames, h2_events = self._h2_data(frame)
         except InvalidBodyLengthError:
             flow = frame.flow_controlled_length
             _, events = self._malformed(sid, "body longer or shorter than its content-length")
@@ -733,7 +741,7 @@ class _Connection:
             return [], events
         if frames:  # on a closed stream: h2 answers RST_STREAM and hands the window back
             self._count_control()
-            return frames, []
+            return frames, self._h2_resets(h2_events)
         return [], [DataReceived(sid, frame.data, end, frame.flow_controlled_length)]
 
     def _on_rst(self, frame: RstStreamFrame) -> tuple[list[Frame], list[Any]]:
@@ -845,12 +853,13 @@ class _Connection:
         """h2's send_headers, less its per-call generality: the state machines first (HPACK
         encoding changes the peer's state for good), then the block in HEADERS (+CONTINUATION)."""
         conn = self._h2
-        conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        if conn.state_machine.state not in _OPEN:  # open: every input leaves it so
+            conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
         sm = stream.state_machine
         sm.process_input(_SEND_INFORMATIONAL if informational else _SEND_HEADERS)
         if end_stream:
             sm.process_input(_SEND_END)
-        block = conn.encoder.encode(fields)
+        block = conn.encoder.encode(fields, self.settings.huffman)
         sid = stream.stream_id
         flags = _END_STREAM if end_stream else 0
         size = len(block)
@@ -865,6 +874,36 @@ class _Connection:
             offset += max_frame
         out += (_FRAME.pack((size - offset) << 8 | 0x9, _END_HEADERS, sid), block[offset:])
         conn._data_to_send += b"".join(out)
+
+    def _h2_resets(self, events: list[Any]) -> list[Any]:
+        """h2's own StreamReset events (it reset a live stream for a frame the stream's state
+        forbids, e.g. DATA after END_STREAM) as ours: the layer above must learn of them."""
+        out = []
+        for event in events:
+            if type(event) is H2StreamReset:
+                sid = event.stream_id
+                self._blocked.discard(sid)
+                self._kinds.pop(sid, None)
+                out.append(StreamReset(sid, int(event.error_code), False))
+        return out
+
+    def _receive_headers_h2(self, stream: Any, fields: list[Any], end: bool) -> None:
+        """Let h2 answer HEADERS its stream state forbids (it raises); its events made ours."""
+        try:
+            stream.receive_headers(fields, end, None)
+        except StreamClosedError as exc:
+            exc._events = self._h2_resets(exc._events)
+            raise
+
+    def _open_count(self) -> int:
+        """Streams open on our side's count (the peer's for a server, ours for a client). h2
+        counts by walking every stream it holds, forgetting the closed ones as it goes: done
+        only once the dict has doubled since (or reaches the limit), so closed streams are
+        held boundedly and the walk costs O(1) per stream."""
+        conn = self._h2
+        count = conn.open_outbound_streams if self._CLIENT else conn.open_inbound_streams
+        self._sweep_at = 2 * count + 16
+        return count  # type: ignore[no-any-return]
 
     def _count_control(self) -> None:
         self._control += 1
@@ -955,22 +994,23 @@ class ServerConnection(_Connection, ServerCodec):
         if stream is None and sid > conn.highest_inbound_stream_id:
             return self._open(sid, fields, end)
         stream = conn._get_or_create_stream(sid, AllowedStreamIDs.ODD)  # closed: h2 answers
-        conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        if conn.state_machine.state not in _OPEN:  # open: every input leaves it so
+            conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         if stream.state_machine.state != StreamState.OPEN:
-            stream.receive_headers(fields, end, None)  # h2 raises the state error it should
+            self._receive_headers_h2(stream, fields, end)  # h2 raises the state error it should
         return self._trailers(stream, fields, end)
 
     def _open(self, sid: int, fields: list[Any], end: bool) -> tuple[list[Frame], list[Any]]:
         conn = self._h2
         if sid % 2 == 0:
             raise _violation(PROTOCOL_ERROR, f"stream {sid}: a client opens odd streams")
-        conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        if conn.state_machine.state not in _OPEN:  # open: every input leaves it so
+            conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         if self._goaway_sent is not None and sid > self._goaway_sent:
             return self._refuse(sid, REFUSED_STREAM), []  # after our GOAWAY: never processed
         s = self.settings
-        # h2 counts by walking every stream (and forgets the closed ones): only near the limit.
         limit = s.max_concurrent_streams
-        if len(conn.streams) >= limit and conn.open_inbound_streams >= limit:
+        if len(conn.streams) >= min(limit, self._sweep_at) and self._open_count() >= limit:
             if not self._refused.take(self._now):
                 raise _violation(ENHANCE_YOUR_CALM, "streams over max_concurrent_streams, again and again")
             return self._refuse(sid, REFUSED_STREAM), []
@@ -1049,7 +1089,7 @@ class ClientConnection(_Connection):
         if conn.highest_outbound_stream_id + 2 > MAX_STREAM_ID:
             raise NoStreamAvailable("stream ids exhausted", True)
         limit = conn.remote_settings.max_concurrent_streams
-        if len(conn.streams) >= limit and conn.open_outbound_streams >= limit:
+        if len(conn.streams) >= min(limit, self._sweep_at) and self._open_count() >= limit:
             raise NoStreamAvailable("the peer's max_concurrent_streams is reached", False)
         fields, kind = heads.request_fields(head, scheme, bool(conn.remote_settings.enable_connect_protocol))
         sid = conn.highest_outbound_stream_id + 2 if conn.highest_outbound_stream_id else 1
@@ -1072,10 +1112,11 @@ class ClientConnection(_Connection):
             raise
         except NoSuchStreamError as exc:
             raise _violation(PROTOCOL_ERROR, f"HEADERS on stream {sid}, never opened") from exc
-        conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        if conn.state_machine.state not in _OPEN:  # open: every input leaves it so
+            conn.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         sm = stream.state_machine
         if sm.state != StreamState.OPEN and sm.state != StreamState.HALF_CLOSED_LOCAL:
-            stream.receive_headers(fields, end, None)  # h2 raises the state error it should
+            self._receive_headers_h2(stream, fields, end)  # h2 raises the state error it should
         if sm.headers_received:
             return self._trailers(stream, fields, end)
         kind = self._kinds.get(sid, heads.PLAIN)
