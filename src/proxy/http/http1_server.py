@@ -36,11 +36,11 @@ from proxy.codec import http1
 from proxy.codec.http1 import Body, EndOfMessage, Headers, ProtocolError, RequestHead, ResponseHead, Upgraded
 from proxy.http import stream_info as flags
 from proxy.http.router import Abort, Router
+from proxy.http.codec_io import peer_names, send_batch
 from proxy.http.stream import ServerStream, UpstreamRequest
 from proxy.http.stream_info import StreamInfo
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
-from proxy.network.listener import bound_address
 from proxy.network.sockio import ConnectionLost, SockIO
 from proxy.upgrade import migration as migration_mod
 
@@ -212,15 +212,7 @@ class Http1ServerStream(ServerStream):
         self.ended = True
 
     async def flush(self) -> None:
-        out = self.out
-        if not out:
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        if self.ended:  # the response's end: out with this pass's other sends
-            await self.conn.io.send_soon(data)
-        else:
-            await self.conn.io.send_all(data)
+        await send_batch(self.conn.io, self.out, self.ended)
 
     def reply_headers(self, close: bool) -> None:
         # A request body not read (or only partly) would be parsed as the next request:
@@ -314,11 +306,7 @@ class Http1Server:
         io = SockIO(sock)
         owned = True  # False once a tunnel or the next worker generation owns the socket
         try:
-            if self.tcp:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-            client_ip = peer[0] if isinstance(peer, tuple) else "unix"
-            local = _sockname(sock)
+            remote, client_ip, local = peer_names(sock, peer, self.tcp)
             dc = Http1Connection(io, self.limits)
             dc.served = served
             dc.leftover = leftover
@@ -540,9 +528,3 @@ class Http1Server:
         state = {"served": dc.served, "leftover": migration_mod.b64e(dc.leftover)}
         return await migration.hand_over("http1", self.name, [dc.io.sock], state)
 
-
-def _sockname(sock: socket.socket) -> str:
-    try:
-        return bound_address(sock)
-    except OSError:
-        return "-"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.codec import http1
 from proxy.codec.http1 import Headers, Limits, RequestHead, ResponseHead, ResponseParser
+from proxy.http.codec_io import send_batch
 from proxy.http.stream import ReusedClosed, UpstreamRequest
 from proxy.network.sockio import ConnectionLost, SockIO
 
@@ -85,15 +86,7 @@ class Http1Upstream(UpstreamRequest):
         self.ended = True
 
     async def flush(self) -> None:
-        out = self.out
-        if not out:
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        if self.ended:  # the request is complete: out with this pass's other sends
-            await self.io.send_soon(data)
-        else:
-            await self.io.send_all(data)
+        await send_batch(self.io, self.out, self.ended)
 
     # -- the response
     async def receive_head(self, reused: bool) -> ResponseHead:

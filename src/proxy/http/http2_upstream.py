@@ -27,6 +27,7 @@ import trio
 from proxy.clock import clock_reader
 from proxy.codec import http2, mux
 from proxy.codec.http1 import Body, EndOfMessage, Headers, RequestHead, ResponseHead
+from proxy.http.codec_io import CodecWriter
 from proxy.http.stream import ReusedClosed, StreamReset, UpstreamRequest
 from proxy.log import get_logger
 from proxy.network.connect import connect
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 log = get_logger("pool")
 
 _EOM = EndOfMessage()
-MAX_BACKLOG = 256 * 1024  # (as multiplex.MAX_BACKLOG: a peer that reads nothing holds us back)
 
 
 class H2Connection:
@@ -50,8 +50,7 @@ class H2Connection:
         self.io = io
         self.codec = http2.ClientConnection()
         self.streams: dict[int, H2UpstreamRequest] = {}
-        self.writing = False
-        self.drained: trio.Event | None = None
+        self.flush = CodecWriter(io, self.codec).flush  # (one task at a time sends)
         self.alive = True
         self.going_away = False  # the peer sent GOAWAY: no new streams here
         self.idle_since = pool._now()
@@ -64,27 +63,6 @@ class H2Connection:
     @property
     def has_room(self) -> bool:
         return self.alive and not self.going_away and self.codec.available_streams > 0
-
-    async def flush(self) -> None:
-        """Send what the codec queued; one task at a time sends (as multiplex.MuxConnection)."""
-        if self.writing:
-            while self.writing and self.codec.outbound_backlog() > MAX_BACKLOG:
-                if self.drained is None:
-                    self.drained = trio.Event()
-                await self.drained.wait()
-            return
-        self.writing = True
-        try:
-            while True:
-                data = self.codec.data_to_send()
-                if not data:
-                    return
-                await self.io.send_soon(data)
-        finally:
-            self.writing = False
-            if self.drained is not None:
-                self.drained.set()
-                self.drained = None
 
     def kick(self) -> None:
         """Flush soon, from the pool's nursery (after a synchronous reset or acknowledge)."""

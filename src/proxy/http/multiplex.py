@@ -29,12 +29,12 @@ import trio
 
 from proxy.codec import mux
 from proxy.codec.http1 import Body, EndOfMessage, Headers, ResponseHead
+from proxy.http.codec_io import MAX_BACKLOG, CodecWriter, peer_names
 from proxy.http.filter import LocalReply
 from proxy.http.router import Abort, Router
 from proxy.http.stream import ServerStream, StreamReset
 from proxy.http.stream_info import StreamInfo
 from proxy.log import get_logger
-from proxy.network.listener import bound_address
 from proxy.network.sockio import ConnectionLost, SockIO
 
 if TYPE_CHECKING:
@@ -42,9 +42,6 @@ if TYPE_CHECKING:
 
 log = get_logger("http")
 
-# A stream that writes while this much waits to go out waits for it (a peer that reads nothing
-# must not make the proxy hold its responses in memory).
-MAX_BACKLOG = 256 * 1024
 # Between the two GOAWAYs of a drain: about a round trip, so requests in flight are not refused.
 GOAWAY_GRACE = 1.0
 
@@ -175,36 +172,12 @@ class MuxConnection:
         self.client_ip = client_ip
         self.local = local
         self.streams: dict[int, MuxServerStream] = {}
-        self.writing = False  # a task is sending the codec's bytes
-        self.drained: trio.Event | None = None  # set when the writer is done (backlog waiters)
+        # Send what the codec queued: one task at a time sends, the others' frames go along.
+        self.flush = CodecWriter(io, codec).flush
         self.scope = trio.CancelScope()
         self.deadline = _INF  # idle_timeout while no stream is open
         self.goaway_sent = False
         self.nursery: trio.Nursery | None = None
-
-    async def flush(self) -> None:
-        """Send what the codec has queued. If another task is sending already, it takes our
-        frames along; we wait only if too much is waiting."""
-        if self.writing:
-            while self.writing and self.codec.outbound_backlog() > MAX_BACKLOG:
-                if self.drained is None:
-                    self.drained = trio.Event()
-                await self.drained.wait()
-            return
-        self.writing = True
-        try:
-            codec = self.codec
-            io = self.io
-            while True:
-                data = codec.data_to_send()
-                if not data:
-                    return
-                await io.send_soon(data)
-        finally:
-            self.writing = False
-            if self.drained is not None:
-                self.drained.set()
-                self.drained = None
 
     async def run(self, leftover: bytes = b"") -> None:
         """Read, decode and dispatch until the client goes, breaks the protocol, idles out or
@@ -408,14 +381,7 @@ class MuxServer:
         io = SockIO(sock)
         conn = None
         try:
-            if self.tcp:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-            client_ip = peer[0] if isinstance(peer, tuple) else "unix"
-            try:
-                local = bound_address(sock)
-            except OSError:
-                local = "-"
+            remote, client_ip, local = peer_names(sock, peer, self.tcp)
             conn = MuxConnection(self, io, self.codec_factory(), remote, client_ip, local)
             self.connections.add(conn)
             if self.manager.draining:
@@ -445,4 +411,4 @@ def _wake(event: trio.Event | None) -> None:
         event.set()
 
 
-__all__ = ["LocalReply", "MuxConnection", "MuxServer", "MuxServerStream"]
+__all__ = ["MAX_BACKLOG", "LocalReply", "MuxConnection", "MuxServer", "MuxServerStream"]

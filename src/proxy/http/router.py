@@ -203,7 +203,9 @@ class Router:
             return
         info.cluster = cluster.name
 
-        up_head, grpc_timeout = self._upstream_head(stream, match, host, path, query, upgrade)
+        protocol = cluster.protocol
+        h2_upstream = protocol == "http2" or (protocol == "downstream" and stream.info.protocol == "HTTP/2")
+        up_head, grpc_timeout = self._upstream_head(stream, match, host, path, query, upgrade, h2_upstream)
         try:
             await self._forward(stream, cluster, route, up_head, upgrade, grpc_timeout)
         except _LocalReplyRaised as raised:  # a body filter answered locally
@@ -287,7 +289,7 @@ class Router:
         return None
 
     def _upstream_head(
-        self, stream: ServerStream, match: Any, host: bytes, path: bytes, query: bytes, upgrade: bytes | None
+        self, stream: ServerStream, match: Any, host: bytes, path: bytes, query: bytes, upgrade: bytes | None, h2_upstream: bool
     ) -> tuple[RequestHead, bytes | None]:
         """The request as the upstream gets it, built in one pass over the client's headers:
         hop-by-hop fields (and those Connection names) dropped, Expect dropped (the proxy
@@ -309,8 +311,8 @@ class Router:
         for field in head.headers:
             lname = field[0].lower()
             if lname in drop:
-                if lname == b"te" and field[1].strip().lower() == b"trailers":
-                    headers.append((b"te", b"trailers"))  # kept (RFC 9110 §10.1.4): gRPC needs it
+                if h2_upstream and lname == b"te" and field[1].strip().lower() == b"trailers":
+                    headers.append((b"te", b"trailers"))  # HTTP/2 carries it (RFC 9113 §8.2.2): gRPC needs it
                 continue
             if lname == b"host":
                 if host_rewrite is not None:

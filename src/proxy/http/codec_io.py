@@ -1,0 +1,81 @@
+"""Small I/O pieces the codec connections share (HTTP/1 and multiplexed, both sides)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import trio
+
+from proxy.network.listener import bound_address
+from proxy.network.sockio import SockIO
+
+# A stream that writes while this much waits to go out waits for it (a peer that reads nothing
+# must not make the proxy hold its responses in memory).
+MAX_BACKLOG = 256 * 1024
+
+
+class CodecWriter:
+    """Sends a multiplexed codec's bytes, one task at a time: a task that flushes while
+    another is sending returns at once (the sender takes its frames along, in order) unless
+    more than MAX_BACKLOG bytes wait, then it waits for them to leave. Sends go through
+    SockIO.send_soon, so the frames of one scheduler pass leave together."""
+
+    __slots__ = ("io", "codec", "writing", "drained")
+
+    def __init__(self, io: SockIO, codec: Any) -> None:
+        self.io = io
+        self.codec = codec
+        self.writing = False
+        self.drained: trio.Event | None = None
+
+    async def flush(self) -> None:
+        if self.writing:
+            while self.writing and self.codec.outbound_backlog() > MAX_BACKLOG:
+                if self.drained is None:
+                    self.drained = trio.Event()
+                await self.drained.wait()
+            return
+        self.writing = True
+        try:
+            codec = self.codec
+            io = self.io
+            while True:
+                data = codec.data_to_send()
+                if not data:
+                    return
+                await io.send_soon(data)
+        finally:
+            self.writing = False
+            if self.drained is not None:
+                self.drained.set()
+                self.drained = None
+
+
+async def send_batch(io: SockIO, out: list[bytes], message_ends: bool) -> None:
+    """Send what an HTTP/1 side wrote since its last flush, in one send; the end of a message
+    goes out with this scheduler pass's other sends."""
+    if not out:
+        return
+    data = out[0] if len(out) == 1 else b"".join(out)
+    out.clear()
+    if message_ends:
+        await io.send_soon(data)
+    else:
+        await io.send_all(data)
+
+
+def peer_names(sock: socket.socket, peer: Any, tcp: bool) -> tuple[str, str, str]:
+    """(remote "ip:port", client ip, local address) of an accepted connection; sets
+    TCP_NODELAY on TCP (responses are written whole: Nagle would only delay them)."""
+    if tcp:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if isinstance(peer, tuple):
+        remote, client_ip = f"{peer[0]}:{peer[1]}", peer[0]
+    else:
+        remote = client_ip = "unix"
+    try:
+        local = bound_address(sock)
+    except OSError:
+        local = "-"
+    return remote, client_ip, local
