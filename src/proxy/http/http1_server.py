@@ -214,6 +214,20 @@ class Http1ServerStream(ServerStream):
     async def flush(self) -> None:
         await send_batch(self.conn.io, self.out, self.ended)
 
+    async def respond(self, head: ResponseHead, body: bytes, trailers: Headers | tuple[()] = ()) -> None:
+        # (the hot path of a proxied response: one call, one send, with this pass's others)
+        self.write_response(head, not body and not trailers)
+        out = self.out
+        chunked = self.chunked
+        if body:
+            out.append(http1.chunk(body) if chunked else body)
+        if chunked:
+            out.append(http1.last_chunk(trailers))
+        self.ended = True
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        await self.conn.io.send_soon(data)
+
     def reply_headers(self, close: bool) -> None:
         # A request body not read (or only partly) would be parsed as the next request:
         # closing is the only safe end then.

@@ -88,6 +88,12 @@ class Http1Upstream(UpstreamRequest):
     async def flush(self) -> None:
         await send_batch(self.io, self.out, self.ended)
 
+    async def send_request(self, head: RequestHead, body: bytes) -> None:
+        self.write_request(head, body)
+        data = self.out[0]
+        self.out.clear()
+        await self.io.send_soon(data)  # the whole request: out with this pass's other sends
+
     # -- the response
     async def receive_head(self, reused: bool) -> ResponseHead:
         io = self.io

@@ -418,9 +418,11 @@ class Router:
                 # Applied per try, once the host is known: values may say %upstream_host%.
                 up_head = _with_headers(up_head, list(up_head.headers))
                 mutate_headers(up_head.headers, route.request_mutations, lambda template: template.render_bytes(info))
-            upstream.write_request(up_head, body)
-            await upstream.flush()
-            if body is None:
+            if body is not None:
+                await upstream.send_request(up_head, body)
+            else:
+                upstream.write_request(up_head, None)
+                await upstream.flush()
                 await self._stream_request_body(stream, upstream)
             per_try = route.retry.per_try_timeout if route.retry is not None else None
             if per_try is None:
@@ -495,8 +497,19 @@ class Router:
             if stream.grpc:
                 info.grpc_status = grpc.status_of(headers)  # a trailers-only response has it here
             events = upstream.buffered()  # what came with the head: the head never waits for the body
-            stream.write_response(response, len(events) == 1 and type(events[0]) is EndOfMessage)
             body_filters = self.chain.response_body
+            if events and type(events[-1]) is EndOfMessage and len(events) <= 2 and not body_filters:
+                # The whole response came in one read (the common case): one call, one send.
+                data = events[0].data if len(events) == 2 else b""
+                trailers = events[-1].trailers
+                if trailers and stream.grpc:
+                    info.grpc_status = grpc.status_of(trailers)
+                await stream.respond(response, data, trailers)
+                info.bytes_sent += len(data)
+                complete = True
+                upstream.release(True)
+                return
+            stream.write_response(response, len(events) == 1 and type(events[0]) is EndOfMessage)
             sent = 0
             while True:
                 for event in events:

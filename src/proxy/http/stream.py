@@ -113,6 +113,15 @@ class ServerStream(Stream):
         """Send what was written (at the end of this pass if the response is complete)."""
         raise NotImplementedError
 
+    async def respond(self, head: ResponseHead, body: bytes, trailers: Headers | tuple[()] = ()) -> None:
+        """A whole response at once (the common case: it came in one read): the same as
+        write_response, write_data, write_end and flush, in one call a codec may make cheaper."""
+        self.write_response(head, not body and not trailers)
+        if body:
+            self.write_data(body)
+        self.write_end(trailers)
+        await self.flush()
+
     # -- local replies and deadlines
     def reply_headers(self, close: bool) -> None:
         """A local reply is about to be written; `close` asks the codec to end the connection
@@ -161,6 +170,11 @@ class UpstreamRequest:
 
     async def flush(self) -> None:
         raise NotImplementedError
+
+    async def send_request(self, head: RequestHead, body: bytes) -> None:
+        """A whole request at once: write_request(head, body) and flush, in one call."""
+        self.write_request(head, body)
+        await self.flush()
 
     async def receive_head(self, reused: bool) -> ResponseHead:
         """The final response head (1xx dropped, 101 kept). With `reused`, a connection found
