@@ -114,3 +114,35 @@ async def test_rapid_reset_gets_goaway_and_other_connections_serve_on(tmp_path, 
         good = await curl("--http2-prior-knowledge", url(proxy, "/echo"))
         assert good.returncode == 0 and json.loads(good.stdout)["method"] == "GET"
     assert "connection.protocol_error" in proxy.log()
+
+
+async def test_drain_sends_two_goaways_and_lets_the_stream_in_flight_finish(tmp_path, upstream):
+    """SIGTERM on an HTTP/2 listener: GOAWAY(2^31-1) at once, GOAWAY(last stream id) about a
+    round trip (1 s) later, and the request in flight still gets its whole response."""
+    import signal
+
+    async with running_proxy(h2_config(upstream), tmp_path) as proxy:
+        client = await connect(proxy.address("http"))
+        f = Frames()
+        request = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/slow/1500"), (b":authority", b"x")]
+        await client.send_all(f.preface() + f.settings(ack=True) + f.headers(1, request, end_stream=True))
+        await trio.sleep(0.3)
+        proxy.signal(signal.SIGTERM)
+        received = b""
+        goaways: list[tuple[float, int]] = []
+        start = trio.current_time()
+        with trio.fail_after(10):
+            while True:
+                data = await client.receive_some(65536)
+                if not data:
+                    break
+                received += data
+                frames = parse(received, client_preface=False)
+                seen = [fr for fr in frames if type(fr).__name__ == "GoAwayFrame"]
+                while len(goaways) < len(seen):
+                    goaways.append((trio.current_time() - start, seen[len(goaways)].last_stream_id))
+        frames = parse(received, client_preface=False)
+        data_frames = [fr for fr in frames if type(fr).__name__ == "DataFrame" and fr.stream_id == 1]
+        assert b"".join(fr.data for fr in data_frames) == b"slow"  # the stream in flight finished
+        assert [last for _, last in goaways] == [2**31 - 1, 1], goaways
+        assert goaways[1][0] - goaways[0][0] >= 0.9
