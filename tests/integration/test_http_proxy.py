@@ -628,3 +628,23 @@ async def test_sigterm_closes_idle_keep_alive_and_finishes_in_flight_with_close(
         assert header(response, "connection") == "close"
         assert await proxy.wait(timeout=5) == 0
         assert trio.current_time() - start < 3
+
+
+async def test_an_http10_client_gets_a_chunked_upstream_body_close_delimited(tmp_path, upstream):
+    """HTTP/1.0 knows no chunked coding (RFC 9112 §7): a chunked upstream response goes to an
+    HTTP/1.0 client as a body that ends at the close, whole."""
+    async with running_proxy(http_config([upstream.address]), tmp_path) as proxy:
+        stream = await connect(proxy.address("http"))
+        await stream.send_all(b"GET /chunked/200000 HTTP/1.0\r\nHost: example.com\r\n\r\n")
+        data = b""
+        with trio.fail_after(10):
+            while True:
+                piece = await stream.receive_some(65536)
+                if not piece:
+                    break
+                data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        lower = head.lower()
+        assert b"transfer-encoding" not in lower and b"connection: close" in lower
+        assert len(body) == 200000
