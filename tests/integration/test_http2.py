@@ -146,3 +146,21 @@ async def test_drain_sends_two_goaways_and_lets_the_stream_in_flight_finish(tmp_
         assert b"".join(fr.data for fr in data_frames) == b"slow"  # the stream in flight finished
         assert [last for _, last in goaways] == [2**31 - 1, 1], goaways
         assert goaways[1][0] - goaways[0][0] >= 0.9
+
+
+async def test_h2_upload_with_expect_100_continue_and_a_large_body(tmp_path, upstream):
+    """curl over h2c with `Expect: 100-continue` and 4 MiB: the proxy answers 100 on the
+    stream, the body flows under flow control (windows opened as the upstream drains it) and
+    arrives whole."""
+    import hashlib
+
+    from tests.integration.http_upstream import PATTERN
+
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(PATTERN * 64)  # 4 MiB: more than the stream and connection windows
+    async with running_proxy(h2_config(upstream), tmp_path) as proxy:
+        result = await curl("--http2-prior-knowledge", "-H", "Expect: 100-continue", "--data-binary", f"@{payload}", url(proxy, "/sink"))
+        assert result.returncode == 0, result.stderr
+        seen = json.loads(result.stdout)
+        assert seen["body_length"] == 4 * 1024 * 1024, seen
+        assert seen["body_sha256"] == hashlib.sha256(PATTERN * 64).hexdigest()
