@@ -7,5 +7,6 @@
     control.py    a worker's side of its control channel to the keeper
     keeper.py     the keeper process: listeners, generations, reload/upgrade, admin
 
-Design and acceptance tests: ../shared/reference/upgrade.md §7-8 (and the module docstrings).
+The design and why: docs/upgrade.md and docs/architecture.md; the acceptance tests (T1-T22):
+tests/integration/test_upgrade.py.
 """
