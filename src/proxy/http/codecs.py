@@ -8,10 +8,10 @@ bring its own protocol to the same router, filters, clusters and logs (MOSN's XP
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 from proxy.codec.mux import ServerCodec
+from proxy.plugins import PluginError, load_class, split_target
 
 HTTP1 = "http1"
 HTTP2 = "http2"
@@ -40,17 +40,10 @@ def load_server_codec(protocol: str) -> Callable[[], ServerCodec]:
     """The codec class a listener's `protocol` names; raises CodecLoadError saying why not."""
     if protocol == AUTO_HTTP:
         protocol = HTTP2  # (its HTTP/1.1 side is http1_server's)
-    target = BUILTINS.get(protocol, protocol)
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
+    target = split_target(BUILTINS.get(protocol, protocol))
+    if target is None:
         raise CodecLoadError(f"unknown protocol {protocol!r}: use {', '.join(names())} or 'package.module:Codec'")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CodecLoadError(f"protocol {protocol!r}: cannot import {module_name}: {exc}") from exc
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise CodecLoadError(f"protocol {protocol!r}: {module_name} has no {attr}")
-    if not (isinstance(cls, type) and issubclass(cls, ServerCodec)):
-        raise CodecLoadError(f"protocol {protocol!r}: {attr} is not a proxy.codec.mux.ServerCodec")
-    return cls
+        return load_class(*target, ServerCodec, f"protocol {protocol!r}", "a proxy.codec.mux.ServerCodec")  # type: ignore[no-any-return]
+    except PluginError as exc:
+        raise CodecLoadError(str(exc)) from exc

@@ -29,9 +29,10 @@ str (sent as latin-1) or bytearray: the chain makes heads canonical after its fi
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from proxy.plugins import PluginError, load_class, split_target
 
 if TYPE_CHECKING:
     from proxy.codec.http1 import RequestHead, ResponseHead
@@ -195,20 +196,13 @@ class FilterLoadError(Exception):
 
 def load_filter_class(type_name: str) -> Callable[[dict[str, Any]], StreamFilter]:
     """Resolve a built-in name or a `package.module:Class` dotted path."""
-    target = BUILTINS.get(type_name, type_name)
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
+    target = split_target(BUILTINS.get(type_name, type_name))
+    if target is None:
         raise FilterLoadError(f"unknown filter type {type_name!r}: use a built-in ({', '.join(BUILTINS)}) or 'package.module:Class'")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise FilterLoadError(f"filter {type_name!r}: cannot import {module_name}: {exc}") from exc
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise FilterLoadError(f"filter {type_name!r}: {module_name} has no {attr}")
-    if not (isinstance(cls, type) and issubclass(cls, StreamFilter)):
-        raise FilterLoadError(f"filter {type_name!r}: {attr} is not a StreamFilter subclass")
-    return cls
+        return load_class(*target, StreamFilter, f"filter {type_name!r}", "a StreamFilter subclass")  # type: ignore[no-any-return]
+    except PluginError as exc:
+        raise FilterLoadError(str(exc)) from exc
 
 
 def build_chain(configs: list[Any]) -> FilterChain:

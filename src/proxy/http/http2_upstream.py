@@ -29,8 +29,8 @@ from proxy.codec import http2, mux
 from proxy.codec.http1 import Body, EndOfMessage, Headers, RequestHead, ResponseHead
 from proxy.http.codec_io import CodecWriter
 from proxy.http.stream import ReusedClosed, StreamReset, UpstreamRequest
+from proxy.upstream.pool import open_connection, wait_for_room
 from proxy.log import get_logger
-from proxy.network.connect import connect
 from proxy.network.sockio import ConnectionLost, SockIO
 
 if TYPE_CHECKING:
@@ -273,9 +273,6 @@ class H2UpstreamRequest(UpstreamRequest):
                     conn.codec.acknowledge(self.sid, event.flow_length)
         conn.pool.stream_done(conn)
 
-    def detach(self) -> None:  # (no byte tunnels over an HTTP/2 upstream yet)
-        raise NotImplementedError
-
 
 class H2HostPool:
     """One host's HTTP/2 connections: multiplexed, bounded by the cluster's limits."""
@@ -305,7 +302,8 @@ class H2HostPool:
         return None
 
     async def acquire(self, fresh: bool = False) -> tuple[H2UpstreamRequest, bool]:
-        stats = self.cluster.stats
+        """A stream on a connection with room, and whether the connection was open already;
+        as the HTTP/1 pool: connect while under max_connections, else wait (max_pending)."""
         while True:
             if not fresh:
                 request = self.take_idle()
@@ -314,13 +312,12 @@ class H2HostPool:
             if self.open < self.max_connections:
                 self.connecting += 1
                 try:
-                    sock = await connect(self.host, self.cluster.connect_timeout)
+                    sock = await open_connection(self.host, self.cluster)
+                except BaseException:
+                    self.wake_waiters()  # (the slot it held is free again)
+                    raise
                 finally:
                     self.connecting -= 1
-                stats.upstream_cx_total += 1
-                stats.upstream_cx_active += 1
-                self.host.stats.cx_total += 1
-                self.host.stats.cx_active += 1
                 conn = H2Connection(self, SockIO(sock))
                 conn.codec.initiate()
                 self.connections.append(conn)
@@ -330,20 +327,7 @@ class H2HostPool:
                 nursery.start_soon(conn.run)
                 self.wake_waiters()  # a new connection has room for more than this one
                 return H2UpstreamRequest(conn), False
-            if len(self.waiters) >= self.max_pending:
-                stats.upstream_rq_pending_overflow += 1
-                from proxy.upstream.pool import PoolOverflow
-
-                raise PoolOverflow(f"{self.host.address}: {self.open} HTTP/2 connections full, {len(self.waiters)} requests pending")
-            event = trio.Event()
-            self.waiters.append(event)
-            try:
-                await event.wait()
-            finally:
-                try:
-                    self.waiters.remove(event)
-                except ValueError:
-                    pass
+            await wait_for_room(self, f"{self.open} HTTP/2 connections full")
             fresh = False
 
     def stream_done(self, conn: H2Connection) -> None:
@@ -377,10 +361,6 @@ class H2HostPool:
 
     def snapshot(self) -> dict[str, Any]:
         return {"open": self.open, "idle": sum(1 for c in self.connections if not c.streams), "pending": len(self.waiters), "protocol": "http2"}
-
-    @property
-    def idle(self) -> list[H2Connection]:  # (the sweeper asks whether there is anything to sweep)
-        return [c for c in self.connections if not c.streams]
 
 
 def _wake(event: trio.Event | None) -> None:

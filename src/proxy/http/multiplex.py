@@ -30,7 +30,6 @@ import trio
 from proxy.codec import mux
 from proxy.codec.http1 import Body, EndOfMessage, Headers, ResponseHead
 from proxy.http.codec_io import MAX_BACKLOG, CodecWriter, peer_names
-from proxy.http.filter import LocalReply
 from proxy.http.router import Abort, Router
 from proxy.http.stream import ServerStream, StreamReset
 from proxy.http.stream_info import StreamInfo
@@ -290,7 +289,7 @@ class MuxConnection:
                 if stream.response_started:
                     self._reset(sid, mux.CANCEL)  # a response cut midway
                 else:
-                    await router.send_quietly(stream, router.timeout_reply(stream))
+                    await router.send_quietly(stream, router.timeout_reply())
             elif stream.reset_code is None and not stream.ended:
                 self._reset(sid, mux.CANCEL)
             if stream.reset_code is None and not stream.request_ended:
@@ -411,4 +410,4 @@ def _wake(event: trio.Event | None) -> None:
         event.set()
 
 
-__all__ = ["MAX_BACKLOG", "LocalReply", "MuxConnection", "MuxServer", "MuxServerStream"]
+__all__ = ["MAX_BACKLOG", "MuxConnection", "MuxServer", "MuxServerStream"]

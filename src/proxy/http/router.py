@@ -52,7 +52,6 @@ MAX_REPLAY_BODY = 64 * 1024
 _INF = float("inf")
 _UPSTREAM_DROP = http1.HOP_BY_HOP | {b"expect"}
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-_HOP_BY_HOP = http1.HOP_BY_HOP
 
 
 class Abort(Exception):
@@ -156,7 +155,7 @@ class Router:
                     else:
                         info.response_code = 504
             stats.downstream_rq_active -= 1
-            self._count_status(info.response_code)
+            self.count_status(info.response_code)
             info.finish()
             stats.downstream_rq_time.observe(info.duration * 1000)
             if info.upstream_service_time is not None:
@@ -488,7 +487,7 @@ class Router:
                     return
                 raise Abort()
 
-            headers = _strip_hop_by_hop(response.headers)
+            headers = http1.strip_hop_by_hop(response.headers)
             _mutate_response(stream, headers)
             if self.via:
                 _append_header(headers, b"via", self.via)
@@ -594,7 +593,8 @@ class Router:
         _mutate_response(stream, out)
         return ResponseHead(reply.status, b"", b"1.1", out, not close, False, len(reply.body)), reply.body
 
-    def timeout_reply(self, stream: ServerStream) -> LocalReply:
+    @staticmethod
+    def timeout_reply() -> LocalReply:
         return LocalReply(504, b"upstream request timeout", flag=flags.UPSTREAM_TIMEOUT)
 
     async def send_quietly(self, stream: ServerStream, reply: LocalReply) -> None:
@@ -618,9 +618,6 @@ class Router:
     # ------------------------------------------------------------------ bookkeeping
 
     def count_status(self, status: int) -> None:
-        self._count_status(status)
-
-    def _count_status(self, status: int) -> None:
         stats = self.stats
         codes = stats.downstream_rq_code
         codes[status] = codes.get(status, 0) + 1
@@ -660,10 +657,6 @@ def _new_request_id() -> bytes:
 
 def _has_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
     return any(n.lower() == name for n, _ in headers)
-
-
-def _strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return http1.strip_hop_by_hop(headers)
 
 
 def _mutate_response(stream: ServerStream, headers: list[tuple[bytes, bytes]]) -> None:

@@ -17,6 +17,7 @@ max_requests_per_connection after which a connection is retired.
 from __future__ import annotations
 
 import collections
+import socket
 from typing import Any
 
 import trio
@@ -40,6 +41,37 @@ PEEK_AFTER_IDLE = 1.0
 
 class PoolOverflow(Exception):
     pass
+
+
+async def open_connection(host: Host, cluster: Cluster) -> socket.socket:
+    """A new connection to `host` for a pool (HTTP/1 or HTTP/2), counted on the cluster and
+    the host. Raises ConnectFailed."""
+    sock = await connect(host, cluster.connect_timeout)
+    stats = cluster.stats
+    stats.upstream_cx_total += 1
+    stats.upstream_cx_active += 1
+    host.stats.cx_total += 1
+    host.stats.cx_active += 1
+    return sock
+
+
+async def wait_for_room(pool: Any, state: str) -> None:
+    """Wait in `pool.waiters` until a release or a new connection makes room (the pool wakes
+    one waiter per chance), or raise PoolOverflow (counted) when max_pending wait already.
+    `state` says how full the pool is, for the error."""
+    waiters = pool.waiters
+    if len(waiters) >= pool.max_pending:
+        pool.cluster.stats.upstream_rq_pending_overflow += 1
+        raise PoolOverflow(f"{pool.host.address}: {state}, {len(waiters)} requests pending")
+    event = trio.Event()
+    waiters.append(event)
+    try:
+        await event.wait()
+    finally:
+        try:
+            waiters.remove(event)
+        except ValueError:
+            pass
 
 
 class HostPool:
@@ -72,7 +104,6 @@ class HostPool:
     async def acquire(self, fresh: bool = False) -> tuple[Http1Upstream, bool]:
         """A connection to this host and whether it was reused. Raises ConnectFailed,
         PoolOverflow. With `fresh`, never reuse an idle connection."""
-        stats = self.cluster.stats
         while True:
             if not fresh:
                 conn = self.take_idle()
@@ -81,28 +112,13 @@ class HostPool:
             if self.open < self.max_connections:
                 self.open += 1
                 try:
-                    sock = await connect(self.host, self.cluster.connect_timeout)
+                    sock = await open_connection(self.host, self.cluster)
                 except BaseException:
                     self.open -= 1
                     self._wake()
                     raise
-                stats.upstream_cx_total += 1
-                stats.upstream_cx_active += 1
-                self.host.stats.cx_total += 1
-                self.host.stats.cx_active += 1
                 return Http1Upstream(SockIO(sock), self.host, self), False
-            if len(self.waiters) >= self.max_pending:
-                stats.upstream_rq_pending_overflow += 1
-                raise PoolOverflow(f"{self.host.address}: {self.open} connections open, {len(self.waiters)} requests pending")
-            event = trio.Event()
-            self.waiters.append(event)
-            try:
-                await event.wait()
-            finally:
-                try:
-                    self.waiters.remove(event)
-                except ValueError:
-                    pass
+            await wait_for_room(self, f"{self.open} connections open")
             fresh = False
 
     def release(self, conn: Http1Upstream, reusable: bool) -> None:
