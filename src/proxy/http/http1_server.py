@@ -199,6 +199,7 @@ class Http1ServerStream(ServerStream):
         elif request.http_version == b"1.0":
             headers.append(_KEEP_ALIVE)
         conn.keep_alive = keep_alive
+        self.ended = end_stream  # (its flush is then the message's end)
         self.out.append(http1.response_head_bytes_11(status, head.reason, headers))
         self.response_started = True
         conn.response_started = True

@@ -109,8 +109,6 @@ class MuxServerStream(ServerStream):
         self.out.append(data)
 
     def write_end(self, trailers: Headers | tuple[()] = ()) -> None:
-        if self.ended:
-            return  # the head already ended the stream (a trailers-only gRPC response)
         self.out.append(list(trailers) if trailers else _EOM)
         self.ended = True
 

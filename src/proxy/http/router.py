@@ -508,7 +508,13 @@ class Router:
                 complete = True
                 upstream.release(True)
                 return
-            stream.write_response(response, len(events) == 1 and type(events[0]) is EndOfMessage)
+            ended = len(events) == 1 and type(events[0]) is EndOfMessage and not events[0].trailers
+            stream.write_response(response, ended)
+            if ended:  # the head ends the response (HEAD, 204, 304): nothing more to write
+                await stream.flush()
+                complete = True
+                upstream.release(True)
+                return
             sent = 0
             while True:
                 for event in events:

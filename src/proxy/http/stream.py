@@ -99,7 +99,8 @@ class ServerStream(Stream):
     # -- the response
     def write_response(self, head: ResponseHead, end_stream: bool) -> None:
         """Buffer the response head (hop-by-hop fields already gone). `end_stream`: no body
-        follows. The codec adds its own framing (Content-Length, chunking, :status...)."""
+        and no trailers follow: the head is the whole response, and no write_end comes after
+        it. The codec adds its own framing (Content-Length, chunking, :status...)."""
         raise NotImplementedError
 
     def write_data(self, data: bytes) -> None:
@@ -116,10 +117,12 @@ class ServerStream(Stream):
     async def respond(self, head: ResponseHead, body: bytes, trailers: Headers | tuple[()] = ()) -> None:
         """A whole response at once (the common case: it came in one read): the same as
         write_response, write_data, write_end and flush, in one call a codec may make cheaper."""
-        self.write_response(head, not body and not trailers)
-        if body:
-            self.write_data(body)
-        self.write_end(trailers)
+        ends = not body and not trailers
+        self.write_response(head, ends)
+        if not ends:
+            if body:
+                self.write_data(body)
+            self.write_end(trailers)
         await self.flush()
 
     # -- local replies and deadlines
