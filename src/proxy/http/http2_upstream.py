@@ -53,6 +53,7 @@ class H2Connection:
         self.flush = CodecWriter(io, self.codec).flush  # (one task at a time sends)
         self.alive = True
         self.going_away = False  # the peer sent GOAWAY: no new streams here
+        self.kicked = False  # a flush task is scheduled (kick)
         self.idle_since = pool._now()
         try:
             name = io.sock.getsockname()
@@ -65,12 +66,17 @@ class H2Connection:
         return self.alive and not self.going_away and self.codec.available_streams > 0
 
     def kick(self) -> None:
-        """Flush soon, from the pool's nursery (after a synchronous reset or acknowledge)."""
+        """Flush soon, from the pool's nursery, after a synchronous reset or acknowledge, if
+        that queued anything (h2 holds WINDOW_UPDATEs back until half a window is due, so a
+        small response queues nothing) and no flush is already on its way: no task per
+        response."""
         nursery = self.pool.manager.nursery
-        if nursery is not None and self.alive:
+        if nursery is not None and self.alive and not self.kicked and self.codec.outbound_backlog():
+            self.kicked = True
             nursery.start_soon(self._flush_quietly)
 
     async def _flush_quietly(self) -> None:
+        self.kicked = False
         try:
             await self.flush()
         except ConnectionLost:
