@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from concurrent import futures
 
+import grpc  # a test dependency (pyproject): a missing install must fail, not skip
 import pytest
 import trio
 
-grpc = pytest.importorskip("grpc")
-
-from tests.integration.harness import running_proxy  # noqa: E402
+from tests.integration.harness import running_proxy
 
 SERVICE = "test.Echo"
 

@@ -49,8 +49,9 @@ def nghttpd(tmp_path):
         proc.wait(5)
 
 
-def config(upstream: str, cluster_protocol: str = "http2") -> dict:
+def config(upstream: str, cluster_protocol: str = "http2", admin: str | None = None) -> dict:
     return {
+        **({"admin": {"socket": admin}} if admin else {}),
         "logging": {"level": "info"},
         "runtime": {"drain_timeout": "5s"},
         "listeners": [
@@ -88,10 +89,19 @@ async def test_http1_clients_are_translated_to_an_http2_upstream(tmp_path, nghtt
 
 async def test_http2_clients_multiplex_onto_the_upstream(tmp_path, nghttpd):
     address, digest, _ = nghttpd
-    async with running_proxy(config(address, "downstream"), tmp_path) as proxy:
+    import json
+    import sys
+
+    admin = str(tmp_path / "admin.sock")
+    async with running_proxy(config(address, "downstream", admin), tmp_path) as proxy:
         result = await run("h2load", "-n", "1000", "-c", "2", "-m", "20", base(proxy, "h2") + "/index.html")
         out = result.stdout.decode()
         assert "1000 succeeded, 0 failed, 0 errored, 0 timeout" in out, out
+        # 40 streams in flight at a time went over the peer's 100-stream connections: one
+        # upstream connection (two at most, if both clients' first requests raced).
+        stats = json.loads((await run(sys.executable, "-m", "proxy", "ctl", "--socket", admin, "--json", "stats", "upstream_cx_total")).stdout)
+        opened = {k: v for k, v in stats.items() if k.startswith("cluster.up.") and k.endswith("upstream_cx_total")}
+        assert opened and 1 <= sum(opened.values()) <= 2, stats
         big = await run("curl", "-sS", "--http2-prior-knowledge", base(proxy, "h2") + "/big.bin")
         assert hashlib.sha256(big.stdout).hexdigest() == digest
         # `downstream`: an HTTP/1.1 client goes upstream as HTTP/1.1, which nghttpd does not speak.

@@ -31,6 +31,7 @@ from proxy.http.codec_io import CodecWriter
 from proxy.http.stream import ReusedClosed, StreamReset, UpstreamRequest
 from proxy.upstream.pool import open_connection, wait_for_room
 from proxy.log import get_logger
+from proxy.network.connect import ConnectFailed
 from proxy.network.sockio import ConnectionLost, SockIO
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
     from proxy.upstream.host import Host
 
 log = get_logger("pool")
+
+# Streams a connection still connecting is counted on for (RFC 9113 §6.5.2 recommends at least
+# 100 concurrent streams; its SETTINGS will say): requests beyond that open another connection.
+ASSUMED_STREAMS = 100
 
 _EOM = EndOfMessage()
 
@@ -129,7 +134,7 @@ class H2Connection:
         elif kind is mux.GoAwayReceived:
             self.going_away = True  # (the codec reports the refused streams as resets)
         elif kind is http2.SettingsChanged:
-            self.pool.wake_waiters()  # maybe more room now
+            self.pool.wake_all()  # maybe more room now
 
     def close(self) -> None:
         if not self.alive:
@@ -290,6 +295,7 @@ class H2HostPool:
         self.manager = manager
         self.connections: list[H2Connection] = []
         self.connecting = 0
+        self.connect_failure: ConnectFailed | None = None  # the latest, for those waiting on it
         self.waiters: collections.deque[trio.Event] = collections.deque()
         self.max_connections = config.max_connections
         self.max_pending = config.max_pending_requests
@@ -315,12 +321,26 @@ class H2HostPool:
                 request = self.take_idle()
                 if request is not None:
                     return request, True
+            if self.connecting and len(self.waiters) < self.connecting * ASSUMED_STREAMS:
+                # A connection is on its way and will have room for this one too: wait for it
+                # rather than open one per request (a burst would open as many as it has). If
+                # it fails, so does this request, with the same reason (as Envoy's pending
+                # requests do), rather than each waiter trying again in turn.
+                failure = self.connect_failure
+                await wait_for_room(self, f"{self.open} HTTP/2 connections, {self.connecting} connecting")
+                if self.connect_failure is not failure and self.connect_failure is not None:
+                    raise ConnectFailed(self.host, self.connect_failure.reason)
+                continue
             if self.open < self.max_connections:
                 self.connecting += 1
                 try:
                     sock = await open_connection(self.host, self.cluster)
+                except ConnectFailed as exc:
+                    self.connect_failure = exc
+                    self.wake_all()  # those waiting for this connection fail with it
+                    raise
                 except BaseException:
-                    self.wake_waiters()  # (the slot it held is free again)
+                    self.wake_waiters()  # (cancelled: the slot it held is free again)
                     raise
                 finally:
                     self.connecting -= 1
@@ -331,7 +351,7 @@ class H2HostPool:
                 if nursery is None:  # pragma: no cover - the pool manager runs in every worker
                     raise RuntimeError("HTTP/2 pools need the pool manager's nursery")
                 nursery.start_soon(conn.run)
-                self.wake_waiters()  # a new connection has room for more than this one
+                self.wake_all()  # a new connection has room for those waiting for it
                 return H2UpstreamRequest(conn), False
             await wait_for_room(self, f"{self.open} HTTP/2 connections full")
             fresh = False
@@ -347,6 +367,10 @@ class H2HostPool:
     def wake_waiters(self) -> None:
         if self.waiters:
             self.waiters.popleft().set()
+
+    def wake_all(self) -> None:
+        for event in self.waiters:
+            event.set()
 
     def connection_closed(self, conn: H2Connection) -> None:
         if conn in self.connections:
