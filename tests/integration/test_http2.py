@@ -6,36 +6,19 @@ same code as for HTTP/1.1."""
 from __future__ import annotations
 
 import json
-import subprocess
 
-import pytest
 import trio
 
 from tests.codec.h2frames import Frames, goaway, parse
 from tests.integration.harness import connect, running_proxy
 from tests.integration.http_upstream import HttpUpstream, http_config
-
-
-@pytest.fixture
-async def upstream(nursery):
-    up = HttpUpstream("a")
-    await up.start(nursery)
-    return up
+from tests.integration.test_http_proxy import curl, upstream, url  # noqa: F401 - upstream is a fixture
 
 
 def h2_config(upstream: HttpUpstream, protocol: str = "http2", **listener) -> dict:
     config = http_config([upstream.address], **listener)
     config["listeners"][0]["protocol"] = protocol
     return config
-
-
-async def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return await trio.run_process(["curl", "-sS", "--max-time", "10", *args], capture_stdout=True, capture_stderr=True, check=False)
-
-
-def url(proxy, path: str = "/") -> str:
-    host, port = proxy.address("http")
-    return f"http://{host}:{port}{path}"
 
 
 async def test_curl_prior_knowledge_get_and_post_reach_an_http1_upstream(tmp_path, upstream):
