@@ -147,3 +147,65 @@ async def test_h2_upload_with_expect_100_continue_and_a_large_body(tmp_path, ups
         seen = json.loads(result.stdout)
         assert seen["body_length"] == 4 * 1024 * 1024, seen
         assert seen["body_sha256"] == hashlib.sha256(PATTERN * 64).hexdigest()
+
+
+async def test_streams_after_a_timeout_and_a_reset_are_served_on_the_same_connection(tmp_path, upstream):
+    """A stream worker that served a timed-out stream (504) or a reset one takes later streams
+    with a fresh cancel scope: nothing of the cancel leaks into them."""
+    import hpack
+
+    routes = [
+        {"match": {"prefix": "/slow"}, "cluster": "up", "timeout": "300ms"},
+        {"match": {"prefix": "/"}, "cluster": "up"},
+    ]
+    async with running_proxy(h2_config(upstream, routes=routes), tmp_path) as proxy:
+        client = await connect(proxy.address("http"))
+        f = Frames()
+
+        def request(path: str) -> list[tuple[bytes, bytes]]:
+            return [(b":method", b"GET"), (b":scheme", b"http"), (b":path", path.encode()), (b":authority", b"x")]
+
+        await client.send_all(f.preface() + f.settings(ack=True) + f.headers(1, request("/slow/3000"), end_stream=True) + f.headers(3, request("/slow/3000"), end_stream=True))
+        await trio.sleep(0.1)
+        await client.send_all(f.rst(3, 8))  # CANCEL from the client
+        received = b""
+        decoder = hpack.Decoder()
+        statuses: dict[int, bytes] = {}
+        bodies: dict[int, bytes] = {}
+        ended: set[int] = set()
+
+        async def read_until(done) -> None:
+            nonlocal received
+            with trio.fail_after(10):
+                while not done():
+                    data = await client.receive_some(65536)
+                    assert data, "the proxy closed the connection"
+                    received += data
+                    try:
+                        frames = parse(received, client_preface=False)
+                    except Exception:  # noqa: BLE001 - a frame cut by the read: wait for the rest
+                        continue
+                    statuses.clear()
+                    bodies.clear()
+                    ended.clear()
+                    decoder.__init__()
+                    for fr in frames:
+                        if type(fr).__name__ == "HeadersFrame":
+                            fields = dict(decoder.decode(fr.data, raw=True))
+                            if b":status" in fields:
+                                statuses[fr.stream_id] = fields[b":status"]
+                        elif type(fr).__name__ == "DataFrame":
+                            bodies[fr.stream_id] = bodies.get(fr.stream_id, b"") + fr.data
+                        if "END_STREAM" in getattr(fr, "flags", ()):
+                            ended.add(fr.stream_id)
+
+        await read_until(lambda: 1 in statuses)
+        assert statuses[1] == b"504"
+        sids = list(range(5, 5 + 2 * 20, 2))
+        await client.send_all(b"".join(f.headers(sid, request(f"/echo/{sid}"), end_stream=True) for sid in sids))
+        await read_until(lambda: ended.issuperset(sids))
+        for sid in sids:
+            assert statuses[sid] == b"200", (sid, statuses[sid])
+            assert json.loads(bodies[sid])["target"] == f"/echo/{sid}"
+        assert 3 not in statuses  # the reset stream got no answer
+        assert goaway(parse(received, client_preface=False)) is None
