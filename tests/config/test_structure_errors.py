@@ -247,3 +247,11 @@ def test_json_duplicate_key() -> None:
 
 def test_json_top_level_must_be_an_object() -> None:
     assert where(issues_of("[1, 2]", fmt="json")) == [("<root>", None)]
+
+
+def test_http2_listener_options_are_bounded() -> None:
+    text = LISTENER.replace("protocol: tcp\n    cluster: back", "protocol: http2\n    route: r\n    http2:\n      initial_stream_window_size: 1000\n      max_concurrent_streams: 0") + CLUSTER + "routes:\n  r:\n    virtual_hosts: [{name: a, domains: ['*'], routes: [{match: {prefix: /}, cluster: back}]}]\n"
+    issues = issues_of(text)
+    paths = {issue.path for issue in issues}
+    assert "listeners[0].http2.initial_stream_window_size" in paths, [str(i) for i in issues]
+    assert "listeners[0].http2.max_concurrent_streams" in paths, [str(i) for i in issues]

@@ -209,3 +209,88 @@ async def test_streams_after_a_timeout_and_a_reset_are_served_on_the_same_connec
             assert json.loads(bodies[sid])["target"] == f"/echo/{sid}"
         assert 3 not in statuses  # the reset stream got no answer
         assert goaway(parse(received, client_preface=False)) is None
+
+
+async def test_websocket_over_http2_extended_connect_to_an_http1_server(tmp_path, nursery):
+    """RFC 8441: an HTTP/2 client opens a WebSocket with an extended CONNECT; the proxy
+    upgrades an HTTP/1.1 connection to a real WebSocket server (adding the Sec-WebSocket-Key
+    HTTP/2 has no use for), answers 200, and carries the frames both ways in DATA; the client's
+    16 KiB window makes the proxy wait for its WINDOW_UPDATEs to send a 50 kB echo."""
+    import hpack
+    from trio_websocket import ConnectionClosed, serve_websocket
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import CloseConnection, Message, TextMessage
+    from wsproto.frame_protocol import CloseReason
+
+    async def echo(request):
+        ws = await request.accept()
+        try:
+            while True:
+                await ws.send_message(await ws.get_message())
+        except ConnectionClosed:
+            pass
+
+    server = await nursery.start(serve_websocket, echo, "127.0.0.1", 0, None)
+    config = http_config([f"127.0.0.1:{server.port}"], http2={"initial_stream_window_size": 65535})
+    config["listeners"][0]["protocol"] = "http2"
+    async with running_proxy(config, tmp_path) as proxy:
+        client = await connect(proxy.address("http"))
+        f = Frames()
+        await client.send_all(f.preface(initial_window_size=16384) + f.settings(ack=True))
+        buffer = b""
+        decoder = hpack.Decoder()
+
+        async def frames_until(predicate):
+            nonlocal buffer
+            seen = []
+            with trio.fail_after(10):
+                while True:
+                    while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+                        n = 9 + int.from_bytes(buffer[:3], "big")
+                        (frame,) = parse(buffer[:n])
+                        buffer = buffer[n:]
+                        seen.append(frame)
+                        if predicate(frame):
+                            return seen
+                    data = await client.receive_some(65536)
+                    assert data, "the proxy closed the connection"
+                    buffer += data
+
+        settings = await frames_until(lambda fr: type(fr).__name__ == "SettingsFrame" and "ACK" not in fr.flags)
+        assert settings[-1].settings.get(8) == 1  # SETTINGS_ENABLE_CONNECT_PROTOCOL
+        assert settings[-1].settings.get(4) == 65535  # the listener's http2.initial_stream_window_size
+        request = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"), (b":path", b"/chat"), (b":authority", b"x"), (b"sec-websocket-version", b"13")]
+        await client.send_all(f.headers(1, request))
+        head = (await frames_until(lambda fr: type(fr).__name__ == "HeadersFrame"))[-1]
+        fields = dict(decoder.decode(head.data, raw=True))
+        assert fields[b":status"] == b"200" and b"sec-websocket-accept" not in fields, fields
+        assert "END_STREAM" not in head.flags
+
+        ws = Connection(ConnectionType.CLIENT)
+        big = "x" * 50_000  # (within the proxy's 64 KiB window: this client does not track it)
+        for text in ("hello", big, "bye"):
+            await client.send_all(b"".join(f.data(1, chunk) for chunk in _chunks(ws.send(Message(data=text)), 16384)))
+            got = ""
+            while True:
+                frames = await frames_until(lambda fr: type(fr).__name__ == "DataFrame")
+                data = b"".join(fr.data for fr in frames if type(fr).__name__ == "DataFrame")
+                if data:
+                    await client.send_all(f.window_update(1, len(data)) + f.window_update(0, len(data)))
+                ws.receive_data(data)
+                done = False
+                for event in ws.events():
+                    if isinstance(event, TextMessage):
+                        got += event.data
+                        done = event.message_finished
+                if done:
+                    break
+            assert got == text
+        await client.send_all(f.data(1, ws.send(CloseConnection(code=CloseReason.NORMAL_CLOSURE)), end_stream=True))
+        frames = await frames_until(lambda fr: "END_STREAM" in getattr(fr, "flags", ()) or type(fr).__name__ == "RstStreamFrame")
+        assert type(frames[-1]).__name__ == "DataFrame", frames[-1]  # the server closed its side too
+        assert goaway(parse(b"".join(fr.serialize() for fr in frames))) is None
+    assert "stream.failed" not in proxy.log()
+
+
+def _chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]

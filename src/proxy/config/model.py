@@ -56,6 +56,26 @@ class HttpSettings(_Model):
     server_name: str = "proxy"  # Server header of local replies
 
 
+_WINDOW = Annotated[int, msgspec.Meta(ge=65535, le=2**31 - 1)]  # RFC 9113 §6.9.2 bounds
+
+
+class Http2Options(_Model):
+    """HTTP/2 for one listener (`protocol: http2` or `http`): what we advertise to clients and
+    the bounds that keep one client from making us buffer or work without limit. The defaults
+    are safe for a public listener; Envoy's names (http2_protocol_options)."""
+
+    max_concurrent_streams: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)] = 100  # more: REFUSED_STREAM
+    initial_stream_window_size: _WINDOW = 1 << 20  # what one stream may make us buffer
+    initial_connection_window_size: _WINDOW = 4 << 20  # all of a connection's streams together
+    max_header_list_size: Annotated[int, msgspec.Meta(ge=1024, le=2**24)] = 65536  # decoded bytes
+    # Control frames (PING and SETTINGS acks, RST_STREAMs) queued for a client that does not
+    # read: past this the connection gets GOAWAY(ENHANCE_YOUR_CALM) (CVE-2019-9514).
+    max_outbound_control_frames: PositiveInt = 1000
+    # RFC 8441 extended CONNECT: WebSocket over an HTTP/2 stream (the route's allow_upgrades
+    # still decides per route).
+    allow_extended_connect: bool = True
+
+
 class FilterConfig(_Model):
     type: str  # a built-in name (fault, ip_access, ...) or "package.module:Class"
     config: dict[str, Any] = {}
@@ -79,6 +99,7 @@ class Listener(_Model):
     filters: list[FilterConfig] = []
     access_log: list[AccessLog] = []
     http: HttpSettings = HttpSettings()
+    http2: Http2Options = Http2Options()
     # Above this many open downstream connections, new ones are accepted and closed at once
     # (Envoy's listener connection limit); None means no limit.
     max_connections: PositiveInt | None = None

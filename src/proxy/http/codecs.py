@@ -9,6 +9,7 @@ bring its own protocol to the same router, filters, clusters and logs (MOSN's XP
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from proxy.codec.mux import ServerCodec
 from proxy.plugins import PluginError, load_class, split_target
@@ -47,3 +48,32 @@ def load_server_codec(protocol: str) -> Callable[[], ServerCodec]:
         return load_class(*target, ServerCodec, f"protocol {protocol!r}", "a proxy.codec.mux.ServerCodec")  # type: ignore[no-any-return]
     except PluginError as exc:
         raise CodecLoadError(str(exc)) from exc
+
+
+def server_codec_factory(listener: Any) -> Callable[[], ServerCodec]:
+    """A zero-argument maker of the listener's server codec, with the listener's settings
+    bound where the codec is ours (HTTP/2: `http2:` and `http.max_header_count`)."""
+    codec = load_server_codec(listener.protocol)
+    if listener.protocol in (HTTP2, AUTO_HTTP):
+        from proxy.codec.http2 import ServerConnection
+
+        if codec is ServerConnection:
+            settings = http2_settings(listener)
+            return lambda: ServerConnection(settings)
+    return codec
+
+
+def http2_settings(listener: Any) -> Any:
+    """The HTTP/2 codec settings of a listener's config."""
+    from proxy.codec.http2 import Http2Settings
+
+    h2 = listener.http2
+    return Http2Settings(
+        max_concurrent_streams=h2.max_concurrent_streams,
+        initial_stream_window_size=h2.initial_stream_window_size,
+        initial_connection_window_size=h2.initial_connection_window_size,
+        max_header_list_size=h2.max_header_list_size,
+        max_header_fields=listener.http.max_header_count,
+        max_outbound_control_frames=h2.max_outbound_control_frames,
+        enable_connect_protocol=h2.allow_extended_connect,
+    )

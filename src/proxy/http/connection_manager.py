@@ -67,7 +67,7 @@ class HttpConnectionManager:
         self.detect = config.protocol == codecs.AUTO_HTTP
         self.header_timeout = float(config.http.request_header_timeout)
         if config.protocol != codecs.HTTP1:
-            self.mux = MuxServer(self, self.router, config, codecs.load_server_codec(config.protocol))
+            self.mux = MuxServer(self, self.router, config, codecs.server_codec_factory(config))
         self.draining = False
         self.migration: migration_mod.Migration = migration_mod.NO_MIGRATION
         self.tunnels: dict[relay_mod.Relay, str | None] = {}  # live tunnels and their upstream host

@@ -32,11 +32,11 @@ import trio
 from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
 from proxy.codec import mux
-from proxy.codec.http1 import Body, EndOfMessage, Headers, ResponseHead
+from proxy.codec.http1 import Body, EndOfMessage, Headers, ResponseHead, Upgraded
 from proxy.http.codec_io import MAX_BACKLOG, CodecWriter, peer_names
 from proxy.http.router import Abort as AbortStream
 from proxy.http.router import Router
-from proxy.http.stream import ServerStream, StreamReset
+from proxy.http.stream import ServerStream, StreamReset, UpstreamRequest
 from proxy.http.stream_info import StreamInfo
 from proxy.log import get_logger
 from proxy.network.sockio import ConnectionLost, SockIO
@@ -95,7 +95,9 @@ class MuxServerStream(ServerStream):
         self.timer_fired = False
         self.cancel_requested = False
         self.finished = False  # taken out of the connection's streams: nothing cancels it now
-        self.has_body = not end_stream
+        # A CONNECT's (or an extended CONNECT's) DATA are the tunnel's bytes, not a body to send
+        # before the answer: start_tunnel carries them once the upstream said yes.
+        self.has_body = not end_stream and head.upgrade is None
 
     def cancel(self) -> None:
         """End the exchange at its next checkpoint (a reset, the route timeout). Before a
@@ -178,6 +180,61 @@ class MuxServerStream(ServerStream):
 
     def timed_out(self) -> bool:
         return self.timer_fired
+
+    async def start_tunnel(self, upstream: UpstreamRequest, response: ResponseHead) -> bool:
+        """A CONNECT 2xx, or the 101 of an HTTP/1 upstream to an extended CONNECT (RFC 8441:
+        WebSocket over this stream): the stream's DATA and the upstream socket's bytes become
+        one tunnel, run here until both directions end. Flow control holds on both sides: the
+        upstream is read no faster than the client's window lets us send, and the client's
+        data is acknowledged as it goes upstream. No bytes either way for the listener's
+        idle_timeout ends it (a reset, as any cut response)."""
+        from proxy.http.http1_upstream import Http1Upstream
+
+        if not isinstance(upstream, Http1Upstream):
+            return False  # (an HTTP/2 upstream's CONNECT streams: not yet)
+        leftover = b"".join(e.leftover for e in upstream.buffered() if isinstance(e, Upgraded))
+        upstream.detach()  # the socket leaves the pool for good: the tunnel closes it
+        io = upstream.io
+        server = self.conn.server
+        now = server.router._now
+        idle = server.idle_timeout
+        self.deadline = now() + idle  # the route timeout is for the handshake, not the tunnel
+        try:
+            # (the codec says 200 for a 101 on an extended CONNECT, without Sec-WebSocket-Accept)
+            self.write_response(ResponseHead(response.status, response.reason, b"1.1", list(response.headers), True, False, None), False)
+            if leftover:
+                self.write_data(leftover)
+            await self.flush()
+
+            async def client_to_upstream() -> None:
+                while True:
+                    event = await self.receive_body()
+                    self.deadline = now() + idle
+                    if type(event) is Body:
+                        if event.data:
+                            await io.send_all(event.data)
+                    else:  # END_STREAM: the client is done sending
+                        await io.flush()
+                        try:
+                            io.sock.shutdown(socket.SHUT_WR)
+                        except OSError:
+                            pass
+                        return
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client_to_upstream)
+                while True:
+                    data = await io.recv()
+                    self.deadline = now() + idle
+                    if not data:
+                        self.write_end()
+                        await self.flush()
+                        break
+                    self.write_data(data)
+                    await self.flush()
+        finally:
+            io.close()
+        return True
 
 
 class MuxConnection:

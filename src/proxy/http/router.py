@@ -19,6 +19,7 @@ when it passes and answers 504 after `serve` returns (see `timeout_reply`).
 
 from __future__ import annotations
 
+import base64
 import random
 from http import HTTPStatus
 from typing import Any
@@ -337,6 +338,9 @@ class Router:
         if upgrade is not None and upgrade != b"connect":
             headers.append((b"connection", b"upgrade"))
             headers.append((b"upgrade", http1.header_value(head.headers, b"upgrade") or upgrade))
+            if upgrade == b"websocket" and head.http_version == b"2" and not h2_upstream and not _has_header(headers, b"sec-websocket-key"):
+                # An RFC 8441 client sends no key (HTTP/2 needs none); an HTTP/1 server wants one.
+                headers.append((b"sec-websocket-key", base64.b64encode(_rng.getrandbits(128).to_bytes(16, "big"))))
         if head.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         if forwarded:
