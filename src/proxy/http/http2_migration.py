@@ -44,7 +44,7 @@ HANDOVER_FLUSH_TIMEOUT = 1.0
 STAY = 0  # served here
 WANTED = 1  # holding new streams, to be handed over at its next idle point
 WOKEN = 2  # the reader was cancelled at the idle point: hand it over
-RELEASE = 3  # the reader was cancelled to give up: process the held frames here, drain
+RELEASE = 3  # the reader's recv was cancelled to give up: process the held frames here, drain
 
 
 def migratable(server: MuxServer) -> bool:
@@ -70,7 +70,7 @@ def want(conn: MuxConnection) -> None:
 
 
 def check(server: MuxServer, now: float) -> None:
-    """The watchdog's look (every tick while any connection is WANTED): wake the readers of
+    """The watchdog's look (every tick once a migration began): wake the readers of
     connections at their idle point, and of those to give up on."""
     manager = server.manager
     moving = manager.migration.active and not manager.draining
@@ -79,35 +79,48 @@ def check(server: MuxServer, now: float) -> None:
             continue
         if moving and not conn.goaway_sent and not conn.streams and not conn.writer.writing and not conn.codec.outbound_backlog():
             conn.handover = WOKEN
-        elif not moving or conn.goaway_sent or now >= conn.wanted_until or not conn.codec.holding:  # type: ignore[attr-defined]
+            conn.scope.cancel()  # the connection leaves its run: no stream is left to cancel
+        elif (not moving or conn.goaway_sent or now >= conn.wanted_until or not conn.codec.holding) and conn.recv_scope is not None:  # type: ignore[attr-defined]
             conn.handover = RELEASE
-        else:
-            continue
-        conn.scope.cancel()
+            conn.recv_scope.cancel()  # only the recv: the streams in flight go on
 
 
-async def resume(conn: MuxConnection) -> bytes | None:
-    """The reader was woken (WOKEN or RELEASE): None if the connection was handed over, else
-    the bytes to process first as it serves on here."""
-    manager = conn.server.manager
-    conn.reading = False
+async def recv(conn: MuxConnection) -> bytes:
+    """The reader's recv while the connection is WANTED: the watchdog may cancel it to give
+    up holding, and then the held frames are what the reader processes next."""
+    with trio.CancelScope() as conn.recv_scope:
+        return await conn.io.recv()
+    conn.recv_scope = None
     held = conn.codec.release_held()  # type: ignore[attr-defined]
-    woken = conn.handover == WOKEN
-    until = conn.wanted_until
     conn.handover = STAY
-    conn.scope = trio.CancelScope()
-    if woken:
-        moved = await _hand_over(conn, held)
-        if moved:
-            return None
-        if moved is None:  # not idle after all: hold again, try at the next tick
-            want(conn)
-            conn.wanted_until = until
-            return held
+    _drain_if_leaving(conn)
+    return held or await conn.io.recv()
+
+
+def _drain_if_leaving(conn: MuxConnection) -> None:
+    manager = conn.server.manager
     if (manager.migration.active or manager.draining) and not conn.goaway_sent:
         # Refused, or busy for too long: drain, so this worker can exit. (If the new
         # generation died instead, this one is current again and nothing changes.)
         manager.nursery.start_soon(conn.drain)
+
+
+async def resume(conn: MuxConnection) -> bytes | None:
+    """The reader left its run at the idle point (WOKEN): None if the connection was handed
+    over, else the bytes to process first as it serves on here."""
+    conn.reading = False
+    held = conn.codec.release_held()  # type: ignore[attr-defined]
+    until = conn.wanted_until
+    conn.handover = STAY
+    conn.scope = trio.CancelScope()
+    moved = await _hand_over(conn, held)
+    if moved:
+        return None
+    if moved is None:  # not idle after all: hold again, try at the next tick
+        want(conn)
+        conn.wanted_until = until
+        return held
+    _drain_if_leaving(conn)
     return held
 
 

@@ -183,6 +183,7 @@ class MuxConnection:
         self.handover = http2_migration.STAY
         self.wanted_until = _INF
         self.reading = False
+        self.recv_scope: trio.CancelScope | None = None
 
     async def run(self, leftover: bytes = b"", initiate: bool = True) -> None:
         """Read, decode and dispatch until the client goes, breaks the protocol, idles out, is
@@ -205,7 +206,7 @@ class MuxConnection:
                             if not self.streams:
                                 self.deadline = now() + server.idle_timeout
                             self.reading = True  # (a safe point to cancel at)
-                            data = await io.recv()
+                            data = await (http2_migration.recv(self) if self.handover else io.recv())
                             self.reading = False
                             if not data:
                                 break
@@ -404,7 +405,7 @@ class MuxServer:
             initiate = codec is None
             while True:
                 await conn.run(leftover, initiate)
-                if conn.handover < http2_migration.WOKEN:
+                if conn.handover != http2_migration.WOKEN:
                     break
                 rest = await http2_migration.resume(conn)
                 if rest is None:
