@@ -171,7 +171,7 @@ async def test_h2load_sees_no_failed_stream_while_reloading(tmp_path, nursery):
         async with trio.open_nursery() as n:
             n.start_soon(reloads)
             result = await trio.run_process(
-                ["h2load", "-c10", "-m10", "-D", "16", f"http://{host}:{port}/echo"], capture_stdout=True, capture_stderr=True, check=False
+                ["h2load", "-c10", "-m10", "-D", "20", f"http://{host}:{port}/echo"], capture_stdout=True, capture_stderr=True, check=False
             )
         out = result.stdout.decode() + result.stderr.decode()
         assert result.returncode == 0, out
