@@ -25,14 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from proxy.log import get_logger
 from proxy.upgrade import migration as migration_mod
 
 if TYPE_CHECKING:
     from proxy.http.connection_manager import HttpConnectionManager
     from proxy.http.multiplex import MuxConnection, MuxServer
-
-log = get_logger("http")
 
 # How long a busy connection holds new streams back waiting for its streams in flight to end:
 # they wait that much at worst; past it the connection is drained (GOAWAY) instead.
