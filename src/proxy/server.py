@@ -236,6 +236,9 @@ class Worker:
             return None
         if kind == "http1":
             return lambda: nursery.start_soon(handler.adopt, socks[0], state)
+        if kind == "http2":
+            serve = handler.adopt_http2(socks[0], state)
+            return None if serve is None else lambda: nursery.start_soon(serve)
         if kind == "tunnel":
             return lambda: nursery.start_soon(handler.adopt_tunnel, socks[0], socks[1], state)
         return lambda: nursery.start_soon(handler.adopt, socks[0], socks[1], state)

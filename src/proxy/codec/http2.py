@@ -66,7 +66,9 @@ faster HPACK coders of _hpack; about 0.4x the CPU of h2 alone with validation of
 
 Hot upgrade: `export_state()` on an idle connection (no open stream) -> a JSON-able dict;
 `ServerConnection.from_state(state, settings)` / `ClientConnection.from_state` carry on where it
-stopped, HPACK tables and windows included, without re-sending anything (_http2_state).
+stopped, HPACK tables and windows included, without re-sending anything (_http2_state). A busy
+server connection gets there with `hold_streams()`: frames that would open streams are kept, not
+processed, until `release_held()` hands them back as bytes for the next owner (_http2_hold).
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ from hyperframe.frame import (
 
 from proxy.codec import _http2_heads as heads
 from proxy.codec import _http2_state
+from proxy.codec._http2_hold import Hold
 from proxy.codec._hpack import FastDecoder, FastEncoder
 from proxy.codec._http1_events import Headers, RequestHead, ResponseHead
 from proxy.codec.mux import (
@@ -159,6 +162,9 @@ COMPRESSION_ERROR = 0x9
 ENHANCE_YOUR_CALM = 0xB
 
 MAX_STREAM_ID = 2**31 - 1
+# hold_streams: at most this much is kept back (about one connection window); a client that
+# sends more while its streams finish is served here instead.
+HOLD_LIMIT = 4 << 20
 _DEFAULT_WINDOW = 65535  # RFC 9113 §6.9.2: every window starts here
 # A frame header: (24-bit length << 8 | type), flags, stream id. We write HEADERS, CONTINUATION
 # and DATA frames ourselves (h2's own path costs about as much again as the HPACK encoding).
@@ -413,6 +419,7 @@ class _Connection:
         self._settings_frames = _Bucket(s.max_settings, s.settings_per_second)
         self._goaway_sent: int | None = None  # the last stream id we promised to serve
         self._goaway_received: int | None = None
+        self._hold: Hold | None = None  # hot upgrade: frames kept back (hold_streams)
 
     # --- public: both sides --------------------------------------------------------------
 
@@ -432,6 +439,11 @@ class _Connection:
             raise self._error
         self._now = now
         conn = self._h2
+        hold = self._hold
+        if hold is not None:
+            data = hold.split(data, conn.highest_inbound_stream_id, conn.max_inbound_frame_size)
+            if hold.broken or hold.size() > HOLD_LIMIT:
+                data += self.release_held()  # (they commute with the frames passed just now)
         try:
             return self._receive(data)
         except ProtocolError as exc:
@@ -628,6 +640,27 @@ class _Connection:
         return held + len(self._h2._data_to_send)
 
     # --- hot upgrade ---------------------------------------------------------------------
+
+    def hold_streams(self) -> None:
+        """From now on, keep the frames that would open streams (and those whose order depends
+        on them) instead of processing them, so the connection can become idle while its
+        peer keeps sending; the streams already open go on. Past HOLD_LIMIT held bytes (or at a
+        frame over our size limit) the codec stops holding by itself: check `holding`."""
+        if self._hold is None:
+            buffer = self._buffer
+            # A preface still arriving: nothing can be open, keep everything.
+            self._hold = Hold(self._pending, bool(buffer._headers_buffer), bool(buffer._preamble_len))
+            self._pending = b""
+
+    @property
+    def holding(self) -> bool:
+        return self._hold is not None
+
+    def release_held(self) -> bytes:
+        """Stop holding; the bytes kept, in order, to feed to receive() (here, or in the next
+        owner before anything read after them)."""
+        hold, self._hold = self._hold, None
+        return b"" if hold is None else hold.release()
 
     def export_state(self) -> dict[str, Any]:
         """The connection's state as JSON-able data; ValueError while a stream is open."""

@@ -58,9 +58,23 @@ def server_codec_factory(listener: Any) -> Callable[[], ServerCodec]:
         from proxy.codec.http2 import ServerConnection
 
         if codec is ServerConnection:
-            settings = http2_settings(listener)
-            return lambda: ServerConnection(settings)
+            return _WithSettings(ServerConnection, http2_settings(listener))  # type: ignore[return-value]
     return codec
+
+
+class _WithSettings:
+    """A codec class with its settings bound: `()` makes a connection, `from_state(state)`
+    restores one (a hot upgrade's adopted connection gets the listener's budgets too)."""
+
+    def __init__(self, codec: Any, settings: Any) -> None:
+        self.codec = codec
+        self.settings = settings
+
+    def __call__(self) -> ServerCodec:
+        return self.codec(self.settings)  # type: ignore[no-any-return]
+
+    def from_state(self, state: dict[str, Any]) -> ServerCodec:
+        return self.codec.from_state(state, self.settings)  # type: ignore[no-any-return]
 
 
 def http2_settings(listener: Any) -> Any:

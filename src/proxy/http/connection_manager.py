@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from proxy.http import codecs
+from proxy.http import codecs, http2_migration
 from proxy.http.access_log import AccessLogger
 from proxy.http.filter import FilterChain
 from proxy.http.http1_server import HANDOVER_FLUSH_TIMEOUT, Http1Connection, Http1Server
@@ -99,6 +99,8 @@ class HttpConnectionManager:
             http1.check_deadlines(now)
             if mux is not None:
                 mux.check_deadlines(now)
+                if self.migration is not migration_mod.NO_MIGRATION:
+                    http2_migration.check(mux, now)
             if self.migration.active and not self.draining:
                 http1.wake_for_handover()
 
@@ -143,9 +145,9 @@ class HttpConnectionManager:
         self.migration = migration
         self.http1.mark_for_handover()
         if self.mux is not None:
-            # Multiplexed connections do not migrate yet: they drain (GOAWAY), their streams
-            # finish here, and the clients open their next connection to the new generation.
-            self.mux.drain()
+            # HTTP/2 connections move at their idle point; other multiplexed codecs drain
+            # (GOAWAY): their streams finish here, their clients reconnect.
+            http2_migration.start(self.mux)
         for relay, host in list(self.tunnels.items()):
             relay.stop(self.tunnel_handover(host))
         if not self.draining:
@@ -167,6 +169,12 @@ class HttpConnectionManager:
             peer = ""  # the client is already gone; the first read will tell
         self.stats.downstream_cx_migrated_in += 1
         await self.http1.connection(sock, peer, served, leftover)
+
+    def adopt_http2(self, sock: socket.socket, state: dict[str, Any]) -> Any:
+        """The new generation's side of an "http2" handover: the codec is rebuilt from its
+        state now (a state this release cannot read raises: refused); returns the function
+        that serves it, or None if this listener serves no HTTP/2 any more."""
+        return http2_migration.adopter(self, sock, state)
 
     async def adopt_tunnel(self, down: socket.socket, up: socket.socket, state: dict[str, Any]) -> None:
         """The new generation's side of a "tunnel" handover: relay on, carried bytes first."""

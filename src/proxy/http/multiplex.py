@@ -18,7 +18,8 @@ MAX_BACKLOG bytes wait to go out (a peer that reads nothing) waits for them to l
 Deadlines: a stream is served inside its worker's cancel scope, cancelled by the listener's
 watchdog when its `deadline` passes (the route timeout: 504, or a reset once the response has started); a
 connection with no stream open closes after idle_timeout. A drain sends GOAWAY and lets the
-open streams finish.
+open streams finish. A hot upgrade moves HTTP/2 connections at their idle point
+(http2_migration).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_resch
 
 from proxy.codec import mux
 from proxy.codec.http1 import Body, EndOfMessage, Headers, ResponseHead, Upgraded
+from proxy.http import http2_migration
 from proxy.http.codec_io import MAX_BACKLOG, CodecWriter, peer_names
 from proxy.http.router import Abort as AbortStream
 from proxy.http.router import Router
@@ -40,6 +42,7 @@ from proxy.http.stream import ServerStream, StreamReset, UpstreamRequest
 from proxy.http.stream_info import StreamInfo
 from proxy.log import get_logger
 from proxy.network.sockio import ConnectionLost, SockIO
+from proxy.upgrade import migration as migration_mod
 
 if TYPE_CHECKING:
     from proxy.http.connection_manager import HttpConnectionManager
@@ -249,21 +252,29 @@ class MuxConnection:
         self.local = local
         self.streams: dict[int, MuxServerStream] = {}
         # Send what the codec queued: one task at a time sends, the others' frames go along.
-        self.flush = CodecWriter(io, codec).flush
+        self.writer = CodecWriter(io, codec)
+        self.flush = self.writer.flush
         self.scope = trio.CancelScope()
         self.deadline = _INF  # idle_timeout while no stream is open
         self.goaway_sent = False
         self.nursery: trio.Nursery | None = None
         self.idle_workers: list[Task] = []  # parked stream workers, waiting for a stream
+        # Hot upgrade (http2_migration): where it stands, and whether the reader waits in recv.
+        self.handover = http2_migration.STAY
+        self.wanted_until = _INF
+        self.reading = False
+        self.recv_scope: trio.CancelScope | None = None
 
-    async def run(self, leftover: bytes = b"") -> None:
-        """Read, decode and dispatch until the client goes, breaks the protocol, idles out or
-        is drained; `leftover`: bytes already read (by a protocol detector)."""
+    async def run(self, leftover: bytes = b"", initiate: bool = True) -> None:
+        """Read, decode and dispatch until the client goes, breaks the protocol, idles out, is
+        drained or is woken for a handover; `leftover`: bytes already read (by a protocol
+        detector, or before a handover); `initiate=False` goes on where the codec stands."""
         server = self.server
         codec = self.codec
         io = self.io
         now = server.router._now
-        codec.initiate()
+        if initiate:
+            codec.initiate()
         await self.flush()
         try:
             async with trio.open_nursery() as nursery:
@@ -274,7 +285,9 @@ class MuxConnection:
                         if not data:
                             if not self.streams:
                                 self.deadline = now() + server.idle_timeout
-                            data = await io.recv()
+                            self.reading = True  # (a safe point to cancel at)
+                            data = await (http2_migration.recv(self) if self.handover else io.recv())
+                            self.reading = False
                             if not data:
                                 break
                         try:
@@ -528,18 +541,36 @@ class MuxServer:
         for conn in self.connections:
             self.manager.nursery.start_soon(conn.drain)
 
-    async def connection(self, sock: socket.socket, peer: Any, leftover: bytes = b"") -> None:
+    async def connection(self, sock: socket.socket, peer: Any, leftover: bytes = b"", codec: Any = None) -> None:
+        """Serve one client connection (accepted, or adopted with its `codec` restored and
+        `leftover` bytes to read first) until it ends or moves to the next generation."""
         stats = self.stats
+        manager = self.manager
         stats.downstream_cx_active += 1
         io = SockIO(sock)
         conn = None
+        owned = True  # False once the next worker generation owns the socket
         try:
             remote, client_ip, local = peer_names(sock, peer, self.tcp)
-            conn = MuxConnection(self, io, self.codec_factory(), remote, client_ip, local)
+            conn = MuxConnection(self, io, codec or self.codec_factory(), remote, client_ip, local)
             self.connections.add(conn)
-            if self.manager.draining:
-                self.manager.nursery.start_soon(conn.drain)
-            await conn.run(leftover)
+            if manager.draining:
+                manager.nursery.start_soon(conn.drain)
+            elif manager.migration.active:
+                http2_migration.want(conn)
+            initiate = codec is None
+            while True:
+                await conn.run(leftover, initiate)
+                if conn.handover != http2_migration.WOKEN:
+                    break
+                rest = await http2_migration.resume(conn)
+                if rest is None:
+                    owned = False
+                    migration_mod.release(sock)
+                    stats.downstream_cx_active -= 1
+                    stats.downstream_cx_migrated_out += 1
+                    return
+                leftover, initiate = rest, False
             await conn._flush_quietly()
         except ConnectionLost as exc:
             if log.is_debug():
@@ -554,9 +585,10 @@ class MuxServer:
                 self.connections.discard(conn)
             stats.downstream_rx_bytes_total += io.bytes_received
             stats.downstream_tx_bytes_total += io.bytes_sent
-            io.close()
-            stats.downstream_cx_active -= 1
-            stats.downstream_cx_destroy += 1
+            if owned:
+                io.close()
+                stats.downstream_cx_active -= 1
+                stats.downstream_cx_destroy += 1
 
 
 def _wake(event: trio.Event | None) -> None:

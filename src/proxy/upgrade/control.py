@@ -39,7 +39,7 @@ from proxy.upgrade.protocol import PROTO_MAX, PROTO_MIN, Msg, ProtocolError, exp
 
 log = get_logger("worker")
 
-FEATURES = ["listeners", "http1", "tcp", "tunnel", "stats"]
+FEATURES = ["listeners", "http1", "http2", "tcp", "tunnel", "stats"]
 
 
 def main(fd: int) -> int:

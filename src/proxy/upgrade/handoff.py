@@ -175,7 +175,7 @@ async def _adopt_batch(
         socks = [socket.socket(fileno=fd) for fd in item_fds]
         kind = item.get("kind")
         starter = None
-        if SCHEMAS.get(kind) == item.get("schema") and len(socks) == (1 if kind == "http1" else 2):
+        if SCHEMAS.get(kind) == item.get("schema") and len(socks) == (1 if kind in ("http1", "http2") else 2):
             try:
                 for s in socks:
                     s.setblocking(False)

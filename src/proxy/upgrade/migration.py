@@ -21,7 +21,10 @@ Kinds (each with its own schema version, so a later release can refuse what it c
     http1   [client]             {served, leftover}                 schema 1
     tcp     [client, upstream]   {host, to_up, to_down, down_eof, up_eof}   schema 1
     tunnel  [client, upstream]   same as tcp (an HTTP/1.1 upgrade after 101) schema 1
-    h2      [client]             H2State below: designed now, used by the HTTP/2 issue
+    http2   [client]             {codec, leftover}                  schema 1
+            codec: proxy.codec.http2's export_state() (its own `format` inside: settings,
+            HPACK tables, windows, stream ids, budgets); leftover: frames held back, in order
+            (proxy.http.http2_migration)
 """
 
 from __future__ import annotations
@@ -30,37 +33,7 @@ import base64
 import socket
 from typing import Any, Protocol
 
-import msgspec
-
-SCHEMAS = {"http1": 1, "tcp": 1, "tunnel": 1}
-
-
-class H2State(msgspec.Struct, frozen=True, kw_only=True):
-    """An idle h2c connection's state (schema 1), explicit rather than pickled so two releases
-    with different h2 versions can still hand over (upgrade.md §7.5). Safe point: no open
-    stream and no partial frame beyond `leftover`. The receiver rebuilds its codec from this or
-    REJECTs, and the old worker then drains the connection with a two-step GOAWAY."""
-
-    schema: int = 1
-    leftover: str = ""  # base64: bytes received, not yet parsed (a frame prefix at most)
-    # HPACK: dynamic tables as (name, value) pairs, newest first, base64
-    decoder_table: list[tuple[str, str]] = []
-    decoder_max_size: int = 4096
-    decoder_pending_size_update: int | None = None
-    encoder_table: list[tuple[str, str]] = []
-    encoder_max_size: int = 4096
-    # SETTINGS as acknowledged by each side (identifier -> value)
-    local_settings: dict[int, int] = {}
-    remote_settings: dict[int, int] = {}
-    unacked_local_settings: list[dict[int, int]] = []
-    # flow control: connection-level windows
-    inbound_window: int = 65535
-    outbound_window: int = 65535
-    highest_inbound_stream_id: int = 0
-    next_outbound_stream_id: int = 2
-    outstanding_pings: list[str] = []  # base64 opaque data of PINGs we sent, not yet acked
-    goaway_sent: bool = False
-    goaway_received: bool = False
+SCHEMAS = {"http1": 1, "http2": 1, "tcp": 1, "tunnel": 1}
 
 
 class Migration(Protocol):
