@@ -8,8 +8,11 @@ import hpack
 import pytest
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hpack.huffman_table import decode_huffman
 
-from proxy.codec._hpack import FastDecoder, FastEncoder
+from proxy.codec._hpack import FastDecoder, FastEncoder, huffman_decode, huffman_encode
 
 NAMES = [b":method", b":path", b":authority", b"cookie", b"user-agent", b"x-a", b"x-longer-custom-name", b"accept", b"content-length"]
 
@@ -91,3 +94,26 @@ def test_encoder_emits_hpacks_bytes() -> None:
         assert list(ours.header_table.dynamic_entries) == list(theirs.header_table.dynamic_entries)
         # (A never-indexed field already in the table goes indexed, as hpack sends it.)
         assert [tuple(f) for f in decoder.decode(block)] == [tuple(f) for f in fields]
+
+
+def test_huffman_coders_are_hpacks() -> None:
+    """Our table-driven Huffman loops against hpack's: the same codes, the same strings back,
+    the same refusals of garbage (a bad code, EOS, padding longer than 7 bits or not ones)."""
+    rng = random.Random(13)
+    theirs = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+    for length in [0, 1, 2, 3, 7, 8, 31, 200] * 40:
+        data = bytes(rng.randrange(256) if rng.random() < 0.3 else rng.choice(b"abc/=-_0129") for _ in range(length))
+        code = huffman_encode(data)
+        assert code == theirs.encode(data)
+        assert huffman_decode(code, 0, len(code)) == data
+        framed = b"xy" + code + b"z"
+        assert huffman_decode(framed, 2, 2 + len(code)) == data  # a slice of a block, in place
+    for _ in range(5000):
+        garbage = bytes(rng.randrange(256) for _ in range(rng.randint(1, 6)))
+        try:
+            expected = decode_huffman(garbage)
+        except HPACKDecodingError as exc:
+            with pytest.raises(HPACKDecodingError, match=str(exc)):
+                huffman_decode(garbage, 0, len(garbage))
+            continue
+        assert huffman_decode(garbage, 0, len(garbage)) == expected

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import h2.config
+import hpack
 import h2.connection
 import h2.events
 import pytest
@@ -400,3 +401,37 @@ def test_without_huffman() -> None:
     assert b"visible-value" in wire
     (response,) = pair.client.receive(wire, 0.0)
     assert (b"x-plain", b"visible-value") in response.head.headers
+
+
+def test_never_indexed_fields_stay_so_across_the_proxy() -> None:
+    """A field a client sent never-indexed reaches the upstream never-indexed (RFC 7541 §7.1.3:
+    an intermediary must keep the representation), through RequestHead and our client codec;
+    authorization and short cookies are never indexed whatever the client did. Compiled code
+    must not turn the NeverIndexedHeaderTuple into a plain tuple on the way."""
+    upstream = Pair()
+    encoder = hpack.Encoder()
+    block = encoder.encode(
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":path", b"/"),
+            (b":authority", b"example.com"),
+            hpack.NeverIndexedHeaderTuple(b"x-secret", b"s3cr3t"),
+            (b"authorization", b"Bearer abc"),
+            (b"cookie", b"a=1"),
+            (b"x-plain", b"1"),
+        ]
+    )
+    server = ServerConnection()
+    server.initiate()
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    frame = len(block).to_bytes(3, "big") + b"\x01\x05" + (1).to_bytes(4, "big") + block
+    (event,) = [e for e in server.receive(preface + frame, 0.0) if type(e) is RequestReceived]
+    kinds = {bytes(f[0]): type(f) for f in event.head.headers}
+    assert kinds[b"x-secret"] is hpack.NeverIndexedHeaderTuple and kinds[b"x-plain"] is tuple
+    sid = upstream.client.send_request(event.head, b"https", True)
+    sent = upstream.client.data_to_send()
+    decoded = hpack.Decoder().decode(parse(sent)[-1].data, raw=True)
+    never = {bytes(f[0]) for f in decoded if isinstance(f, hpack.NeverIndexedHeaderTuple)}
+    assert never == {b"x-secret", b"authorization", b"cookie"}
+    assert sid == 1

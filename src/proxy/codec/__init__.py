@@ -1,7 +1,8 @@
 """Sans-IO protocol codecs: bytes in, events out, no trio imports (see DESIGN.md, layout).
 
-The HTTP/1.1 codec modules may also be compiled by mypyc from this same source
-(`scripts/build-native`, run by `scripts/setup`): ~27 % less Python work per proxied request. Python
+The HTTP/1.1 codec modules and the HTTP/2 codec's HPACK coders and head translation may also be
+compiled by mypyc from this same source (`scripts/build-native`, run by `scripts/setup`): ~27 %
+less Python work per proxied HTTP/1 request (docs/performance.md). Python
 would import a compiled module in preference to its .py, so this package decides first: the
 compiled build is used only if its stamp matches this interpreter and the current source of
 every compiled module (an edited or newly deployed .py is never shadowed by an old build), and
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 _HERE = Path(__file__).parent
-_COMPILED = ("_http1_write", "http1")  # in import order
+_COMPILED = ("_http1_write", "http1", "_hpack", "_http2_heads")  # in import order
 # What the build's stamp hashes: the compiled modules and those whose types mypyc built into
 # them (scripts/build-native: DEPENDS + MODULES).
 _HASHED = ("_http1_events", *_COMPILED)

@@ -14,11 +14,16 @@ outside lowercase tchar, CTLs in values, spaces in `:path`.
 Outbound, heads become field lists: pseudo-headers first, names lowercased, the
 connection-specific fields (RFC 9113 §8.2.2) and those a `Connection` header names dropped,
 `te` kept only as `trailers`.
+
+Compiled by mypyc (scripts/build-native). A field that may be a NeverIndexedHeaderTuple is
+typed `Any` where it is read (not `tuple[bytes, bytes]`, which compiled code unboxes into a
+plain pair and so loses the never-indexed mark).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any, Final, cast
 
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
@@ -31,28 +36,31 @@ class Malformed(Exception):
 
 # Names: lowercase tchar (RFC 9113 §8.2.1 forbids uppercase; HTTP/1 needs tokens). Checked once
 # per block on the names joined by LF, which no name may contain.
-_NAMES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+(?:\n[!#$%&'*+\-.^_`|~0-9a-z]+)*")
+_NAMES: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+(?:\n[!#$%&'*+\-.^_`|~0-9a-z]+)*")
 # Values, joined by LF: no CTL but HTAB, no leading or trailing whitespace (§8.2.1). An LF
 # inside a value shows as one LF too many (counted), every other CTL matches here.
-_BAD_VALUES = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|^[ \t]|[ \t]$", re.MULTILINE)
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_PATH = re.compile(rb"/[\x21-\x7e]*")  # origin-form, visible ASCII: nothing an HTTP/1 line would split on
-_AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=%:\[\]]+")  # host[:port], no userinfo (§8.3.1)
-_DIGITS = re.compile(rb"[0-9]{1,18}")
-_SCHEMES = frozenset({b"http", b"https"})
+_BAD_VALUES: Final = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|^[ \t]|[ \t]$", re.MULTILINE)
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PATH: Final = re.compile(rb"/[\x21-\x7e]*")  # origin-form, visible ASCII: nothing an HTTP/1 line would split on
+_AUTHORITY: Final = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=%:\[\]]+")  # host[:port], no userinfo (§8.3.1)
+_DIGITS: Final = re.compile(rb"[0-9]{1,18}")
+_SCHEMES: Final = frozenset({b"http", b"https"})
 
 # RFC 9113 §8.2.2: never in HTTP/2. `te` is handled apart (only "trailers" may pass).
-CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
-_REQUEST_SPECIAL = CONNECTION_SPECIFIC | {b"host", b"cookie", b"content-length", b"te", b"expect"}
-_RESPONSE_SPECIAL = CONNECTION_SPECIFIC | {b"content-length", b"te"}
-_TRAILER_SPECIAL = CONNECTION_SPECIFIC | {b"content-length", b"te", b"host", b"trailer"}
-_STRIP_OUT = CONNECTION_SPECIFIC | {b"host", b"http2-settings"}
+CONNECTION_SPECIFIC: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
+_REQUEST_SPECIAL: Final = CONNECTION_SPECIFIC | {b"host", b"cookie", b"content-length", b"te", b"expect"}
+_RESPONSE_SPECIAL: Final = CONNECTION_SPECIFIC | {b"content-length", b"te"}
+_TRAILER_SPECIAL: Final = CONNECTION_SPECIFIC | {b"content-length", b"te", b"host", b"trailer"}
+_STRIP_OUT: Final = CONNECTION_SPECIFIC | {b"host", b"http2-settings"}
 # Never indexed by our HPACK encoder (as h2's normalisation does): a compression oracle must
 # not learn them. Short cookies too (RFC 7541 §7.1.3).
-_SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
+_SENSITIVE: Final = frozenset({b"authorization", b"proxy-authorization"})
 
 # Request kinds a stream keeps for its response (what framing the response may have).
-PLAIN, HEAD, CONNECT, EXTENDED_CONNECT = 0, 1, 2, 3
+PLAIN: Final = 0
+HEAD: Final = 1
+CONNECT: Final = 2
+EXTENDED_CONNECT: Final = 3
 
 
 def _check_fields(names: list[bytes], values: list[bytes]) -> None:
@@ -265,8 +273,10 @@ def _connection_named(headers: Headers) -> frozenset[bytes] | None:
     return named
 
 
-def _outbound(headers: Headers, out: list[tuple[bytes, bytes]], keep_te: bool) -> None:
-    """Append `headers` to `out` as HTTP/2 fields (see the module docstring)."""
+def _outbound(headers: list[Any], out: list[tuple[bytes, bytes]], keep_te: bool) -> None:
+    """Append `headers` to `out` as HTTP/2 fields (see the module docstring). `list[Any]`: a
+    field may be a NeverIndexedHeaderTuple, which compiled code must see as it is, not unboxed
+    into a plain pair (mypyc would for a `tuple[bytes, bytes]`)."""
     drop = _STRIP_OUT
     named = _connection_named(headers)
     if named is not None:
@@ -300,7 +310,7 @@ def response_fields(head: ResponseHead, kind: int) -> list[tuple[bytes, bytes]]:
         status = 200  # the upgrade succeeded: RFC 8441 says so with a 2xx
     out: list[tuple[bytes, bytes]] = [(b":status", b"%d" % status)]
     if kind == EXTENDED_CONNECT and status < 300:
-        headers = [f for f in head.headers if f[0].lower() != b"sec-websocket-accept"]
+        headers = [f for f in cast(list[Any], head.headers) if f[0].lower() != b"sec-websocket-accept"]
     else:
         headers = head.headers
     _outbound(headers, out, False)
@@ -353,7 +363,7 @@ def request_fields(head: RequestHead, scheme: bytes, extended_connect: bool) -> 
         if upgrade != b"websocket" or not extended_connect:
             raise ValueError(f"upgrade {upgrade!r} cannot be sent over this HTTP/2 connection")
         out = [(b":method", b"CONNECT"), (b":protocol", upgrade), (b":scheme", scheme), (b":path", target), (b":authority", authority)]
-        headers = [f for f in head.headers if f[0].lower() not in (b"sec-websocket-key", b"content-length")]
+        headers = [f for f in cast(list[Any], head.headers) if f[0].lower() not in (b"sec-websocket-key", b"content-length")]
         _outbound(headers, out, False)
         return out, EXTENDED_CONNECT
     out = [(b":method", method), (b":scheme", scheme), (b":path", target), (b":authority", authority)]
