@@ -130,6 +130,18 @@ async def client(nursery: trio.Nursery, workers: Workers) -> Client:
     return c
 
 
+async def busy_migration(nursery, workers, slow_path: str, accept: bool = True):
+    """A client with a slow stream in flight when the migration starts, and a second stream
+    (/echo?held) sent after it started: (client, slow id, handoff, held id)."""
+    c = await client(nursery, workers)
+    slow = await c.get(slow_path)
+    await wait_for(lambda: len(workers.old.mux.connections) == 1 and workers.old_connection().streams)
+    handoff = workers.handoff(accept=accept)
+    workers.old.start_migration(handoff)
+    held = await c.get("/echo?held")
+    return c, slow, handoff, held
+
+
 async def test_an_idle_connection_moves_at_once_without_a_goaway(nursery, workers):
     c = await client(nursery, workers)
     first = await c.get("/echo?before")
@@ -149,12 +161,7 @@ async def test_an_idle_connection_moves_at_once_without_a_goaway(nursery, worker
 async def test_a_busy_connection_moves_once_its_last_stream_ends(nursery, workers):
     """Stream 1 is in flight at the migration; stream 3, sent meanwhile, is held back (not
     processed), travels as leftover and is answered by the new worker."""
-    c = await client(nursery, workers)
-    slow = await c.get("/slow/600")
-    await wait_for(lambda: len(workers.old.mux.connections) == 1 and workers.old_connection().streams)
-    handoff = workers.handoff()
-    workers.old.start_migration(handoff)
-    held = await c.get("/echo?held")
+    c, slow, handoff, held = await busy_migration(nursery, workers, "/slow/600")
     await trio.sleep(0.3)
     assert handoff.offered == [] and workers.old_connection().handover == http2_migration.WANTED
     await wait_for(lambda: slow in c.ended)
@@ -170,12 +177,7 @@ async def test_a_busy_connection_moves_once_its_last_stream_ends(nursery, worker
 
 
 async def test_a_refused_connection_is_drained_and_its_held_stream_served_here(nursery, workers):
-    c = await client(nursery, workers)
-    slow = await c.get("/slow/300")
-    await wait_for(lambda: len(workers.old.mux.connections) == 1 and workers.old_connection().streams)
-    handoff = workers.handoff(accept=False)
-    workers.old.start_migration(handoff)
-    held = await c.get("/echo?held")
+    c, slow, handoff, held = await busy_migration(nursery, workers, "/slow/300", accept=False)
     await wait_for(lambda: slow in c.ended and held in c.ended)
     assert c.status[held] == 200 and c.target(held) == "/echo?held"
     assert len(handoff.offered) == 1
@@ -186,12 +188,7 @@ async def test_a_refused_connection_is_drained_and_its_held_stream_served_here(n
 
 async def test_a_connection_busy_past_idle_wait_is_drained(nursery, workers, monkeypatch):
     monkeypatch.setattr(http2_migration, "IDLE_WAIT", 0.3)
-    c = await client(nursery, workers)
-    slow = await c.get("/slow/1500")
-    await wait_for(lambda: len(workers.old.mux.connections) == 1 and workers.old_connection().streams)
-    handoff = workers.handoff()
-    workers.old.start_migration(handoff)
-    held = await c.get("/echo?held")
+    c, slow, handoff, held = await busy_migration(nursery, workers, "/slow/1500")
     await wait_for(lambda: held in c.ended)  # served here once the hold was given up, before stream 1 ends
     assert slow not in c.ended and c.target(held) == "/echo?held"
     await wait_for(lambda: slow in c.ended)

@@ -438,18 +438,22 @@ async def test_1gib_upload_and_download_with_bounded_memory(tmp_path, upstream):
 # ---------------------------------------------------------------- WebSocket
 
 
+async def websocket_echo(request) -> None:
+    """A trio-websocket handler: every message back to its sender."""
+    from trio_websocket import ConnectionClosed
+
+    ws = await request.accept()
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except ConnectionClosed:
+        pass
+
+
 async def test_websocket_echo_through_the_proxy(tmp_path, nursery):
-    from trio_websocket import ConnectionClosed, open_websocket_url, serve_websocket
+    from trio_websocket import open_websocket_url, serve_websocket
 
-    async def echo(request):
-        ws = await request.accept()
-        try:
-            while True:
-                await ws.send_message(await ws.get_message())
-        except ConnectionClosed:
-            pass
-
-    server = await nursery.start(serve_websocket, echo, "127.0.0.1", 0, None)
+    server = await nursery.start(serve_websocket, websocket_echo, "127.0.0.1", 0, None)
     ws_address = f"127.0.0.1:{server.port}"
     async with running_proxy(http_config([ws_address]), tmp_path) as proxy:
         host, port = proxy.address("http")

@@ -9,10 +9,13 @@ bring its own protocol to the same router, filters, clusters and logs (MOSN's XP
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.codec.mux import ServerCodec
 from proxy.plugins import PluginError, load_class, split_target
+
+if TYPE_CHECKING:
+    from proxy.codec.http2 import Http2Settings
 
 HTTP1 = "http1"
 HTTP2 = "http2"
@@ -53,12 +56,11 @@ def load_server_codec(protocol: str) -> Callable[[], ServerCodec]:
 def server_codec_factory(listener: Any) -> Callable[[], ServerCodec]:
     """A zero-argument maker of the listener's server codec, with the listener's settings
     bound where the codec is ours (HTTP/2: `http2:` and `http.max_header_count`)."""
-    codec = load_server_codec(listener.protocol)
-    if listener.protocol in (HTTP2, AUTO_HTTP):
-        from proxy.codec.http2 import ServerConnection
+    from proxy.codec.http2 import ServerConnection
 
-        if codec is ServerConnection:
-            return _WithSettings(ServerConnection, http2_settings(listener))  # type: ignore[return-value]
+    codec = load_server_codec(listener.protocol)
+    if codec is ServerConnection:
+        return _WithSettings(ServerConnection, http2_settings(listener))  # type: ignore[return-value]
     return codec
 
 
@@ -77,7 +79,7 @@ class _WithSettings:
         return self.codec.from_state(state, self.settings)  # type: ignore[no-any-return]
 
 
-def http2_settings(listener: Any) -> Any:
+def http2_settings(listener: Any) -> Http2Settings:
     """The HTTP/2 codec settings of a listener's config."""
     from proxy.codec.http2 import Http2Settings
 

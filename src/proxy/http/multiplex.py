@@ -79,7 +79,6 @@ class MuxServerStream(ServerStream):
         "reset_code",
         "timer_fired",
         "cancel_requested",
-        "finished",
     )
 
     def __init__(self, conn: MuxConnection, stream_id: int, head: Any, info: StreamInfo, client_ip: str, end_stream: bool) -> None:
@@ -97,7 +96,6 @@ class MuxServerStream(ServerStream):
         self.reset_code: int | None = None  # the peer reset the stream
         self.timer_fired = False
         self.cancel_requested = False
-        self.finished = False  # taken out of the connection's streams: nothing cancels it now
         # A CONNECT's (or an extended CONNECT's) DATA are the tunnel's bytes, not a body to send
         # before the answer: start_tunnel carries them once the upstream said yes.
         self.has_body = not end_stream and head.upgrade is None
@@ -382,10 +380,11 @@ class MuxConnection:
                     await self._serve_stream(stream)
                     stream = await self._next_stream()
             # The scope caught a cancel: for the stream being served, or, if that one had just
-            # finished when the cancel came, a late one (nothing else of the worker's is lost).
+            # finished (left `streams`) when the cancel came, a late one (nothing else of the
+            # worker's is lost).
             if stream is not None:
-                if not stream.finished:
-                    await self._stream_cancelled(stream)
+                if self.streams.get(stream.stream_id) is stream:
+                    await self._serve_stream(stream, cancelled=True)
                 else:
                     await self._flush_after_stream()
                 stream = await self._next_stream()
@@ -405,13 +404,20 @@ class MuxConnection:
 
         return await wait_task_rescheduled(abort)  # type: ignore[no-any-return]
 
-    async def _serve_stream(self, stream: MuxServerStream) -> None:
-        """One exchange, inside the worker's scope; a cancel (reset, route timeout) leaves by
-        Cancelled, for _stream_cancelled to finish outside the scope."""
+    async def _serve_stream(self, stream: MuxServerStream, cancelled: bool = False) -> None:
+        """One exchange, inside the worker's scope. A cancel (reset, route timeout) leaves by
+        Cancelled; the worker then calls again with `cancelled`, outside the scope, to answer
+        (504) or reset what is left."""
         sid = stream.stream_id
+        router = self.server.router
         try:
             try:
-                await self.server.router.serve(stream)
+                if not cancelled:
+                    await router.serve(stream)
+                elif stream.timer_fired:
+                    if stream.response_started:
+                        raise AbortStream()  # a response cut midway: reset below
+                    await router.send_quietly(stream, router.timeout_reply())
             except AbortStream:
                 if stream.reset_code is None:
                     self._reset(sid, mux.CANCEL)
@@ -420,23 +426,9 @@ class MuxConnection:
         except (ConnectionLost, StreamReset):
             pass
         except Exception as exc:  # noqa: BLE001 - one stream's bug must not end its connection
-            self._stream_failed(stream, exc)
-        await self._finish_stream(stream)
-
-    async def _stream_cancelled(self, stream: MuxServerStream) -> None:
-        sid = stream.stream_id
-        try:
-            if stream.timer_fired and stream.response_started:
-                self._reset(sid, mux.CANCEL)  # a response cut midway
-            else:
-                if stream.timer_fired:
-                    router = self.server.router
-                    await router.send_quietly(stream, router.timeout_reply())
-                self._after_serve(stream)
-        except (ConnectionLost, StreamReset):
-            pass
-        except Exception as exc:  # noqa: BLE001
-            self._stream_failed(stream, exc)
+            self.server.stats.downstream_cx_error += 1
+            log.error("stream.failed", listener=self.server.name, error=repr(exc), exc_info=exc)
+            self._reset(sid, mux.CANCEL)
         await self._finish_stream(stream)
 
     def _after_serve(self, stream: MuxServerStream) -> None:
@@ -448,16 +440,10 @@ class MuxConnection:
             # the rest of the request is not wanted (RFC 9113 §8.1).
             self._reset(sid, mux.NO_ERROR)
 
-    def _stream_failed(self, stream: MuxServerStream, exc: Exception) -> None:
-        self.server.stats.downstream_cx_error += 1
-        log.error("stream.failed", listener=self.server.name, error=repr(exc), exc_info=exc)
-        self._reset(stream.stream_id, mux.CANCEL)
-
     async def _finish_stream(self, stream: MuxServerStream) -> None:
         sid = stream.stream_id
-        stream.finished = True
         stream.scope = None
-        self.streams.pop(sid, None)
+        self.streams.pop(sid, None)  # from here nothing cancels it
         codec = self.codec
         for _, flow_length in stream.inbound:  # data never consumed still holds window
             if flow_length:
