@@ -1,7 +1,8 @@
 """A real HTTP/1.1 upstream for tests, built on h11 (an independent HTTP implementation).
 
 Paths choose behaviour:
-  /echo...            200, JSON of what arrived: method, target, headers, body length and sha256
+  /echo...            200, JSON of what arrived: method, target, headers, body length and sha256,
+                      and the trailers of a chunked body
   /status/N           answers status N
   /bytes/N            N bytes of body (Content-Length), a repeating pattern
   /chunked/N          N bytes in 64 KiB chunks, Transfer-Encoding: chunked
@@ -72,7 +73,7 @@ class HttpUpstream:
                 continue
             return event
 
-    async def _read_body(self, stream, conn) -> tuple[int, str]:
+    async def _read_body(self, stream, conn) -> tuple[int, str, list]:
         h = hashlib.sha256()
         n = 0
         while True:
@@ -81,7 +82,7 @@ class HttpUpstream:
                 h.update(event.data)
                 n += len(event.data)
             elif isinstance(event, h11.EndOfMessage):
-                return n, h.hexdigest()
+                return n, h.hexdigest(), [[k.decode(), v.decode()] for k, v in event.headers]
             else:
                 raise h11.RemoteProtocolError("unexpected event")
 
@@ -97,13 +98,14 @@ class HttpUpstream:
     async def _respond(self, stream, conn, request: h11.Request, conn_index: int) -> bool:
         target = request.target.decode()
         path = target.split("?")[0]
-        n, digest = await self._read_body(stream, conn)
+        n, digest, trailers = await self._read_body(stream, conn)
         record = {
             "method": request.method.decode(),
             "target": target,
             "headers": [[k.decode(), v.decode()] for k, v in request.headers],
             "body_length": n,
             "body_sha256": digest,
+            "trailers": trailers,
         }
         self.seen.append(record)
         if path == "/reset":
