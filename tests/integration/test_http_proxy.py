@@ -582,6 +582,28 @@ async def test_per_try_timeout_retries_then_504(tmp_path, upstream):
         assert upstream.requests == 3
 
 
+async def test_route_timeout_counts_from_the_end_of_a_streamed_request(tmp_path, upstream):
+    """As Envoy's: an upload that keeps moving may take longer than the route timeout; one that
+    stalls for the route timeout gets a 504."""
+    routes = [{"match": {"prefix": "/"}, "cluster": "up", "timeout": "400ms"}]
+    async with running_proxy(http_config([upstream.address], routes=routes), tmp_path) as proxy:
+        client = await Client.open(proxy.address("http"))
+        await client.send_raw(b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(6):  # 1.2 s of upload in all, 200 ms between chunks
+            await client.send_raw(b"5\r\nhello\r\n")
+            await trio.sleep(0.2)
+        await client.send_raw(b"0\r\n\r\n")
+        response, body = await client.response("POST")
+        assert response.status_code == 200 and json.loads(body)["body_length"] == 30
+
+        stalled = await Client.open(proxy.address("http"))
+        start = trio.current_time()
+        await stalled.send_raw(b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        response, _ = await stalled.response("POST")
+        assert response.status_code == 504
+        assert 0.35 < trio.current_time() - start < 2.0
+
+
 async def test_sigusr1_reopens_the_access_log(tmp_path, upstream):
     import signal as _signal
 

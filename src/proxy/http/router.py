@@ -224,17 +224,21 @@ class Router:
             body = await self._read_body(stream, expect=head.expect_continue)
         retry = RetryState(route.retry, body_replayable=body is not None) if route.retry is not None else None
 
-        deadline = self._now() + route.timeout if route.timeout else _INF
+        # The route timeout runs from the end of the client's request, as Envoy's does: while a
+        # body streams upstream it restarts at every chunk (see _stream_request_body), so a long
+        # upload that keeps moving is not cut, and a stalled one is.
+        cap = _INF
         if grpc_timeout is not None and stream.grpc:  # the client's own deadline caps the route's
             seconds = grpc.parse_timeout(grpc_timeout)
             if seconds is not None:
-                deadline = min(deadline, self._now() + seconds)
+                cap = self._now() + seconds
+        deadline = min(self._now() + route.timeout, cap) if route.timeout else cap
         stream.set_deadline(deadline)  # the route timeout: the codec answers 504
         fresh = False
         while True:
             info.attempts += 1
             try:
-                upstream, response = await self._attempt(stream, cluster, up_head, body, route, fresh, body is not None)
+                upstream, response = await self._attempt(stream, cluster, up_head, body, route, fresh, body is not None, cap)
                 if retry is not None and retry.policy.retriable(response.status):
                     if await self._retry(retry, response.status, cluster, deadline):
                         upstream.release(False)  # its body is not wanted
@@ -386,6 +390,7 @@ class Router:
         route: Any,
         fresh: bool,
         retry_on_reuse: bool,
+        deadline_cap: float = _INF,
     ) -> tuple[UpstreamRequest, ResponseHead]:
         """One try: pick a host, get a connection, send the request, read the response head."""
         info = stream.info
@@ -426,7 +431,7 @@ class Router:
             else:
                 upstream.write_request(up_head, None)
                 await upstream.flush()
-                await self._stream_request_body(stream, upstream)
+                await self._stream_request_body(stream, upstream, route.timeout, deadline_cap)
             per_try = route.retry.per_try_timeout if route.retry is not None else None
             if per_try is None:
                 response = await upstream.receive_head(reused and retry_on_reuse)
@@ -450,7 +455,9 @@ class Router:
         finally:
             cstats.upstream_rq_active -= 1
 
-    async def _stream_request_body(self, stream: ServerStream, upstream: UpstreamRequest) -> None:
+    async def _stream_request_body(self, stream: ServerStream, upstream: UpstreamRequest, timeout: float | None, cap: float) -> None:
+        """Relay the request body as it comes; each chunk restarts the route timeout (capped
+        by a gRPC deadline), so the timeout counts from the request's end."""
         if not stream.has_body:
             return
         if stream.request.expect_continue:
@@ -470,9 +477,13 @@ class Router:
                 if data:
                     upstream.write_data(data)
                     await upstream.flush()
+                if timeout:
+                    stream.set_deadline(min(self._now() + timeout, cap))
             else:
                 upstream.write_end(event.trailers)
                 await upstream.flush()
+                if timeout:
+                    stream.set_deadline(min(self._now() + timeout, cap))
                 return
 
     async def _relay_response(self, stream: ServerStream, upstream: UpstreamRequest, response: ResponseHead, upgrade: bytes | None) -> None:
