@@ -54,6 +54,7 @@ class H2Connection:
         self.pool = pool
         self.io = io
         self.codec = http2.ClientConnection()
+        self.codec.count_into(pool.cluster.stats)
         self.streams: dict[int, H2UpstreamRequest] = {}
         self.flush = CodecWriter(io, self.codec).flush  # (one task at a time sends)
         self.alive = True
