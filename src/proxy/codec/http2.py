@@ -453,7 +453,7 @@ class _Connection:
             for frame in frames:
                 kind = type(frame)
                 if kind is RstStreamFrame:
-                    _count(counters, HTTP2_TX_RESET, frame.error_code)
+                    _count(counters, HTTP2_TX_RESET, frame.error_code)  # type: ignore[attr-defined]
                 elif kind is GoAwayFrame:
                     counters.http2_tx_goaway += 1
             prepare(conn, frames)
