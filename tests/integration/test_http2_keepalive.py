@@ -25,7 +25,8 @@ TIMEOUT = 0.2
 @dataclass
 class H2Upstream:
     """An h2c server: GET /mute answers, then the connection sends nothing more (PING ACKs
-    included: h2 queues them, we drop them); /reset/<code> resets the stream with that code;
+    included: h2 queues them, we drop them); /hang does not answer and mutes the connection
+    (a peer gone dead under a request); /reset/<code> resets the stream with that code;
     /goaway answers and sends GOAWAY(NO_ERROR); anything else is 200 with `x-conn: <n>`."""
 
     connections: int = 0
@@ -58,6 +59,9 @@ class H2Upstream:
                     sid = event.stream_id
                     if path.startswith("/reset/"):
                         conn.reset_stream(sid, int(path.rsplit("/", 1)[1]))
+                        continue
+                    if path == "/hang":
+                        muted = True
                         continue
                     conn.send_headers(sid, [(":status", "200"), ("x-conn", str(n)), ("content-length", "2")])
                     conn.send_data(sid, b"ok", end_stream=True)
@@ -131,6 +135,21 @@ async def test_an_upstream_that_stops_answering_pings_is_closed_and_counted(nurs
         metrics = (await admin_get(admin, "/metrics")).decode()
         assert 'proxy_cluster_upstream_cx_keepalive_timeout_total{cluster="up"} 1' in metrics, metrics
         assert "upstream.keepalive_timeout" in proxy.log()
+
+
+async def test_a_request_in_flight_on_a_dead_connection_is_a_502_after_the_keepalive_timeout(nursery, tmp_path):
+    upstream = H2Upstream()
+    address = await start_server(nursery, upstream.handle)
+    admin = str(tmp_path / "admin.sock")
+    async with running_proxy(config(address, admin, KEEPALIVE), tmp_path) as proxy:
+        start = trio.current_time()
+        status, _ = await curl(proxy, "/hang")  # (no route timeout: only the keepalive ends it)
+        took = trio.current_time() - start
+        assert status == "502", status
+        assert INTERVAL + TIMEOUT <= took < 3, took
+        counts = await stats(admin)
+        assert counts["upstream_cx_keepalive_timeout"] == 1, counts
+        assert await curl(proxy, "/") == ("200", "2")
 
 
 async def test_an_upstream_that_answers_pings_keeps_its_connection(nursery, tmp_path):
