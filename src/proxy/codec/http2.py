@@ -443,13 +443,16 @@ class _Connection:
     def count_into(self, counters: Any) -> None:
         """Count this connection's resets (by code, each way), GOAWAYs and flow-control stalls
         into `counters` (an object with proxy.stats.HTTP2_COUNTERS as int attributes: a
-        listener's or a cluster's stats, shared by its connections). Only rare frames pay for it: h2's frame
-        queue is watched for RST_STREAM and GOAWAY (it sends those, WINDOW_UPDATEs and acks)."""
+        listener's or a cluster's stats, shared by its connections). Our own HEADERS and DATA
+        writes do not pay for it: what h2 queues (WINDOW_UPDATEs, acks, its resets and GOAWAYs)
+        gets a type check per frame; our resets, GOAWAYs and stalls are counted where made."""
         self._counters = counters
         conn = self._h2
         prepare = type(conn)._prepare_for_sending
 
         def prepare_counted(frames: list[Frame]) -> None:
+            if not frames:  # (every acknowledge() comes here, mostly with nothing to send)
+                return
             for frame in frames:
                 kind = type(frame)
                 if kind is RstStreamFrame:
