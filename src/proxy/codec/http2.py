@@ -445,7 +445,8 @@ class _Connection:
         into `counters` (an object with proxy.stats.HTTP2_COUNTERS as int attributes: a
         listener's or a cluster's stats, shared by its connections). Our own HEADERS and DATA
         writes do not pay for it: what h2 queues (WINDOW_UPDATEs, acks, its resets and GOAWAYs)
-        gets a type check per frame; our resets, GOAWAYs and stalls are counted where made."""
+        gets a type check per frame (every RST_STREAM goes through h2, ours too); our GOAWAYs and
+        the stalls are counted where they are made."""
         self._counters = counters
         conn = self._h2
         prepare = type(conn)._prepare_for_sending
