@@ -26,7 +26,8 @@ TIMEOUT = 0.2
 class H2Upstream:
     """An h2c server: GET /mute answers, then the connection sends nothing more (PING ACKs
     included: h2 queues them, we drop them); /hang does not answer and mutes the connection
-    (a peer gone dead under a request); /reset/<code> resets the stream with that code;
+    (a peer gone dead under a request); /big answers 300 KB; a request body is acknowledged
+    only once the proxy has used up the 65,535-byte windows (so it stalls); /reset/<code> resets the stream with that code;
     /goaway answers and sends GOAWAY(NO_ERROR); anything else is 200 with `x-conn: <n>`."""
 
     connections: int = 0
@@ -40,6 +41,7 @@ class H2Upstream:
         conn.initiate_connection()
         await stream.send_all(conn.data_to_send())
         muted = False
+        unacked = 0  # request body bytes not acknowledged yet
         while True:
             try:
                 data = await stream.receive_some(65536)
@@ -54,6 +56,16 @@ class H2Upstream:
             for event in events:
                 if isinstance(event, h2.events.PingReceived):
                     self.pings[n - 1] += 1
+                elif isinstance(event, h2.events.DataReceived):
+                    unacked += event.flow_controlled_length
+                    if unacked >= 65535:
+                        conn.acknowledge_received_data(unacked, event.stream_id)
+                        unacked = 0
+                    if event.stream_ended is not None:
+                        conn.acknowledge_received_data(unacked, event.stream_id)
+                        unacked = 0
+                        conn.send_headers(event.stream_id, [(":status", "200"), ("x-conn", str(n)), ("content-length", "2")])
+                        conn.send_data(event.stream_id, b"ok", end_stream=True)
                 elif isinstance(event, h2.events.RequestReceived):
                     path = dict(event.headers)[":path"]
                     sid = event.stream_id
@@ -63,6 +75,14 @@ class H2Upstream:
                     if path == "/hang":
                         muted = True
                         continue
+                    if path == "/big":
+                        body = b"x" * 300_000
+                        conn.send_headers(sid, [(":status", "200"), ("content-length", str(len(body)))])
+                        for i in range(0, len(body), 16384):  # (the proxy's windows take it all)
+                            conn.send_data(sid, body[i : i + 16384], end_stream=i + 16384 >= len(body))
+                        continue
+                    if event.stream_ended is None:
+                        continue  # a request body follows: answered at its end
                     conn.send_headers(sid, [(":status", "200"), ("x-conn", str(n)), ("content-length", "2")])
                     conn.send_data(sid, b"ok", end_stream=True)
                     if path == "/goaway":
@@ -233,3 +253,45 @@ async def test_downstream_client_resets_and_goaway_are_counted_on_the_listener(n
         assert counts["http2_rx_reset_cancel"] == 1 and counts["http2_rx_goaway"] == 1, counts
         metrics = (await admin_get(admin, "/metrics")).decode()
         assert 'proxy_listener_http2_rx_reset_cancel_total{listener="h2"} 1' in metrics
+
+
+async def test_flow_control_stalls_are_counted_both_ways(nursery, tmp_path):
+    upstream = H2Upstream()
+    address = await start_server(nursery, upstream.handle)
+    admin = str(tmp_path / "admin.sock")
+    async with running_proxy(config(address, admin), tmp_path) as proxy:
+        # Upstream: a 200 KB upload to a server that opens its windows only once they are used up.
+        host, port = proxy.address("h1")  # type: ignore[misc]
+        upload = tmp_path / "upload.bin"
+        upload.write_bytes(b"u" * 200_000)
+        result = await trio.run_process(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", f"@{upload}", f"http://{host}:{port}/upload"],
+            capture_stdout=True,
+            check=False,
+        )
+        assert result.stdout == b"200", result.stdout
+        counts = await stats(admin)
+        assert counts["http2_tx_stall_connection_window"] + counts["http2_tx_stall_stream_window"] >= 1, counts
+        # Downstream: an HTTP/2 client that never opens its 65,535-byte windows, a 300 KB answer.
+        stream = await connect(proxy.address("h2"))
+        async with stream:
+            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+            client.initiate_connection()
+            client.send_headers(1, [(":method", "GET"), (":path", "/big"), (":scheme", "http"), (":authority", "t")], end_stream=True)
+            await stream.send_all(client.data_to_send())
+            received = 0
+            with trio.move_on_after(1):
+                while received < 65535:
+                    for event in client.receive_data(await stream.receive_some(65536)):
+                        if isinstance(event, h2.events.DataReceived):
+                            received += event.flow_controlled_length
+                    await stream.send_all(client.data_to_send())  # (SETTINGS acks; no WINDOW_UPDATE)
+            assert received == 65535
+            with trio.fail_after(5):
+                while True:
+                    down = await stats(admin, "listener.h2.")
+                    if down["http2_tx_stall_connection_window"] + down["http2_tx_stall_stream_window"] >= 1:
+                        break
+                    await trio.sleep(0.05)
+        metrics = (await admin_get(admin, "/metrics")).decode()
+        assert 'proxy_listener_http2_tx_stall_connection_window_total{listener="h2"}' in metrics
