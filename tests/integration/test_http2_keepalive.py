@@ -95,7 +95,7 @@ class H2Upstream:
                 await stream.send_all(out)
 
 
-def config(upstream: str, admin: str, http2: dict[str, Any] | None = None) -> dict[str, Any]:
+def config(upstream: str, admin: str, http2: dict[str, Any] | None = None, **cluster: Any) -> dict[str, Any]:
     return {
         "admin": {"socket": admin},
         "logging": {"level": "info"},
@@ -104,7 +104,7 @@ def config(upstream: str, admin: str, http2: dict[str, Any] | None = None) -> di
             {"name": "h1", "address": "127.0.0.1:0", "protocol": "http1", "route": "main"},
             {"name": "h2", "address": "127.0.0.1:0", "protocol": "http2", "route": "main"},
         ],
-        "clusters": [{"name": "up", "protocol": "http2", "connect_timeout": "500ms", "hosts": [{"address": upstream}], **({"http2": http2} if http2 else {})}],
+        "clusters": [{"name": "up", "protocol": "http2", "connect_timeout": "500ms", "hosts": [{"address": upstream}], **({"http2": http2} if http2 else {}), **cluster}],
         "routes": {"main": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "cluster": "up"}]}]}},
     }
 
@@ -295,3 +295,19 @@ async def test_flow_control_stalls_are_counted_both_ways(nursery, tmp_path):
                     await trio.sleep(0.05)
         metrics = (await admin_get(admin, "/metrics")).decode()
         assert 'proxy_listener_http2_tx_stall_connection_window_total{listener="h2"}' in metrics
+
+
+async def test_an_idle_connection_closed_by_the_sweeper_leaves_the_worker_serving(nursery, tmp_path):
+    # The reader task waits in recv while another task (here the idle sweeper; the keepalive
+    # too) closes the socket: that is the connection's end, not the worker's.
+    upstream = H2Upstream()
+    address = await start_server(nursery, upstream.handle)
+    admin = str(tmp_path / "admin.sock")
+    async with running_proxy(config(address, admin, idle_timeout="100ms"), tmp_path) as proxy:
+        assert await curl(proxy, "/") == ("200", "1")
+        with trio.fail_after(5):
+            while (await stats(admin))["upstream_cx_active"]:
+                await trio.sleep(0.05)
+        assert await curl(proxy, "/") == ("200", "2")
+    log = proxy.log()
+    assert "Traceback" not in log, log
