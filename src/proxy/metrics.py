@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import proxy
-from proxy.stats import ClusterStats, HostStats, ListenerStats
+from proxy.stats import HTTP2_ERROR_NAMES, ClusterStats, HostStats, ListenerStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -73,6 +73,14 @@ _HELP: dict[str, str] = {
     "upstream_rq_pending_overflow": "Upstream HTTP requests refused because the pending queue was full.",
     "upstream_rq_reset": "Upstream HTTP requests reset.",
     "upstream_cx_reused_closed": "Reused keep-alive upstream connections that closed before answering.",
+    "upstream_cx_keepalive_timeout": "Upstream HTTP/2 connections closed because a keepalive PING went unanswered.",
+    # HTTP/2, both
+    "http2_rx_goaway": "HTTP/2 GOAWAY frames received.",
+    "http2_tx_goaway": "HTTP/2 GOAWAY frames sent.",
+    "http2_tx_stall_stream_window": "HTTP/2 sends held back by a stream flow-control window at zero.",
+    "http2_tx_stall_connection_window": "HTTP/2 sends held back by the connection flow-control window at zero.",
+    **{f"http2_rx_reset_{name}": f"HTTP/2 RST_STREAM frames received with error code {name.upper() if name != 'unknown' else 'beyond the RFC 9113 ones'}." for name in HTTP2_ERROR_NAMES},
+    **{f"http2_tx_reset_{name}": f"HTTP/2 RST_STREAM frames sent with error code {name.upper() if name != 'unknown' else 'beyond the RFC 9113 ones'}." for name in HTTP2_ERROR_NAMES},
     # host
     "cx_total": "Connections opened to this host.",
     "cx_active": "Connections currently open to this host.",

@@ -16,6 +16,39 @@ from bisect import bisect_left
 from typing import Any
 
 
+# HTTP/2 (listeners and clusters alike, Envoy's http2.* stats): RST_STREAMs each way by RFC 9113
+# §7 error code (by value; a code past these counts as `unknown`), GOAWAYs each way, and sends
+# cut short by a zero window (the stream's or the connection's; once per stall). The codec
+# counts them (proxy.codec.http2, `count_into`).
+HTTP2_ERROR_NAMES = (
+    "no_error",
+    "protocol_error",
+    "internal_error",
+    "flow_control_error",
+    "settings_timeout",
+    "stream_closed",
+    "frame_size_error",
+    "refused_stream",
+    "cancel",
+    "compression_error",
+    "connect_error",
+    "enhance_your_calm",
+    "inadequate_security",
+    "http_1_1_required",
+    "unknown",
+)
+HTTP2_RX_RESET = tuple(f"http2_rx_reset_{name}" for name in HTTP2_ERROR_NAMES)
+HTTP2_TX_RESET = tuple(f"http2_tx_reset_{name}" for name in HTTP2_ERROR_NAMES)
+HTTP2_COUNTERS = (
+    *HTTP2_RX_RESET,
+    *HTTP2_TX_RESET,
+    "http2_rx_goaway",
+    "http2_tx_goaway",
+    "http2_tx_stall_stream_window",
+    "http2_tx_stall_connection_window",
+)
+
+
 class _Stats:
     __slots__: tuple[str, ...] = ()
     COUNTERS: tuple[str, ...] = ()  # plain ints counting events since start
@@ -103,6 +136,7 @@ class ListenerStats(_Stats):
         # multiplexed listeners (HTTP/2, RPC): streams the client reset, and those we reset
         "downstream_rq_rx_reset",
         "downstream_rq_tx_reset",
+        *HTTP2_COUNTERS,
     )
     GAUGES = ("downstream_cx_active", "downstream_rq_active")
     HISTOGRAMS = ("downstream_rq_time",)  # request duration, first byte in to last byte out
@@ -131,6 +165,8 @@ class ClusterStats(_Stats):
         "upstream_rq_pending_overflow",
         "upstream_rq_reset",
         "upstream_cx_reused_closed",  # a reused keep-alive connection closed before answering
+        "upstream_cx_keepalive_timeout",  # HTTP/2: closed for a PING unanswered (http2.keepalive_*)
+        *HTTP2_COUNTERS,
     )
     GAUGES = ("upstream_cx_active", "upstream_rq_active")
     HISTOGRAMS = ("upstream_rq_time",)  # upstream service time: request sent to response head

@@ -124,6 +124,7 @@ from proxy.codec.mux import (
     TrailersReceived,
     WindowOpened,
 )
+from proxy.stats import HTTP2_RX_RESET, HTTP2_TX_RESET  # (counter names: plain data)
 
 __all__ = [
     "CANCEL",
@@ -162,6 +163,7 @@ COMPRESSION_ERROR = 0x9
 ENHANCE_YOUR_CALM = 0xB
 
 MAX_STREAM_ID = 2**31 - 1
+
 # hold_streams: at most this much is kept back (about one connection window); a client that
 # sends more while its streams finish is served here instead.
 HOLD_LIMIT = 4 << 20
@@ -314,6 +316,11 @@ class _Bucket:
         return [self.tokens, self.stamp]
 
 
+def _count(counters: Any, names: tuple[str, ...], code: int) -> None:
+    name = names[code if 0 <= code < len(names) - 1 else -1]
+    setattr(counters, name, getattr(counters, name) + 1)
+
+
 class _FrameBuffer(FrameBuffer):
     """h2's frame buffer with a byte bound on a header block before it is decoded
     (CONTINUATION floods) and the consecutive-empty-frames count for HEADERS/CONTINUATION."""
@@ -420,6 +427,7 @@ class _Connection:
         self._goaway_sent: int | None = None  # the last stream id we promised to serve
         self._goaway_received: int | None = None
         self._hold: Hold | None = None  # hot upgrade: frames kept back (hold_streams)
+        self._counters: Any = None  # count_into: where resets, GOAWAYs and stalls are counted
 
     # --- public: both sides --------------------------------------------------------------
 
@@ -431,6 +439,30 @@ class _Connection:
         extra = self.settings.initial_connection_window_size - _DEFAULT_WINDOW
         if extra > 0:
             conn.increment_flow_control_window(extra)
+
+    def count_into(self, counters: Any) -> None:
+        """Count this connection's resets (by code, each way), GOAWAYs and flow-control stalls
+        into `counters` (an object with proxy.stats.HTTP2_COUNTERS as int attributes: a
+        listener's or a cluster's stats, shared by its connections). Our own HEADERS and DATA
+        writes do not pay for it: what h2 queues (WINDOW_UPDATEs, acks, its resets and GOAWAYs)
+        gets a type check per frame (every RST_STREAM goes through h2, ours too); our GOAWAYs and
+        the stalls are counted where they are made."""
+        self._counters = counters
+        conn = self._h2
+        prepare = type(conn)._prepare_for_sending
+
+        def prepare_counted(frames: list[Frame]) -> None:
+            if not frames:  # (every acknowledge() comes here, mostly with nothing to send)
+                return
+            for frame in frames:
+                kind = type(frame)
+                if kind is RstStreamFrame:
+                    _count(counters, HTTP2_TX_RESET, frame.error_code)  # type: ignore[attr-defined]
+                elif kind is GoAwayFrame:
+                    counters.http2_tx_goaway += 1
+            prepare(conn, frames)
+
+        conn._prepare_for_sending = prepare_counted  # type: ignore[method-assign]
 
     def receive(self, data: bytes, now: float) -> list[Any]:
         """Feed bytes from the peer; the events they complete. Raises Http2Error (a GOAWAY is
@@ -532,6 +564,12 @@ class _Connection:
         if size > window:
             take = window if window > 0 else 0
             end = False
+            counters = self._counters
+            if counters is not None and stream_id not in self._blocked:  # (once per stall)
+                if conn.outbound_flow_control_window <= stream.outbound_flow_control_window:  # type: ignore[union-attr]
+                    counters.http2_tx_stall_connection_window += 1
+                else:
+                    counters.http2_tx_stall_stream_window += 1
             self._blocked.add(stream_id)
             if take == 0:
                 return 0
@@ -601,6 +639,8 @@ class _Connection:
         frame.last_stream_id = last_stream_id
         frame.error_code = code
         conn._data_to_send += frame.serialize()  # not through h2: its state machine would close
+        if self._counters is not None:
+            self._counters.http2_tx_goaway += 1
 
     def data_to_send(self) -> bytes:
         self._control = 0
@@ -782,6 +822,8 @@ class _Connection:
         stream = self._h2.streams.get(sid)
         # Whether we were still answering: our side not ended yet (read before h2 closes it).
         answering = stream is not None and stream.state_machine.state != StreamState.HALF_CLOSED_LOCAL
+        if self._counters is not None:
+            _count(self._counters, HTTP2_RX_RESET, frame.error_code)
         frames, events = self._h2_rst(frame)
         self._blocked.discard(sid)
         self._kinds.pop(sid, None)
@@ -865,6 +907,8 @@ class _Connection:
         if self._goaway_received is not None:
             last = min(last, self._goaway_received)
         self._goaway_received = last
+        if self._counters is not None:
+            self._counters.http2_rx_goaway += 1
         return [], [GoAwayReceived(last, frame.error_code), *self._refused_by_goaway(last)]
 
     def _refused_by_goaway(self, last: int) -> list[Any]:

@@ -23,6 +23,18 @@ class Host(_Model):
     metadata: dict[str, str] = {}
 
 
+class ClusterHttp2Options(_Model):
+    """HTTP/2 to a cluster's hosts (`protocol: http2`, or `downstream` for HTTP/2 clients).
+    Keepalive, Envoy's connection_keepalive: a connection nothing has been received on for
+    `keepalive_interval` gets a PING; if no frame at all arrives within `keepalive_timeout`
+    the connection is closed (its streams fail as for a lost connection: 502, or a retry).
+    Off unless both are set: a dead peer behind a NAT or a black hole is otherwise found only
+    by the next request's timeout."""
+
+    keepalive_interval: PositiveDuration | None = None
+    keepalive_timeout: PositiveDuration | None = None
+
+
 class Cluster(_Model):
     name: Name
     hosts: Annotated[list[Host], msgspec.Meta(min_length=1)]
@@ -38,6 +50,7 @@ class Cluster(_Model):
     # What the proxy speaks to the hosts: HTTP/1.1, HTTP/2 (prior-knowledge h2c, multiplexed),
     # or whatever the client spoke (Envoy's USE_DOWNSTREAM_PROTOCOL).
     protocol: Literal["http1", "http2", "downstream"] = "http1"
+    http2: ClusterHttp2Options = ClusterHttp2Options()
 
 
 class HttpSettings(_Model):

@@ -30,8 +30,26 @@ def check(raw: Any, issues: Issues) -> None:
     _listener_clusters(listeners, cluster_names, issues)
     _listener_addresses(listeners, raw.get("admin"), issues)
     _host_addresses(clusters, issues)
+    _cluster_http2(clusters, issues)
     _admin(raw.get("admin"), issues)
     check_routes(raw, issues)
+
+
+def _cluster_http2(clusters: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
+    """Keepalive takes both durations (a PING without a deadline detects nothing, a deadline
+    without PINGs has nothing to time), and only HTTP/2 connections have it."""
+    for index, cluster in clusters:
+        options = cluster.get("http2")
+        if not isinstance(options, dict):
+            continue
+        interval, timeout = options.get("keepalive_interval"), options.get("keepalive_timeout")
+        path = ("clusters", index, "http2")
+        if timeout is not None and interval is None:
+            issues.add(path + ("keepalive_timeout",), "keepalive_timeout needs a keepalive_interval (when to send the PING)")
+        elif interval is not None and timeout is None:
+            issues.add(path + ("keepalive_interval",), "keepalive_interval needs a keepalive_timeout (how long to wait for the PING's answer)")
+        if (interval is not None or timeout is not None) and cluster.get("protocol", "http1") == "http1":
+            issues.add(path, "HTTP/2 keepalive needs the cluster's protocol to be http2 or downstream (HTTP/1.1 connections have no PING)")
 
 
 def _items(value: Any) -> list[tuple[int, dict[str, Any]]]:

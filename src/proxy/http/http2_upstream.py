@@ -12,6 +12,12 @@
 - Flow control: response DATA is acknowledged as the router consumes it, so the upstream's
   window opens as the client drains, not before; a request body waits for our send window.
 - A dead connection fails each of its streams (StreamReset); one idle past idle_timeout closes.
+- Keepalive (the cluster's http2.keepalive_interval/_timeout, Envoy's connection_keepalive):
+  nothing received for the interval sends a PING; nothing at all received within the timeout
+  closes the connection (upstream_cx_keepalive_timeout), failing its streams as above. A timer
+  task per connection, only when configured: the reader only notes when its last bytes came.
+  (Folding the timer into the reader would mean a cancel scope per read, or cancelling it in
+  the middle of a send.)
 
 The reader tasks live in the pool manager's nursery (a pooled connection belongs to its pool,
 not to the request that opened it).
@@ -20,6 +26,7 @@ not to the request that opened it).
 from __future__ import annotations
 
 import collections
+import struct
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -54,12 +61,15 @@ class H2Connection:
         self.pool = pool
         self.io = io
         self.codec = http2.ClientConnection()
+        self.codec.count_into(pool.cluster.stats)
         self.streams: dict[int, H2UpstreamRequest] = {}
         self.flush = CodecWriter(io, self.codec).flush  # (one task at a time sends)
         self.alive = True
         self.going_away = False  # the peer sent GOAWAY: no new streams here
         self.kicked = False  # a flush task is scheduled (kick)
         self.idle_since = pool._now()
+        self.last_rx = self.idle_since  # when bytes last came from the peer (keepalive)
+        self.keepalive_scope: trio.CancelScope | None = None
         try:
             name = io.sock.getsockname()
             self.local_address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "unix"
@@ -96,8 +106,9 @@ class H2Connection:
                 data = await self.io.recv()
                 if not data:
                     break
+                t = self.last_rx = now()
                 try:
-                    events = codec.receive(data, now())
+                    events = codec.receive(data, t)
                 except mux.CodecError as exc:
                     log.info("upstream.protocol_error", host=str(self.pool.host.address), reason=str(exc))
                     break
@@ -106,10 +117,35 @@ class H2Connection:
                 await self.flush()
                 if self.going_away and not self.streams:
                     break
-        except ConnectionLost:
-            pass
+        except (ConnectionLost, trio.ClosedResourceError):
+            pass  # (closed: by the peer, or by another task, the keepalive or the idle sweeper)
         finally:
             self.close()
+
+    async def keepalive(self, interval: float, timeout: float) -> None:
+        """PING the peer once nothing has come from it for `interval`; close the connection if
+        nothing (the ACK or any other frame) comes within `timeout` of it."""
+        now = self.pool._now
+        pings = 0
+        with trio.CancelScope() as self.keepalive_scope:  # (cancelled by close)
+            while self.alive:
+                due = self.last_rx + interval
+                if now() < due:
+                    await trio.sleep_until(due)
+                    continue
+                sent = now()
+                pings += 1
+                self.codec.ping(struct.pack("!Q", pings))
+                try:
+                    await self.flush()
+                except (ConnectionLost, trio.ClosedResourceError):
+                    return  # (the reader finds it too and closes)
+                await trio.sleep_until(sent + timeout)
+                if self.last_rx < sent and self.alive:
+                    self.pool.cluster.stats.upstream_cx_keepalive_timeout += 1
+                    log.info("upstream.keepalive_timeout", host=str(self.pool.host.address), streams=len(self.streams))
+                    self.close()
+                    return
 
     def _dispatch(self, event: Any) -> None:
         kind = type(event)
@@ -140,6 +176,8 @@ class H2Connection:
         if not self.alive:
             return
         self.alive = False
+        if self.keepalive_scope is not None:
+            self.keepalive_scope.cancel()
         for stream in list(self.streams.values()):
             if stream.reset_code is None:
                 stream.reset_code = -1  # the connection is gone
@@ -300,6 +338,11 @@ class H2HostPool:
         self.max_connections = config.max_connections
         self.max_pending = config.max_pending_requests
         self.idle_timeout = float(config.idle_timeout)
+        h2 = config.http2
+        # (interval, timeout) of the PING keepalive; None: off (config sets both or neither)
+        self.keepalive: tuple[float, float] | None = None
+        if h2.keepalive_interval is not None and h2.keepalive_timeout is not None:
+            self.keepalive = (float(h2.keepalive_interval), float(h2.keepalive_timeout))
         self._now = clock_reader()
 
     @property
@@ -351,6 +394,8 @@ class H2HostPool:
                 if nursery is None:  # pragma: no cover - the pool manager runs in every worker
                     raise RuntimeError("HTTP/2 pools need the pool manager's nursery")
                 nursery.start_soon(conn.run)
+                if self.keepalive is not None:
+                    nursery.start_soon(conn.keepalive, *self.keepalive)
                 self.wake_all()  # a new connection has room for those waiting for it
                 return H2UpstreamRequest(conn), False
             await wait_for_room(self, f"{self.open} HTTP/2 connections full")
