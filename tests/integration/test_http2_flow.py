@@ -12,6 +12,7 @@ import time
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import trio
 
 from tests.integration.harness import connect, running_proxy

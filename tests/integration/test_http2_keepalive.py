@@ -14,6 +14,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import pytest
 import trio
 
 from tests.integration.harness import ProxyProcess, connect, read_all, running_proxy, start_server
@@ -95,6 +96,14 @@ class H2Upstream:
                 await stream.send_all(out)
 
 
+@pytest.fixture
+async def h2_upstream(nursery, tmp_path) -> tuple[H2Upstream, str, str]:
+    """A running H2Upstream, its address, and the path for the proxy's admin socket."""
+    upstream = H2Upstream()
+    address = await start_server(nursery, upstream.handle)
+    return upstream, address, str(tmp_path / "admin.sock")
+
+
 def config(upstream: str, admin: str, http2: dict[str, Any] | None = None, **cluster: Any) -> dict[str, Any]:
     return {
         "admin": {"socket": admin},
@@ -137,16 +146,22 @@ async def stats(admin: str, prefix: str = "cluster.up.") -> dict[str, int]:
     return {k.removeprefix(prefix): v for k, v in json.loads(await admin_get(admin, "/stats")).items() if k.startswith(prefix)}
 
 
-async def test_an_upstream_that_stops_answering_pings_is_closed_and_counted(nursery, tmp_path):
-    upstream = H2Upstream()
-    address = await start_server(nursery, upstream.handle)
-    admin = str(tmp_path / "admin.sock")
+async def wait_for_count(admin: str, names: tuple[str, ...], prefix: str = "cluster.up.") -> dict[str, int]:
+    """Poll /stats until the counters `names` add up to at least 1; the stats then."""
+    with trio.fail_after(5):
+        while True:
+            counts = await stats(admin, prefix)
+            if sum(counts[name] for name in names) >= 1:
+                return counts
+            await trio.sleep(0.05)
+
+
+async def test_an_upstream_that_stops_answering_pings_is_closed_and_counted(h2_upstream, tmp_path):
+    upstream, address, admin = h2_upstream
     async with running_proxy(config(address, admin, KEEPALIVE), tmp_path) as proxy:
         assert await curl(proxy, "/mute") == ("200", "1")
         # Idle for the interval: a PING; no answer within the timeout: closed.
-        with trio.fail_after(5):
-            while (await stats(admin))["upstream_cx_keepalive_timeout"] < 1:
-                await trio.sleep(0.05)
+        await wait_for_count(admin, ("upstream_cx_keepalive_timeout",))
         assert upstream.pings[0] >= 1
         counts = await stats(admin)
         assert counts["upstream_cx_keepalive_timeout"] == 1 and counts["upstream_cx_active"] == 0, counts
@@ -157,10 +172,8 @@ async def test_an_upstream_that_stops_answering_pings_is_closed_and_counted(nurs
         assert "upstream.keepalive_timeout" in proxy.log()
 
 
-async def test_a_request_in_flight_on_a_dead_connection_is_a_502_after_the_keepalive_timeout(nursery, tmp_path):
-    upstream = H2Upstream()
-    address = await start_server(nursery, upstream.handle)
-    admin = str(tmp_path / "admin.sock")
+async def test_a_request_in_flight_on_a_dead_connection_is_a_502_after_the_keepalive_timeout(h2_upstream, tmp_path):
+    upstream, address, admin = h2_upstream
     async with running_proxy(config(address, admin, KEEPALIVE), tmp_path) as proxy:
         start = trio.current_time()
         status, _ = await curl(proxy, "/hang")  # (no route timeout: only the keepalive ends it)
@@ -172,10 +185,8 @@ async def test_a_request_in_flight_on_a_dead_connection_is_a_502_after_the_keepa
         assert await curl(proxy, "/") == ("200", "2")
 
 
-async def test_an_upstream_that_answers_pings_keeps_its_connection(nursery, tmp_path):
-    upstream = H2Upstream()
-    address = await start_server(nursery, upstream.handle)
-    admin = str(tmp_path / "admin.sock")
+async def test_an_upstream_that_answers_pings_keeps_its_connection(h2_upstream, tmp_path):
+    upstream, address, admin = h2_upstream
     async with running_proxy(config(address, admin, KEEPALIVE), tmp_path) as proxy:
         assert await curl(proxy, "/") == ("200", "1")
         await trio.sleep(5 * INTERVAL + TIMEOUT)
@@ -186,10 +197,8 @@ async def test_an_upstream_that_answers_pings_keeps_its_connection(nursery, tmp_
         assert upstream.connections == 1
 
 
-async def test_keepalive_is_off_by_default(nursery, tmp_path):
-    upstream = H2Upstream()
-    address = await start_server(nursery, upstream.handle)
-    admin = str(tmp_path / "admin.sock")
+async def test_keepalive_is_off_by_default(h2_upstream, tmp_path):
+    upstream, address, admin = h2_upstream
     async with running_proxy(config(address, admin), tmp_path) as proxy:
         assert await curl(proxy, "/mute") == ("200", "1")
         await trio.sleep(3 * (INTERVAL + TIMEOUT))
@@ -197,10 +206,8 @@ async def test_keepalive_is_off_by_default(nursery, tmp_path):
         assert (await stats(admin))["upstream_cx_active"] == 1
 
 
-async def test_upstream_resets_are_counted_by_code(nursery, tmp_path):
-    upstream = H2Upstream()
-    address = await start_server(nursery, upstream.handle)
-    admin = str(tmp_path / "admin.sock")
+async def test_upstream_resets_are_counted_by_code(h2_upstream, tmp_path):
+    upstream, address, admin = h2_upstream
     async with running_proxy(config(address, admin), tmp_path) as proxy:
         status, _ = await curl(proxy, "/reset/11")  # ENHANCE_YOUR_CALM
         assert status == "502", status
@@ -214,15 +221,11 @@ async def test_upstream_resets_are_counted_by_code(nursery, tmp_path):
         assert 'proxy_listener_http2_rx_reset_internal_error_total{listener="h1"} 0' in metrics
 
 
-async def test_upstream_goaway_is_counted_and_the_next_request_opens_a_connection(nursery, tmp_path):
-    upstream = H2Upstream()
-    address = await start_server(nursery, upstream.handle)
-    admin = str(tmp_path / "admin.sock")
+async def test_upstream_goaway_is_counted_and_the_next_request_opens_a_connection(h2_upstream, tmp_path):
+    upstream, address, admin = h2_upstream
     async with running_proxy(config(address, admin), tmp_path) as proxy:
         assert await curl(proxy, "/goaway") == ("200", "1")
-        with trio.fail_after(5):
-            while (await stats(admin))["http2_rx_goaway"] < 1:
-                await trio.sleep(0.05)
+        await wait_for_count(admin, ("http2_rx_goaway",))
         assert await curl(proxy, "/") == ("200", "2")
         counts = await stats(admin)
         assert counts["http2_rx_goaway"] == 1 and counts["http2_tx_goaway"] == 0, counts
@@ -230,10 +233,8 @@ async def test_upstream_goaway_is_counted_and_the_next_request_opens_a_connectio
         assert 'proxy_cluster_http2_rx_goaway_total{cluster="up"} 1' in metrics
 
 
-async def test_downstream_client_resets_and_goaway_are_counted_on_the_listener(nursery, tmp_path):
-    upstream = H2Upstream()
-    address = await start_server(nursery, upstream.handle)
-    admin = str(tmp_path / "admin.sock")
+async def test_downstream_client_resets_and_goaway_are_counted_on_the_listener(h2_upstream, tmp_path):
+    upstream, address, admin = h2_upstream
     async with running_proxy(config(address, admin), tmp_path) as proxy:
         stream = await connect(proxy.address("h2"))
         async with stream:
@@ -246,19 +247,15 @@ async def test_downstream_client_resets_and_goaway_are_counted_on_the_listener(n
             client.reset_stream(1, 8)  # CANCEL
             client.close_connection()
             await stream.send_all(client.data_to_send())
-            with trio.fail_after(5):
-                while (await stats(admin, "listener.h2."))["http2_rx_goaway"] < 1:
-                    await trio.sleep(0.05)
+            await wait_for_count(admin, ("http2_rx_goaway",), "listener.h2.")
         counts = await stats(admin, "listener.h2.")
         assert counts["http2_rx_reset_cancel"] == 1 and counts["http2_rx_goaway"] == 1, counts
         metrics = (await admin_get(admin, "/metrics")).decode()
         assert 'proxy_listener_http2_rx_reset_cancel_total{listener="h2"} 1' in metrics
 
 
-async def test_flow_control_stalls_are_counted_both_ways(nursery, tmp_path):
-    upstream = H2Upstream()
-    address = await start_server(nursery, upstream.handle)
-    admin = str(tmp_path / "admin.sock")
+async def test_flow_control_stalls_are_counted_both_ways(h2_upstream, tmp_path):
+    upstream, address, admin = h2_upstream
     async with running_proxy(config(address, admin), tmp_path) as proxy:
         # Upstream: a 200 KB upload to a server that opens its windows only once they are used up.
         host, port = proxy.address("h1")  # type: ignore[misc]
@@ -287,22 +284,15 @@ async def test_flow_control_stalls_are_counted_both_ways(nursery, tmp_path):
                             received += event.flow_controlled_length
                     await stream.send_all(client.data_to_send())  # (SETTINGS acks; no WINDOW_UPDATE)
             assert received == 65535
-            with trio.fail_after(5):
-                while True:
-                    down = await stats(admin, "listener.h2.")
-                    if down["http2_tx_stall_connection_window"] + down["http2_tx_stall_stream_window"] >= 1:
-                        break
-                    await trio.sleep(0.05)
+            await wait_for_count(admin, ("http2_tx_stall_connection_window", "http2_tx_stall_stream_window"), "listener.h2.")
         metrics = (await admin_get(admin, "/metrics")).decode()
         assert 'proxy_listener_http2_tx_stall_connection_window_total{listener="h2"}' in metrics
 
 
-async def test_an_idle_connection_closed_by_the_sweeper_leaves_the_worker_serving(nursery, tmp_path):
+async def test_an_idle_connection_closed_by_the_sweeper_leaves_the_worker_serving(h2_upstream, tmp_path):
     # The reader task waits in recv while another task (here the idle sweeper; the keepalive
     # too) closes the socket: that is the connection's end, not the worker's.
-    upstream = H2Upstream()
-    address = await start_server(nursery, upstream.handle)
-    admin = str(tmp_path / "admin.sock")
+    upstream, address, admin = h2_upstream
     async with running_proxy(config(address, admin, idle_timeout="100ms"), tmp_path) as proxy:
         assert await curl(proxy, "/") == ("200", "1")
         with trio.fail_after(5):

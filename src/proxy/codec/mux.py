@@ -106,6 +106,10 @@ class ServerCodec:
     def data_to_send(self) -> bytes:
         raise NotImplementedError
 
+    def count_into(self, counters: object) -> None:
+        """Count protocol events (HTTP/2: resets by code, GOAWAYs, flow-control stalls) into
+        the listener's stats; a codec with nothing of its own to count ignores it."""
+
     def outbound_backlog(self) -> int:
         """Bytes queued by `send_*` and not yet taken by `data_to_send`."""
         return 0

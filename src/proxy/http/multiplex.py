@@ -245,9 +245,7 @@ class MuxConnection:
         self.server = server
         self.io = io
         self.codec = codec
-        count_into = getattr(codec, "count_into", None)  # (HTTP/2: resets, GOAWAYs, stalls)
-        if count_into is not None:
-            count_into(server.stats)
+        codec.count_into(server.stats)  # (HTTP/2: resets, GOAWAYs, stalls)
         self.remote = remote
         self.client_ip = client_ip
         self.local = local

@@ -390,7 +390,7 @@ class Router:
         route: Any,
         fresh: bool,
         retry_on_reuse: bool,
-        deadline_cap: float = _INF,
+        deadline_cap: float,
     ) -> tuple[UpstreamRequest, ResponseHead]:
         """One try: pick a host, get a connection, send the request, read the response head."""
         info = stream.info
@@ -466,6 +466,8 @@ class Router:
         info = stream.info
         while True:
             event = await stream.receive_body()
+            if timeout:
+                stream.set_deadline(min(self._now() + timeout, cap))
             if type(event) is Body:
                 data = event.data
                 info.bytes_received += len(data)
@@ -477,13 +479,9 @@ class Router:
                 if data:
                     upstream.write_data(data)
                     await upstream.flush()
-                if timeout:
-                    stream.set_deadline(min(self._now() + timeout, cap))
             else:
                 upstream.write_end(event.trailers)
                 await upstream.flush()
-                if timeout:
-                    stream.set_deadline(min(self._now() + timeout, cap))
                 return
 
     async def _relay_response(self, stream: ServerStream, upstream: UpstreamRequest, response: ResponseHead, upgrade: bytes | None) -> None:
