@@ -54,7 +54,9 @@ class FakeSocket:
         self.count = count
         self.data = data
 
-    def recv(self, size: int) -> bytes:
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if flags:  # the pool's MSG_PEEK liveness check of an idle connection: nothing to read
+            raise BlockingIOError
         if self.count <= 0:
             return b""
         self.count -= 1

@@ -95,6 +95,7 @@ async def run(n: int, profile: bool) -> float:
 
 
 async def _run(n: int, profile: bool) -> float:
+    sockio.coalesce_sends()  # as a worker does (server.py)
     config = load_text(CONFIG, fmt="yaml")
     lc = config.listeners[0]
     clusters = {c.name: Cluster(c) for c in config.clusters}

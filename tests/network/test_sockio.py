@@ -221,3 +221,58 @@ async def test_send_all_counts_what_went_out_even_when_cut_short():
     while chunk := _pending(peer):
         sent += len(chunk)
     assert 0 < io.bytes_sent == sent < 100_000
+
+
+class _Codec:
+    """A multiplexed codec's outbound buffer, as pull_soon sees it: data_to_send() takes all."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.pulls = 0
+
+    def data_to_send(self) -> bytes:
+        self.pulls += 1
+        data, self.buffer = self.buffer, b""
+        return data
+
+
+async def test_pull_soon_takes_the_codecs_bytes_once_at_the_end_of_the_pass():
+    coalesce_sends(lone_send_now=False)
+    io, peer = _pair()
+    codec = _Codec()
+    for frame in (b"one ", b"two ", b"three"):  # three streams flush in one pass
+        codec.buffer += frame
+        assert io.pull_soon(codec.data_to_send)
+    assert codec.pulls == 0 and io.unsent and _pending(peer) == b""
+    await trio.sleep(0)
+    assert _pending(peer) == b"one two three"
+    assert codec.pulls == 1  # one data_to_send and one send for the pass
+    assert io.bytes_sent == 13 and not io.unsent
+
+
+async def test_sends_after_pull_soon_go_after_the_pulled_bytes():
+    coalesce_sends(lone_send_now=False)
+    io, peer = _pair()
+    codec = _Codec()
+    codec.buffer = b"frames,"
+    assert io.pull_soon(codec.data_to_send)
+    await io.send_soon(b"queued,")
+    await io.send_all(b"direct")
+    assert _pending(peer) == b"frames,queued,direct"
+    await trio.sleep(0)
+    assert _pending(peer) == b"" and codec.pulls == 1
+
+
+async def test_pull_soon_declines_a_lone_send_and_close_drops_what_waits():
+    coalesce_sends()  # lone sends go at once
+    io, peer = _pair()
+    codec = _Codec()
+    await trio.sleep(0)  # a quiet pass before
+    assert not io.pull_soon(codec.data_to_send)  # the caller sends now: nothing to batch with
+    await io.send_soon(b"x")  # that send
+    assert _pending(peer) == b"x"
+    codec.buffer = b"late"
+    assert io.pull_soon(codec.data_to_send)  # a second send this pass: it waits for the end
+    io.close()
+    await trio.sleep(0)
+    assert codec.pulls == 0 and peer.recv(100) == b""

@@ -8,7 +8,7 @@ from typing import Any
 import trio
 
 from proxy.network.listener import bound_address
-from proxy.network.sockio import SockIO
+from proxy.network.sockio import COALESCE_MAX, SockIO
 
 # A stream that writes while this much waits to go out waits for it (a peer that reads nothing
 # must not make the proxy hold its responses in memory).
@@ -21,15 +21,20 @@ class CodecWriter:
     more than MAX_BACKLOG bytes wait, then it waits for them to leave. Sends go through
     SockIO.send_soon, so the frames of one scheduler pass leave together."""
 
-    __slots__ = ("io", "codec", "writing", "drained")
+    __slots__ = ("io", "codec", "writing", "drained", "_pull")
 
     def __init__(self, io: SockIO, codec: Any) -> None:
         self.io = io
         self.codec = codec
         self.writing = False
         self.drained: trio.Event | None = None
+        self._pull = codec.data_to_send
 
     async def flush(self) -> None:
+        # Usually the frames wait in the codec for the end of the pass (SockIO.pull_soon): every
+        # stream that flushes in this pass then shares one data_to_send and one send.
+        if not self.writing and self.codec.outbound_backlog() <= COALESCE_MAX and self.io.pull_soon(self._pull):
+            return
         if self.writing:
             while self.writing and self.codec.outbound_backlog() > MAX_BACKLOG:
                 if self.drained is None:

@@ -21,6 +21,7 @@ out just before the loop sleeps, paying a sleep and a wakeup per exchange.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 import trio
 
@@ -62,6 +63,8 @@ class SendCoalescer(trio.abc.Instrument):
         self.queue = []
         for io in queue:
             io.queued = False
+            if io.pull is not None:
+                io.take_pulled()
             data = io.later
             if data is None or io.owner is not None:  # sent by a flush, closed, or a task owns it
                 continue
@@ -104,7 +107,7 @@ def coalesce_sends(lone_send_now: bool = True) -> None:
 
 
 class SockIO:
-    __slots__ = ("sock", "bytes_received", "bytes_sent", "later", "queued", "owner", "_coalescer")
+    __slots__ = ("sock", "bytes_received", "bytes_sent", "later", "queued", "owner", "pull", "_coalescer")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -117,6 +120,8 @@ class SockIO:
         # Set while a task (a flush, or the coalescer's stalled-send task) sends `later`; the
         # Event fires when it is done. Nobody else sends on this socket meanwhile.
         self.owner: trio.Event | None = None
+        # A multiplexed codec's data_to_send, to call at the end of this pass (pull_soon).
+        self.pull: Callable[[], bytes] | None = None
         try:
             self._coalescer = _COALESCER.get()
         except RuntimeError:  # outside a trio run (tests)
@@ -152,9 +157,50 @@ class SockIO:
             self.bytes_received += len(data)
             return data
 
+    def pull_soon(self, pull: Callable[[], bytes]) -> bool:
+        """Take `pull()` (a multiplexed codec's data_to_send) at the end of this scheduler pass
+        and send it with the pass's other sends. Ten streams of one HTTP/2 connection that end
+        in one pass then cost one encode-and-send, not ten (~6 % of an HTTP/2 request's CPU).
+        False when it cannot wait (no coalescer, a task sending, a lone send: see send_soon):
+        the caller sends now."""
+        coalescer = self._coalescer
+        if coalescer is None or self.owner is not None:
+            return False
+        if self.pull is not None:
+            return True  # already due this pass
+        if coalescer.sends == 0 and coalescer.last_sends <= 1 and self.later is None and coalescer.lone_send_now:
+            return False
+        coalescer.sends += 1
+        self.pull = pull
+        if not self.queued:
+            self.queued = True
+            coalescer.queue.append(self)
+        return True
+
+    def take_pulled(self) -> None:
+        """What pull_soon left to the end of the pass joins `later` now (the coalescer, or a
+        send that must go after it)."""
+        pull = self.pull
+        self.pull = None
+        if pull is None:
+            return
+        data = pull()
+        if not data:
+            return
+        self.bytes_sent += len(data)
+        later = self.later
+        if later is None:
+            self.later = data
+        elif isinstance(later, bytearray):
+            later += data
+        else:
+            self.later = bytearray(later) + data
+
     async def send_soon(self, data: bytes) -> None:
         """Send `data` at the end of this scheduler pass (see the module doc); for the last
         bytes of a message, when the task's next step is to wait for the peer's answer."""
+        if self.pull is not None:
+            self.take_pulled()  # (bytes are sent in the order they were given)
         coalescer = self._coalescer
         later = self.later
         if (
@@ -184,12 +230,14 @@ class SockIO:
 
     @property
     def unsent(self) -> bool:
-        """Bytes queued by `send_soon` have not all gone to the kernel yet."""
-        return self.later is not None or self.owner is not None
+        """Bytes queued by `send_soon` (or `pull_soon`) have not all gone to the kernel yet."""
+        return self.later is not None or self.owner is not None or self.pull is not None
 
     async def flush(self) -> None:
         """Wait until everything queued by `send_soon` has gone to the kernel. If cancelled,
         what is not sent yet stays queued (`unsent`), in order."""
+        if self.pull is not None:
+            self.take_pulled()
         while self.owner is not None:
             await self.owner.wait()
         if self.later is None:
@@ -234,7 +282,7 @@ class SockIO:
                 event.set()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.later is not None or self.owner is not None:  # (self.unsent, inlined)
+        if self.later is not None or self.owner is not None or self.pull is not None:  # (self.unsent, inlined)
             await self.flush()  # queued bytes first
         sock = self.sock
         total = len(data)
@@ -292,6 +340,7 @@ class SockIO:
         """Close now; bytes still queued by `send_soon` are dropped (`flush` first to keep
         them)."""
         self.later = None
+        self.pull = None
         if self.sock.fileno() != -1:
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
