@@ -276,6 +276,8 @@ def test_extended_connect_websocket() -> None:
     assert (b"sec-websocket-version", b"13") in request.head.headers
     pair.server.send_response(sid, ok(101, [(b"upgrade", b"websocket"), (b"connection", b"upgrade")]), False)
     _, (response,) = pair.take()
+    # The final answer (not an interim 1xx to drop): the tunnel follows it.
+    assert isinstance(response, ResponseReceived) and not response.end_stream
     assert response.head.status == 101 and not response.head.chunked
     assert (b"upgrade", b"websocket") in response.head.headers
 

@@ -1201,7 +1201,7 @@ class ClientConnection(_Connection):
             head = heads.response_head(fields, end, kind, self.settings.max_header_fields)
         except heads.Malformed as exc:
             return self._malformed(sid, str(exc))
-        if head.status < 200:
+        if head.status < 200 and head.status != 101:  # (a 101 here is the 2xx to an extended CONNECT)
             sm.process_input(_RECV_INFORMATIONAL)
             return [], [InformationalReceived(sid, head)]
         sm.process_input(_RECV_HEADERS)

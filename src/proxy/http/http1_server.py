@@ -39,6 +39,7 @@ from proxy.http.router import Abort, Router
 from proxy.http.codec_io import peer_names, send_batch
 from proxy.http.stream import ServerStream, UpstreamRequest
 from proxy.http.stream_info import StreamInfo
+from proxy.http.stream_tunnel import pump_upstream_stream, websocket_accept
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
 from proxy.network.sockio import ConnectionLost, SockIO
@@ -247,7 +248,11 @@ class Http1ServerStream(ServerStream):
         """After 101 (or a CONNECT 2xx): send the head, flush both sides' leftover bytes, then
         hand both sockets to the L4 relay."""
         from proxy.http.http1_upstream import Http1Upstream
+        from proxy.http.http2_upstream import H2UpstreamRequest
 
+        if isinstance(upstream, H2UpstreamRequest):
+            await self._tunnel_to_stream(upstream, response)
+            return True
         if not isinstance(upstream, Http1Upstream):
             return False
         conn = self.conn
@@ -273,6 +278,49 @@ class Http1ServerStream(ServerStream):
         conn.tunnel = True
         conn.keep_alive = False
         return True
+
+    async def _tunnel_to_stream(self, upstream: Any, response: ResponseHead) -> None:
+        """The upstream is a stream of an HTTP/2 connection (a CONNECT, or a WebSocket as an
+        extended CONNECT): no socket to hand the relay, so this request's task pumps the bytes
+        (proxy.http.stream_tunnel) until both sides end, then the connection closes. No bytes
+        either way for the listener's idle_timeout ends it."""
+        conn = self.conn
+        downstream_leftover = b"".join(e.leftover for e in conn.events if isinstance(e, Upgraded))
+        conn.events.clear()
+        headers = list(response.headers)
+        key = http1.header_value(self.request.headers, b"sec-websocket-key")
+        if response.status == 101 and key is not None and http1.header_value(headers, b"sec-websocket-accept") is None:
+            headers.append((b"sec-websocket-accept", websocket_accept(key)))  # (HTTP/2 has no keys)
+        self.response_started = conn.response_started = True
+        conn.keep_alive = False  # the tunnel is the rest of this connection
+        io = conn.io
+        now = self.server._now
+        idle = self.server.idle_timeout
+        complete = False
+        try:
+            await io.send_all(http1.response_head_bytes(ResponseHead(response.status, response.reason, b"1.1", headers, True, False, None)))
+            if downstream_leftover:
+                upstream.write_data(downstream_leftover)
+                await upstream.flush()
+
+            async def receive_down() -> tuple[bytes, bool]:
+                data = await io.recv()
+                return data, not data
+
+            async def send_down(chunks: list[bytes], end: bool) -> None:
+                if chunks:
+                    await io.send_all(b"".join(chunks))
+                if end:
+                    io.shutdown_write()
+
+            def touch() -> None:
+                self.set_deadline(now() + idle)
+
+            touch()
+            await pump_upstream_stream(upstream, upstream.buffered(), receive_down, send_down, touch)
+            complete = True
+        finally:
+            upstream.release(complete)  # (not complete: the upstream stream is reset)
 
 
 class Http1Server:

@@ -70,6 +70,9 @@ class H2Connection:
         self.idle_since = pool._now()
         self.last_rx = self.idle_since  # when bytes last came from the peer (keepalive)
         self.keepalive_scope: trio.CancelScope | None = None
+        # The peer's first SETTINGS came (or the connection ended): an extended CONNECT waits for
+        # it, since only those SETTINGS may allow one (RFC 8441 §3).
+        self.settings_seen = trio.Event()
         try:
             name = io.sock.getsockname()
             self.local_address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "unix"
@@ -170,12 +173,14 @@ class H2Connection:
         elif kind is mux.GoAwayReceived:
             self.going_away = True  # (the codec reports the refused streams as resets)
         elif kind is http2.SettingsChanged:
+            self.settings_seen.set()
             self.pool.wake_all()  # maybe more room now
 
     def close(self) -> None:
         if not self.alive:
             return
         self.alive = False
+        self.settings_seen.set()  # (a request waiting for them finds the connection gone)
         if self.keepalive_scope is not None:
             self.keepalive_scope.cancel()
         for stream in list(self.streams.values()):
@@ -188,7 +193,21 @@ class H2Connection:
 
 
 class H2UpstreamRequest(UpstreamRequest):
-    __slots__ = ("conn", "host", "local_address", "sid", "inbound", "readable", "window", "reset_code", "out", "ended", "response", "done")
+    __slots__ = (
+        "conn",
+        "host",
+        "local_address",
+        "sid",
+        "inbound",
+        "readable",
+        "window",
+        "reset_code",
+        "out",
+        "ended",
+        "response",
+        "done",
+        "waiting_head",
+    )
 
     def __init__(self, conn: H2Connection) -> None:
         self.conn = conn
@@ -203,9 +222,18 @@ class H2UpstreamRequest(UpstreamRequest):
         self.ended = False
         self.response: ResponseHead | None = None
         self.done = False
+        self.waiting_head: RequestHead | None = None  # an extended CONNECT, until the peer's SETTINGS
 
     # -- the request
     def write_request(self, head: RequestHead, body: bytes | None) -> None:
+        if head.upgrade is not None:
+            body = None  # a CONNECT (or extended CONNECT): the stream stays open for the tunnel
+            if head.upgrade != b"connect" and not self.conn.settings_seen.is_set():
+                self.waiting_head = head  # opened by flush(), once the SETTINGS say whether it may be
+                return
+        self._open(head, body)
+
+    def _open(self, head: RequestHead, body: bytes | None) -> None:
         conn = self.conn
         try:
             self.sid = conn.codec.send_request(head, b"http", body is not None and not body and not head.chunked)
@@ -229,6 +257,11 @@ class H2UpstreamRequest(UpstreamRequest):
         self.ended = True
 
     async def flush(self) -> None:
+        if self.waiting_head is not None:
+            await self.conn.flush()  # our preface first: an h2c server says nothing before it
+            await self.conn.settings_seen.wait()  # (bounded by the route timeout)
+            head, self.waiting_head = self.waiting_head, None
+            self._open(head, None)
         codec = self.conn.codec
         out, self.out = self.out, []
         for i, item in enumerate(out):

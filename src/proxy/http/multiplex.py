@@ -40,6 +40,7 @@ from proxy.http.router import Abort as AbortStream
 from proxy.http.router import Router
 from proxy.http.stream import ServerStream, StreamReset, UpstreamRequest
 from proxy.http.stream_info import StreamInfo
+from proxy.http.stream_tunnel import pump_upstream_stream, run_both
 from proxy.log import get_logger
 from proxy.network.sockio import ConnectionLost, SockIO
 from proxy.upgrade import migration as migration_mod
@@ -190,9 +191,13 @@ class MuxServerStream(ServerStream):
         data is acknowledged as it goes upstream. No bytes either way for the listener's
         idle_timeout ends it (a reset, as any cut response)."""
         from proxy.http.http1_upstream import Http1Upstream
+        from proxy.http.http2_upstream import H2UpstreamRequest
 
+        if isinstance(upstream, H2UpstreamRequest):
+            await self._tunnel_to_stream(upstream, response)
+            return True
         if not isinstance(upstream, Http1Upstream):
-            return False  # (an HTTP/2 upstream's CONNECT streams: not yet)
+            return False
         leftover = b"".join(e.leftover for e in upstream.buffered() if isinstance(e, Upgraded))
         upstream.detach()  # the socket leaves the pool for good: the tunnel closes it
         io = upstream.io
@@ -222,20 +227,58 @@ class MuxServerStream(ServerStream):
                             pass
                         return
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client_to_upstream)
+            async def upstream_to_client() -> None:
                 while True:
                     data = await io.recv()
                     self.deadline = now() + idle
                     if not data:
                         self.write_end()
                         await self.flush()
-                        break
+                        return
                     self.write_data(data)
                     await self.flush()
+
+            await run_both(client_to_upstream, upstream_to_client)
         finally:
             io.close()
         return True
+
+    async def _tunnel_to_stream(self, upstream: Any, response: ResponseHead) -> None:
+        """The tunnel of an HTTP/2 upstream's CONNECT or extended CONNECT stream: DATA to
+        DATA (proxy.http.stream_tunnel), the same idle rule as above."""
+        server = self.conn.server
+        now = server.router._now
+        idle = server.idle_timeout
+        self.deadline = now() + idle
+        complete = False
+        try:
+            self.write_response(ResponseHead(response.status, response.reason, b"1.1", list(response.headers), True, False, None), False)
+            await self.flush()
+
+            async def receive_down() -> tuple[bytes, bool]:
+                event = await self.receive_body()
+                if type(event) is not Body:
+                    return b"", True
+                inbound = self.inbound
+                if inbound and type(inbound[0][0]) is EndOfMessage:  # the end came with it
+                    inbound.popleft()
+                    return event.data, True
+                return event.data, False
+
+            async def send_down(chunks: list[bytes], end: bool) -> None:
+                for chunk in chunks:
+                    self.write_data(chunk)
+                if end:
+                    self.write_end()
+                await self.flush()
+
+            def touch() -> None:
+                self.deadline = now() + idle
+
+            await pump_upstream_stream(upstream, upstream.buffered(), receive_down, send_down, touch)
+            complete = True
+        finally:
+            upstream.release(complete)  # (not complete: the upstream stream is reset)
 
 
 class MuxConnection:
