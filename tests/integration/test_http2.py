@@ -218,7 +218,7 @@ async def test_websocket_over_http2_extended_connect_to_an_http1_server(tmp_path
     import hpack
     from trio_websocket import serve_websocket
     from wsproto.connection import Connection, ConnectionType
-    from wsproto.events import CloseConnection, Message, TextMessage
+    from wsproto.events import CloseConnection, Message
     from wsproto.frame_protocol import CloseReason
 
     server = await nursery.start(serve_websocket, websocket_echo, "127.0.0.1", 0, None)
@@ -270,11 +270,8 @@ async def test_websocket_over_http2_extended_connect_to_an_http1_server(tmp_path
                 if data:
                     await client.send_all(f.window_update(1, len(data)) + f.window_update(0, len(data)))
                 ws.receive_data(data)
-                done = False
-                for event in ws.events():
-                    if isinstance(event, TextMessage):
-                        got += event.data
-                        done = event.message_finished
+                part, done = received_text(ws)
+                got += part
                 if done:
                     break
             assert got == text
@@ -287,3 +284,16 @@ async def test_websocket_over_http2_extended_connect_to_an_http1_server(tmp_path
 
 def _chunks(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def received_text(ws) -> tuple[str, bool]:
+    """The text a wsproto connection decoded from the bytes fed to it so far, and whether a
+    message ended there."""
+    from wsproto.events import TextMessage
+
+    got, done = "", False
+    for event in ws.events():
+        if isinstance(event, TextMessage):
+            got += event.data
+            done = event.message_finished
+    return got, done

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from tests.integration.harness import connect, running_proxy
+from tests.integration.test_http2 import received_text
 from tests.integration.test_http2_upstream import config
 
 
@@ -78,7 +79,7 @@ async def test_an_http2_extended_connect_goes_up_as_one(tmp_path, hypercorn):
     import h2.events
     import h2.settings
     from wsproto.connection import Connection, ConnectionType
-    from wsproto.events import CloseConnection, Message, TextMessage
+    from wsproto.events import CloseConnection, Message
     from wsproto.frame_protocol import CloseReason
 
     async with running_proxy(config(hypercorn), tmp_path) as proxy:
@@ -129,11 +130,8 @@ async def test_an_http2_extended_connect_goes_up_as_one(tmp_path, hypercorn):
             got = ""
             while True:
                 ws.receive_data((await until(h2.events.DataReceived)).data)
-                done = False
-                for event in ws.events():
-                    if isinstance(event, TextMessage):
-                        got += event.data
-                        done = event.message_finished
+                part, done = received_text(ws)
+                got += part
                 if done:
                     break
             assert got == text
