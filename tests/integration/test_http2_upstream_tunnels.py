@@ -1,9 +1,12 @@
-"""WebSocket to an HTTP/2 upstream, through a real `proxy run`: the upstream hop is an extended
+"""Tunnels through a real `proxy run`: WebSocket and CONNECT, to HTTP/2 upstreams and onwards.
+
+WebSocket to an HTTP/2 upstream: the upstream hop is an extended
 CONNECT (RFC 8441) on a stream of a shared h2c connection, to Hypercorn (a real ASGI server that
 speaks WebSocket over HTTP/2). An HTTP/1.1 client's Upgrade becomes the extended CONNECT and the
 upstream's 200 becomes its 101 (with the Sec-WebSocket-Accept its key asks for); an HTTP/2
 client's extended CONNECT goes up as one. Messages larger than the stream windows cross both
-ways, and other requests share the upstream connection meanwhile."""
+ways, and other requests share the upstream connection meanwhile. CONNECT (below) goes to a
+forward proxy upstream, over HTTP/1.1 or as a CONNECT stream of an h2c connection."""
 
 from __future__ import annotations
 
@@ -144,3 +147,140 @@ async def test_an_http2_extended_connect_goes_up_as_one(tmp_path, hypercorn):
             ws.receive_data((await until(h2.events.DataReceived)).data)
             closes = [e for e in ws.events() if isinstance(e, CloseConnection)]
         assert closes[0].code == CloseReason.NORMAL_CLOSURE
+
+
+# ---------------------------------------------------------------- CONNECT, proxied onwards
+#
+# A route with allow_connect forwards a CONNECT to its cluster, which is then a forward proxy
+# (proxy chaining; Envoy's CONNECT without connect_config). The peers are real: tinyproxy as an
+# HTTP/1.1 forward proxy, and nghttpx in HTTP/2 proxy mode in front of it for an http2 cluster.
+# The tunnel ends at a TCP echo server this test runs.
+
+
+def _wait_port(port: int) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def tinyproxy(tmp_path):
+    import subprocess
+
+    from tests.integration.test_http2_upstream import free_port
+
+    port = free_port()
+    conf = tmp_path / "tinyproxy.conf"
+    conf.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 30\nAllow 127.0.0.1\nMaxClients 50\nLogLevel Error\nUser nobody\nGroup nogroup\n")
+    proc = subprocess.Popen(["tinyproxy", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+@pytest.fixture
+def nghttpx(tmp_path, tinyproxy):
+    """nghttpx --http2-proxy: h2c in front (prior knowledge), tinyproxy behind it."""
+    import subprocess
+
+    from tests.integration.test_http2_upstream import free_port
+
+    port = free_port()
+    host, _, backend = tinyproxy.rpartition(":")
+    argv = ["nghttpx", "--http2-proxy", f"--frontend=127.0.0.1,{port};no-tls", f"--backend={host},{backend}", "--workers=1",
+            f"--pid-file={tmp_path / 'nghttpx.pid'}", f"--errorlog-file={tmp_path / 'nghttpx.log'}", "--accesslog-file=/dev/null"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+@pytest.fixture
+async def echo_port(nursery):
+    async def echo(stream) -> None:
+        async with stream:
+            async for data in stream:
+                await stream.send_all(data)
+
+    listeners = await nursery.start(trio.serve_tcp, echo, 0)
+    return listeners[0].socket.getsockname()[1]
+
+
+def _connect_config(upstream: str, cluster_protocol: str) -> dict:
+    cfg = config(upstream, cluster_protocol)
+    cfg["routes"]["main"]["virtual_hosts"][0]["routes"][0]["allow_connect"] = True
+    return cfg
+
+
+async def _http1_connect_echo(proxy, target: str) -> None:
+    client = await connect(proxy.address("h1"))
+    await client.send_all(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = b""
+    with trio.fail_after(10):
+        while b"\r\n\r\n" not in head:
+            head += await client.receive_some(4096)
+    status_line, _, rest = head.partition(b"\r\n")
+    assert status_line.split()[1] == b"200", head
+    tunnel = rest.partition(b"\r\n\r\n")[2]
+    payload = b"through the tunnel " * 20_000  # 380 kB: past every window on the way
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, payload)
+        with trio.fail_after(10):
+            while len(tunnel) < len(payload):
+                data = await client.receive_some(65536)
+                assert data, "the tunnel closed early"
+                tunnel += data
+    assert tunnel == payload
+    await client.aclose()
+
+
+@pytest.mark.parametrize("cluster_protocol", ["http1", "http2"])
+async def test_an_http1_connect_is_tunnelled_through_a_forward_proxy_upstream(tmp_path, tinyproxy, nghttpx, echo_port, cluster_protocol):
+    upstream = tinyproxy if cluster_protocol == "http1" else nghttpx  # http2: a stream of an h2c connection
+    async with running_proxy(_connect_config(upstream, cluster_protocol), tmp_path) as proxy:
+        await _http1_connect_echo(proxy, f"127.0.0.1:{echo_port}")
+        await _http1_connect_echo(proxy, f"127.0.0.1:{echo_port}")  # again, on the same upstream connection (http2)
+
+
+async def test_an_http2_connect_goes_up_as_a_connect_stream(tmp_path, nghttpx, echo_port):
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    async with running_proxy(_connect_config(nghttpx, "http2"), tmp_path) as proxy:
+        sock = await connect(proxy.address("h2"))
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        client.initiate_connection()
+        client.send_headers(1, [(b":method", b"CONNECT"), (b":authority", f"127.0.0.1:{echo_port}".encode())])
+        client.send_data(1, b"ping over HTTP/2 both ways")
+        await sock.send_all(client.data_to_send())
+        status = None
+        echoed = b""
+        with trio.fail_after(10):
+            while len(echoed) < 26:
+                data = await sock.receive_some(65536)
+                assert data, "the proxy closed the connection"
+                for event in client.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = dict(event.headers)[b":status"]
+                    elif isinstance(event, h2.events.DataReceived):
+                        echoed += event.data
+                        client.acknowledge_received_data(event.flow_controlled_length, 1)
+                    elif isinstance(event, h2.events.StreamReset):
+                        raise AssertionError(f"reset: {event}")
+                await sock.send_all(client.data_to_send())
+        assert status == b"200" and echoed == b"ping over HTTP/2 both ways"

@@ -355,9 +355,12 @@ class Router:
                 headers.append((b"x-forwarded-host", host))
         if self.via:
             _append_header(headers, b"via", self.via)
-        target = path + b"?" + query if query else path
-        if route.prefix_rewrite is not None or route.regex_rewrite is not None:
-            target = rewrite_path(route, target)
+        if upgrade == b"connect":
+            target = head.target  # a CONNECT's authority goes on as it came (it matched as path "/")
+        else:
+            target = path + b"?" + query if query else path
+            if route.prefix_rewrite is not None or route.regex_rewrite is not None:
+                target = rewrite_path(route, target)
         # Positional: a slotted dataclass built with keywords costs ~0.4 µs more.
         return RequestHead(head.method, target, b"1.1", headers, True, head.chunked, head.content_length, False, upgrade), grpc_timeout
 
