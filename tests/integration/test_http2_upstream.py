@@ -5,9 +5,12 @@ window intact, a dead upstream answered 502."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
 import subprocess
+import time
 
 import pytest
 import trio
@@ -16,11 +19,29 @@ from tests.integration.harness import running_proxy
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(argv: list[str], port: int):
+    """Run a server process until the block ends (stopped by its pid), once `port` accepts."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError(f"{argv[0]} did not listen on {port}") from None
+                time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(5)
 
 
 @pytest.fixture
@@ -31,22 +52,8 @@ def nghttpd(tmp_path):
     big = os.urandom(700_000)  # > 10 x the 64 KiB initial window
     (docs / "big.bin").write_bytes(big)
     port = free_port()
-    proc = subprocess.Popen(["nghttpd", "--no-tls", "--address=127.0.0.1", "-d", str(docs), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import socket
-        import time
-
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+    with serving(["nghttpd", "--no-tls", "--address=127.0.0.1", "-d", str(docs), str(port)], port) as proc:
         yield f"127.0.0.1:{port}", hashlib.sha256(big).hexdigest(), proc
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 def config(upstream: str, cluster_protocol: str = "http2", admin: str | None = None) -> dict:

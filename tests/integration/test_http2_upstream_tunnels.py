@@ -17,7 +17,7 @@ import trio
 
 from tests.integration.harness import connect, running_proxy
 from tests.integration.test_http2 import received_text
-from tests.integration.test_http2_upstream import config
+from tests.integration.test_http2_upstream import config, free_port, serving
 
 
 async def _echo_app(scope, receive, send) -> None:
@@ -157,56 +157,24 @@ async def test_an_http2_extended_connect_goes_up_as_one(tmp_path, hypercorn):
 # The tunnel ends at a TCP echo server this test runs.
 
 
-def _wait_port(port: int) -> None:
-    import socket
-    import time
-
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
-
-
 @pytest.fixture
 def tinyproxy(tmp_path):
-    import subprocess
-
-    from tests.integration.test_http2_upstream import free_port
-
     port = free_port()
     conf = tmp_path / "tinyproxy.conf"
     conf.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 30\nAllow 127.0.0.1\nMaxClients 50\nLogLevel Error\nUser nobody\nGroup nogroup\n")
-    proc = subprocess.Popen(["tinyproxy", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_port(port)
+    with serving(["tinyproxy", "-d", "-c", str(conf)], port):
         yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 @pytest.fixture
 def nghttpx(tmp_path, tinyproxy):
     """nghttpx --http2-proxy: h2c in front (prior knowledge), tinyproxy behind it."""
-    import subprocess
-
-    from tests.integration.test_http2_upstream import free_port
-
     port = free_port()
     host, _, backend = tinyproxy.rpartition(":")
     argv = ["nghttpx", "--http2-proxy", f"--frontend=127.0.0.1,{port};no-tls", f"--backend={host},{backend}", "--workers=1",
             f"--pid-file={tmp_path / 'nghttpx.pid'}", f"--errorlog-file={tmp_path / 'nghttpx.log'}", "--accesslog-file=/dev/null"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_port(port)
+    with serving(argv, port):
         yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 @pytest.fixture
