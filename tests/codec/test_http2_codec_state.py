@@ -40,3 +40,31 @@ def test_every_transition_matches_h2() -> None:
             assert ours == theirs, (state, given, flags)
             checked += 1
     assert checked == len(StreamState) * len(StreamInputs) * 3 ** len(FLAGS)
+
+
+def test_a_new_stream_is_what_h2_would_make() -> None:
+    import h2.config
+    import h2.connection
+    from h2.connection import AllowedStreamIDs
+
+    from proxy.codec.http2 import _new_stream
+
+    def connection() -> h2.connection.H2Connection:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.local_settings.initial_window_size = 1 << 20
+        conn.local_settings.acknowledge()
+        conn.max_outbound_frame_size = 32768
+        return conn
+
+    def seen(conn: h2.connection.H2Connection, sid: int) -> tuple:
+        s = conn.streams[sid]
+        window = s._inbound_window_manager
+        return (sorted(conn.streams), conn.highest_inbound_stream_id, conn.highest_outbound_stream_id, s.stream_id, s.config is conn.config,
+                s.outbound_flow_control_window, s.max_outbound_frame_size, window.max_window_size, window.current_window_size,
+                s.state_machine.state, s._expected_content_length, s.request_method)
+
+    for sid, outbound, allowed in ((1, False, AllowedStreamIDs.ODD), (7, False, AllowedStreamIDs.ODD), (2, True, AllowedStreamIDs.EVEN)):
+        ours, theirs = connection(), connection()
+        _new_stream(ours, sid, outbound)
+        theirs._begin_new_stream(sid, allowed)
+        assert seen(ours, sid) == seen(theirs, sid)
