@@ -296,31 +296,27 @@ class Http1ServerStream(ServerStream):
         io = conn.io
         now = self.server._now
         idle = self.server.idle_timeout
-        complete = False
-        try:
+
+        async def open_down() -> None:
             await io.send_all(http1.response_head_bytes(ResponseHead(response.status, response.reason, b"1.1", headers, True, False, None)))
             if downstream_leftover:
                 upstream.write_data(downstream_leftover)
                 await upstream.flush()
 
-            async def receive_down() -> tuple[bytes, bool]:
-                data = await io.recv()
-                return data, not data
+        async def receive_down() -> tuple[bytes, bool]:
+            data = await io.recv()
+            return data, not data
 
-            async def send_down(chunks: list[bytes], end: bool) -> None:
-                if chunks:
-                    await io.send_all(b"".join(chunks))
-                if end:
-                    io.shutdown_write()
+        async def send_down(chunks: list[bytes], end: bool) -> None:
+            if chunks:
+                await io.send_all(b"".join(chunks))
+            if end:
+                io.shutdown_write()
 
-            def touch() -> None:
-                self.set_deadline(now() + idle)
+        def touch() -> None:
+            self.set_deadline(now() + idle)
 
-            touch()
-            await pump_upstream_stream(upstream, upstream.buffered(), receive_down, send_down, touch)
-            complete = True
-        finally:
-            upstream.release(complete)  # (not complete: the upstream stream is reset)
+        await pump_upstream_stream(upstream, open_down, receive_down, send_down, touch)
 
 
 class Http1Server:

@@ -249,36 +249,32 @@ class MuxServerStream(ServerStream):
         server = self.conn.server
         now = server.router._now
         idle = server.idle_timeout
-        self.deadline = now() + idle
-        complete = False
-        try:
+
+        async def open_down() -> None:
             self.write_response(ResponseHead(response.status, response.reason, b"1.1", list(response.headers), True, False, None), False)
             await self.flush()
 
-            async def receive_down() -> tuple[bytes, bool]:
-                event = await self.receive_body()
-                if type(event) is not Body:
-                    return b"", True
-                inbound = self.inbound
-                if inbound and type(inbound[0][0]) is EndOfMessage:  # the end came with it
-                    inbound.popleft()
-                    return event.data, True
-                return event.data, False
+        async def receive_down() -> tuple[bytes, bool]:
+            event = await self.receive_body()
+            if type(event) is not Body:
+                return b"", True
+            inbound = self.inbound
+            if inbound and type(inbound[0][0]) is EndOfMessage:  # the end came with it
+                inbound.popleft()
+                return event.data, True
+            return event.data, False
 
-            async def send_down(chunks: list[bytes], end: bool) -> None:
-                for chunk in chunks:
-                    self.write_data(chunk)
-                if end:
-                    self.write_end()
-                await self.flush()
+        async def send_down(chunks: list[bytes], end: bool) -> None:
+            for chunk in chunks:
+                self.write_data(chunk)
+            if end:
+                self.write_end()
+            await self.flush()
 
-            def touch() -> None:
-                self.deadline = now() + idle
+        def touch() -> None:
+            self.deadline = now() + idle
 
-            await pump_upstream_stream(upstream, upstream.buffered(), receive_down, send_down, touch)
-            complete = True
-        finally:
-            upstream.release(complete)  # (not complete: the upstream stream is reset)
+        await pump_upstream_stream(upstream, open_down, receive_down, send_down, touch)
 
 
 class MuxConnection:

@@ -58,15 +58,17 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
 
 async def pump_upstream_stream(
     upstream: Any,
-    events: list[Any],
+    open_down: Callable[[], Awaitable[None]],
     receive_down: Callable[[], Awaitable[tuple[bytes, bool]]],
     send_down: Callable[[list[bytes], bool], Awaitable[None]],
     touch: Callable[[], None],
 ) -> None:
-    """Copy both ways between the client side and `upstream` (an HTTP/2 upstream stream:
-    write_data, write_end, flush, receive) until both directions end.
+    """Run the tunnel between the client side and `upstream` (an HTTP/2 upstream stream:
+    write_data, write_end, flush, buffered, receive, release) until both directions end, then
+    release the stream (reset, if the tunnel did not end cleanly).
 
-    `events`: what the upstream sent along with its answer's head (Body, EndOfMessage).
+    `open_down()`: tell the client the tunnel is open (the answer's head, and the client's own
+    bytes that came with its request, if any).
     `receive_down()`: the client's next bytes, and whether it is done sending (the bytes and
     the end go up in one DATA frame when they came together: some servers take an END_STREAM
     of its own, after a WebSocket close, for a stream they already forgot).
@@ -86,7 +88,7 @@ async def pump_upstream_stream(
                 return
 
     async def upstream_to_client() -> None:
-        pending = events
+        pending = upstream.buffered()  # what came with the answer's head
         while True:
             chunks = [event.data for event in pending if type(event) is Body and event.data]
             ended = any(type(event) is not Body for event in pending)  # EndOfMessage (trailers, if any, mean nothing here)
@@ -97,4 +99,11 @@ async def pump_upstream_stream(
             pending = await upstream.receive()  # (consumed: its window opens)
             touch()
 
-    await run_both(client_to_upstream, upstream_to_client)
+    complete = False
+    try:
+        touch()
+        await open_down()
+        await run_both(client_to_upstream, upstream_to_client)
+        complete = True
+    finally:
+        upstream.release(complete)
