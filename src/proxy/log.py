@@ -125,3 +125,26 @@ def reopen() -> None:
     for handler in logging.getLogger(_ROOT).handlers:
         if isinstance(handler, _ReopenableFileHandler):
             handler.reopen()
+
+
+class Throttle:
+    """Lets an event through at most once per `interval` and counts the ones it holds back,
+    for log lines about bursts (one line per interval, with the count). Sans-IO: the caller
+    gives it the time."""
+
+    __slots__ = ("interval", "held", "last")
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.held = 0  # events held back since the last one let through
+        self.last: float | None = None  # when the last one was let through
+
+    def hit(self, now: float) -> int:
+        """Count one event at `now`. Returns how many to report now (this one and those held
+        back since the last report), or 0 to stay quiet."""
+        last = self.last
+        if last is not None and now - last < self.interval:
+            self.held += 1
+            return 0
+        count, self.held, self.last = self.held + 1, 0, now
+        return count

@@ -46,6 +46,8 @@ _HELP: dict[str, str] = {
     "downstream_rx_bytes_total": "Bytes received from downstream.",
     "downstream_tx_bytes_total": "Bytes sent to downstream.",
     "accept_errors": "Errors from accept() on the listening socket.",
+    "relay_pipe_unavailable": "Splice relay bursts copied in userspace because the worker's pipe pool had no pipe.",
+    "downstream_cx_fd_exhausted": "Downstream connections closed before an upstream was dialled because the process was out of file descriptors.",
     "downstream_cx_migrated_out": "Live downstream connections handed to the next worker generation.",
     "downstream_cx_migrated_in": "Live downstream connections adopted from the previous worker generation.",
     "downstream_rq_total": "Downstream HTTP requests.",

@@ -35,6 +35,7 @@ from proxy.network.listener import (
     bound_address,
     close_listener,
 )
+from proxy.network import pipes as pipes_mod
 from proxy.network.sockio import coalesce_sends
 from proxy.network.tcp_proxy import TcpProxy
 from proxy.stats import ListenerStats
@@ -153,6 +154,7 @@ class Worker:
     async def _serve(self, task_status: trio.TaskStatus[Worker]) -> None:
         drain_timeout = float(self.config.runtime.drain_timeout)
         coalesce_sends()  # send_soon batches sends per scheduler pass (network/sockio.py)
+        pipes_mod.POOL.configure(limit=self.config.runtime.splice_pipes)
         async with trio.open_nursery() as root:
             self._root = root
             root.start_soon(self._handle_signals)

@@ -117,9 +117,11 @@ class ListenerStats(_Stats):
         "downstream_cx_idle_timeout",
         "downstream_cx_reset",
         "downstream_cx_no_upstream",  # every connect attempt failed
+        "downstream_cx_fd_exhausted",  # closed before dialling: no fd for the upstream socket
         "downstream_rx_bytes_total",
         "downstream_tx_bytes_total",
         "accept_errors",
+        "relay_pipe_unavailable",  # splice bursts copied in userspace: the pipe pool was empty
         # hot upgrade: live connections handed to the next generation / taken from the last one
         "downstream_cx_migrated_out",
         "downstream_cx_migrated_in",

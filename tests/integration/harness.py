@@ -11,6 +11,7 @@ import functools
 import hashlib
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -30,13 +31,19 @@ _READY = re.compile(r'event=keeper\.ready|"event": "keeper\.ready"')  # the keep
 
 class ProxyProcess:
     def __init__(
-        self, config: dict[str, Any], workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        nofile: int | None = None,
     ) -> None:
         self.config_path = workdir / "proxy.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = workdir / "proxy.log"
         self.extra_args = extra_args
         self.env = env  # extra environment variables for the proxy (e.g. PROXY_CHAOS_FILE)
+        self.nofile = nofile  # RLIMIT_NOFILE for the proxy (its keeper and workers)
         self.proc: subprocess.Popen[bytes] | None = None
         self.addresses: dict[str, str] = {}
 
@@ -63,6 +70,7 @@ class ProxyProcess:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env} if self.env else None,
+            preexec_fn=self._limit_fds if self.nofile else None,
         )
         with trio.fail_after(timeout):
             while not _READY.search(self.log()):
@@ -70,6 +78,10 @@ class ProxyProcess:
                     raise AssertionError(f"proxy exited with {self.proc.returncode} before ready:\n{self.log()}")
                 await trio.sleep(0.02)
         self.addresses = dict(_STARTED.findall(self.log()))
+
+    def _limit_fds(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def address(self, listener: str) -> tuple[str, int] | str:
         """The bound address of `listener` as a socket address."""
@@ -98,14 +110,19 @@ class ProxyProcess:
         except OSError:
             return []
 
-    def fd_count(self) -> int:
-        """Open fds of the keeper and its workers (the connections live in the workers)."""
+    def fd_count(self, kind: str | None = None) -> int:
+        """Open fds of the keeper and its workers (the connections live in the workers); with
+        `kind` ("socket", "pipe", ...), only those whose /proc link names that kind."""
         total = 0
         for pid in [self.pid, *self.worker_pids()]:
+            directory = f"/proc/{pid}/fd"
             try:
-                total += len(os.listdir(f"/proc/{pid}/fd"))
+                fds = os.listdir(directory)
+                if kind is not None:
+                    fds = [fd for fd in fds if _fd_kind(f"{directory}/{fd}") == kind]
             except OSError:
-                pass
+                continue
+            total += len(fds)
         return total
 
     def stop(self) -> None:
@@ -122,9 +139,9 @@ class ProxyProcess:
 
 @asynccontextmanager
 async def running_proxy(
-    config: dict[str, Any], workdir: Path, *extra_args: str, env: dict[str, str] | None = None
+    config: dict[str, Any], workdir: Path, *extra_args: str, env: dict[str, str] | None = None, nofile: int | None = None
 ) -> AsyncIterator[ProxyProcess]:
-    proxy = ProxyProcess(config, workdir, extra_args, env)
+    proxy = ProxyProcess(config, workdir, extra_args, env, nofile)
     try:
         await proxy.start()
         yield proxy
@@ -210,6 +227,17 @@ async def echo_round_trip(address: tuple[str, int] | str, message: bytes = b"hel
         return await read_all(stream)
 
 
+async def admin_get(admin: str, target: str) -> bytes:
+    """GET `target` from the admin socket at path `admin`; the body of its 200."""
+    stream = await connect(admin)
+    async with stream:
+        await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".encode())
+        raw = await read_all(stream)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), raw
+    return body
+
+
 def promtool_check(text: bytes | str) -> subprocess.CompletedProcess[bytes]:
     """`promtool check metrics` on `text`; skipped where promtool is missing, but not in CI
     (scripts/setup installs Debian's prometheus there)."""
@@ -253,3 +281,12 @@ def sha256_of_chunks(chunks: Any) -> tuple[str, int]:
         h.update(c)
         n += len(c)
     return h.hexdigest(), n
+
+
+def _fd_kind(link: str) -> str:
+    """"socket" for socket:[123], "pipe" for pipe:[456], "file" for a path; "" if it closed."""
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return ""
+    return target.split(":", 1)[0] if ":[" in target else "file"

@@ -17,7 +17,7 @@ import h2.exceptions
 import pytest
 import trio
 
-from tests.integration.harness import ProxyProcess, connect, read_all, running_proxy, start_server
+from tests.integration.harness import ProxyProcess, admin_get, connect, running_proxy, start_server
 
 INTERVAL = 0.2
 TIMEOUT = 0.2
@@ -130,16 +130,6 @@ async def curl(proxy: ProxyProcess, path: str) -> tuple[str, str]:
     lines = result.stdout.decode("latin-1").split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
     return (lines[0].split(" ")[1] if lines[0] else "-"), headers.get("x-conn", "")
-
-
-async def admin_get(admin: str, target: str) -> bytes:
-    stream = await connect(admin)
-    async with stream:
-        await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".encode())
-        raw = await read_all(stream)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), raw
-    return body
 
 
 async def stats(admin: str, prefix: str = "cluster.up.") -> dict[str, int]:

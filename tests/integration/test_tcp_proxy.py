@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -14,10 +15,14 @@ import socket
 import pytest
 import trio
 
+from proxy.network import pipes
+
 from tests.integration.harness import (
+    admin_get,
     connect,
     dead_address,
     echo_handler,
+    echo_round_trip,
     pattern_chunks,
     read_all,
     running_proxy,
@@ -277,7 +282,7 @@ async def test_downstream_reset_closes_upstream(nursery, tmp_path, relay):
 
     upstream = await start_server(nursery, wait_for_end)
     async with running_proxy(tcp_config([upstream], relay=relay), tmp_path) as proxy:
-        before = proxy.fd_count()
+        before = proxy.fd_count("socket")
         sock = trio.socket.socket()
         await sock.connect(proxy.address("tcp"))
         await sock.send(b"hello")
@@ -305,7 +310,7 @@ async def test_client_close_then_upstream_write_closes_both(nursery, tmp_path, r
 
     upstream = await start_server(nursery, chatter)
     async with running_proxy(tcp_config([upstream], relay=relay), tmp_path) as proxy:
-        before = proxy.fd_count()
+        before = proxy.fd_count("socket")
         sock = trio.socket.socket()
         await sock.connect(proxy.address("tcp"))
         assert await sock.recv(100)
@@ -336,10 +341,12 @@ async def test_max_connections_overflow(nursery, tmp_path, relay):
 
 
 async def _wait_fd_count(proxy, expected: int, timeout: float = 5.0) -> None:
+    """Sockets back to `expected`; splice pipes only as many as the worker's pool keeps."""
     with trio.move_on_after(timeout):
-        while proxy.fd_count() > expected:
+        while proxy.fd_count("socket") > expected:
             await trio.sleep(0.05)
-    assert proxy.fd_count() == expected, os.listdir(f"/proc/{proxy.pid}/fd")
+    assert proxy.fd_count("socket") == expected, os.listdir(f"/proc/{proxy.pid}/fd")
+    assert proxy.fd_count("pipe") <= 2 * pipes.DEFAULT_KEEP + 16  # + the keeper's own pipes
 
 
 async def test_no_fd_leak_after_10000_connections(nursery, tmp_path, relay):
@@ -347,7 +354,7 @@ async def test_no_fd_leak_after_10000_connections(nursery, tmp_path, relay):
     async with running_proxy(tcp_config([upstream], relay=relay), tmp_path) as proxy:
         address = proxy.address("tcp")
         await _echo_round_trips(address, rounds=1)  # warm up lazily opened fds
-        before = proxy.fd_count()
+        before = proxy.fd_count("socket")
         done = 0
 
         async def client_loop(n: int) -> None:
@@ -423,3 +430,121 @@ async def test_sigint_stops_fast(nursery, tmp_path):
         proxy.signal(signal.SIGINT)
         assert await proxy.wait(timeout=3) == 0
         await stream.aclose()
+
+
+async def test_5000_idle_pairs_fit_a_20000_fd_limit(nursery, tmp_path):
+    """A splice relay takes its pipes from the worker's pool only while bytes move: 5,000 pairs
+    that each moved bytes both ways and went idle hold ~2 fds each, not 6 (which would need
+    30,000 fds, over the limit)."""
+    upstream = await start_server(nursery, echo_handler)
+    admin = str(tmp_path / "admin.sock")
+    config = tcp_config([upstream], relay="splice", backlog=4096)
+    config["admin"] = {"socket": admin}
+    pairs = 5000
+    async with running_proxy(config, tmp_path, nofile=20_000) as proxy:
+        address = proxy.address("tcp")
+        streams: list[trio.SocketStream] = []
+
+        async def open_and_echo(n: int) -> None:
+            for _ in range(n):
+                stream = await connect(address)
+                streams.append(stream)
+                await stream.send_all(b"x")
+                assert await stream.receive_some() == b"x"
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as clients:
+                for _ in range(50):
+                    clients.start_soon(open_and_echo, pairs // 50)
+        assert len(streams) == pairs
+        sockets, pipe_fds = proxy.fd_count("socket"), proxy.fd_count("pipe")
+        assert sockets >= 2 * pairs
+        assert pipe_fds <= 2 * pipes.DEFAULT_KEEP + 16, pipe_fds
+        assert sockets + pipe_fds < 20_000 * 0.6
+
+        async def echo_again(batch: list[trio.SocketStream]) -> None:  # every pair still relays
+            for stream in batch:
+                await stream.send_all(b"y")
+                assert await stream.receive_some() == b"y"
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as clients:
+                for i in range(50):
+                    clients.start_soon(echo_again, streams[i::50])
+        counters = json.loads(await admin_get(admin, "/stats"))
+        assert counters["listener.tcp.downstream_cx_active"] == pairs
+        assert counters["listener.tcp.downstream_cx_error"] == 0
+        assert counters["listener.tcp.downstream_cx_no_upstream"] == 0
+        for stream in streams:
+            await stream.aclose()
+
+
+async def test_out_of_fds_waits_then_closes_cleanly_counts_and_logs_once(nursery, tmp_path):
+    """Under a tiny RLIMIT_NOFILE the worker runs out of fds, either on accept (the client then
+    waits in the backlog: accepting pauses) or for a connection's upstream socket (it waits for
+    an fd within the connect timeout, then is closed with a FIN, nothing dialled). A pair takes
+    2 fds, so limits of 60 and 61 run out each way once. Everyone who waited is served once
+    fds come back; no traceback; one counted log line per interval."""
+    accepted_upstream = 0
+
+    async def counting_echo(stream: trio.SocketStream) -> None:
+        nonlocal accepted_upstream
+        accepted_upstream += 1
+        await echo_handler(stream)
+
+    upstream = await start_server(nursery, counting_echo)
+    seen = set()
+    for nofile in (60, 61):
+        workdir = tmp_path / str(nofile)
+        workdir.mkdir()
+        admin = str(workdir / "admin.sock")
+        config = tcp_config([upstream], relay="splice")
+        config["admin"] = {"socket": admin}
+        config["clusters"][0]["connect_timeout"] = "1s"
+        accepted_upstream = 0
+        async with running_proxy(config, workdir, nofile=nofile) as proxy:
+            address = proxy.address("tcp")
+            held: list[trio.SocketStream] = []
+            starved = None
+            with trio.fail_after(30):
+                while starved is None:  # open and hold pairs until one gets no answer
+                    stream = await connect(address)
+                    await stream.send_all(b"x")
+                    with trio.move_on_after(0.3):
+                        assert await stream.receive_some() == b"x"
+                        held.append(stream)
+                        continue
+                    starved = stream
+            assert len(held) >= 5
+            waiting = []
+            for _ in range(3):
+                stream = await connect(address)
+                await stream.send_all(b"x")
+                waiting.append(stream)
+            path = "backlog"  # accept ran out: it waits there
+            with trio.move_on_after(2):  # past the connect timeout
+                data = await starved.receive_some()
+                path = "closed"  # accepted, then no fd for its upstream socket
+            seen.add(path)
+            if path == "closed":
+                assert data == b""  # a clean close, not a reset
+                assert accepted_upstream == len(held)  # nothing was dialled for it
+            else:
+                waiting.insert(0, starved)  # served below
+            for stream in held:  # fds come back ...
+                await stream.aclose()
+            with trio.fail_after(10):  # ... and the clients that waited are served
+                for stream in waiting:
+                    assert await stream.receive_some() == b"x"
+                    await stream.aclose()
+            assert await echo_round_trip(address, b"after") == b"after"
+            counters = json.loads(await admin_get(admin, "/stats"))
+            assert counters["listener.tcp.downstream_cx_error"] == 0
+            log_text = proxy.log()
+            assert "Traceback" not in log_text
+            lines = [line for line in log_text.splitlines() if "worker.out_of_fds" in line]
+            assert 1 <= len(lines) <= 2, lines  # once per 10 s interval, with the count
+            assert "refusals=1" in lines[0]
+            if path == "closed":
+                assert counters["listener.tcp.downstream_cx_fd_exhausted"] >= 1
+    assert seen == {"closed", "backlog"}

@@ -7,6 +7,7 @@ import socket
 import pytest
 import trio
 
+from proxy.network import pipes
 from proxy.network.relay import CLOSED, IDLE_TIMEOUT, RESET, Relay
 
 
@@ -28,6 +29,20 @@ def _setup(use_splice, idle=None):
     closed = []
     relay = Relay(down, up, splice=use_splice, idle_timeout=idle, on_close=closed.append)
     return client, upstream, relay, closed
+
+
+async def _send_through(nursery, client, upstream, payload: bytes) -> None:
+    """Send `payload` and EOF from the client; the upstream must receive exactly that."""
+
+    async def send():
+        await client.send_all(payload)
+        await client.send_eof()
+
+    nursery.start_soon(send)
+    got = bytearray()
+    async for data in upstream:
+        got += data
+    assert got == payload
 
 
 async def test_bytes_flow_both_ways_and_half_close(nursery, use_splice):
@@ -52,17 +67,7 @@ async def test_bytes_flow_both_ways_and_half_close(nursery, use_splice):
 async def test_large_transfer_intact(nursery, use_splice):
     client, upstream, relay, closed = _setup(use_splice)
     nursery.start_soon(relay.run, nursery)
-    payload = bytes(range(256)) * 40_000  # ~10 MB
-
-    async def send():
-        await client.send_all(payload)
-        await client.send_eof()
-
-    nursery.start_soon(send)
-    got = bytearray()
-    async for data in upstream:
-        got += data
-    assert got == payload
+    await _send_through(nursery, client, upstream, bytes(range(256)) * 40_000)  # ~10 MB
 
 
 async def test_reset_on_one_side_aborts_both(nursery, use_splice):
@@ -98,3 +103,95 @@ async def test_idle_timeout_closes_both(nursery, autojump_clock, use_splice):
     await trio.testing.wait_all_tasks_blocked()
     assert closed and relay.outcome == IDLE_TIMEOUT
     assert 130 <= trio.current_time() - start < 135
+
+
+# ---------------------------------------------------------------- the splice pipe pool
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    """A fresh pipe pool for the test (the worker's one is module-level)."""
+    fresh = pipes.PipePool(limit=8, keep=4)
+    monkeypatch.setattr(pipes, "POOL", fresh)
+    yield fresh
+    fresh.configure(limit=0, keep=0)  # close what it kept
+
+
+async def test_an_idle_splice_relay_holds_no_pipe(nursery, pool):
+    client, upstream, relay, closed = _setup(True)
+    nursery.start_soon(relay.run, nursery)
+    await client.send_all(b"ping")
+    assert await upstream.receive_some() == b"ping"
+    await upstream.send_all(b"pong")
+    assert await client.receive_some() == b"pong"
+    await trio.testing.wait_all_tasks_blocked()
+    # Both directions wait for their source with the pipes given back, kept for the next burst.
+    assert pool.in_use == 0 and pool.kept >= 1 and pool.open <= 2
+    await client.send_all(b"again")
+    assert await upstream.receive_some() == b"again"
+    await client.send_eof()
+    await upstream.send_eof()
+    assert await client.receive_some() == b""
+    await trio.testing.wait_all_tasks_blocked()
+    assert closed == [relay] and relay.pipe_fallbacks == 0
+    assert pool.in_use == 0
+
+
+async def test_without_a_pipe_a_burst_is_copied_and_arrives_intact(nursery, pool):
+    pool.configure(limit=0, keep=0)
+    client, upstream, relay, closed = _setup(True)
+    nursery.start_soon(relay.run, nursery)
+    await _send_through(nursery, client, upstream, bytes(range(256)) * 20_000)  # ~5 MB
+    assert relay.pipe_fallbacks > 0 and pool.unavailable >= relay.pipe_fallbacks and pool.open == 0
+
+
+async def test_relays_share_a_small_pool_without_leaking_a_pipe(nursery, pool):
+    pool.configure(limit=2, keep=1)
+    relays = [_setup(True) for _ in range(6)]
+    for _, _, relay, _ in relays:
+        nursery.start_soon(relay.run, nursery)
+    payload = bytes(range(256)) * 4_000  # ~1 MB each, all at once
+
+    async def one(client, upstream):
+        async with trio.open_nursery() as inner:
+            await _send_through(inner, client, upstream, payload)
+        await upstream.send_eof()
+
+    async with trio.open_nursery() as clients:
+        for client, upstream, _, _ in relays:
+            clients.start_soon(one, client, upstream)
+    await trio.testing.wait_all_tasks_blocked()
+    assert all(closed == [relay] for _, _, relay, closed in relays)
+    assert pool.open <= 2 and pool.in_use == 0 and pool.kept <= 1
+
+
+async def test_a_reset_discards_the_pipe_it_held(nursery, pool):
+    client, upstream, relay, closed = _setup(True)
+    nursery.start_soon(relay.run, nursery)
+    await client.send_all(b"x")
+    assert await upstream.receive_some() == b"x"
+    await upstream.aclose()
+    with trio.fail_after(2):
+        while not closed:
+            try:
+                await client.send_all(b"more" * 1000)
+            except trio.BrokenResourceError:
+                pass
+            await trio.sleep(0.01)
+    assert relay.outcome == RESET
+    assert pool.in_use == 0
+
+
+def test_pool_bounds():
+    pool = pipes.PipePool(limit=3, keep=1)
+    taken = [pool.take() for _ in range(4)]
+    assert taken[3] is None and pool.unavailable == 1 and pool.open == 3
+    assert all(p.capacity >= 65536 for p in taken[:3])
+    for p in taken[:3]:
+        pool.give(p)
+    assert pool.open == 1 and pool.kept == 1  # past `keep`, given pipes are closed
+    again = pool.take()
+    assert again is taken[2] or again is taken[0] or again is taken[1]
+    pool.give(again)
+    pool.configure(limit=3, keep=0)
+    assert pool.open == 0

@@ -148,6 +148,10 @@ class Runtime(_Model):
     # After READY the new generation accepts alone for this long before the old one commits its
     # live connections to it; a new worker that dies meanwhile is rolled back at once.
     upgrade_probation: Duration = Duration(1.0)
+    # Splice pipes per worker, lent to a relay direction only while its bytes move and kept for
+    # reuse once drained (HAProxy's maxpipes): an idle TCP pair costs its 2 socket fds. A burst
+    # that finds none is copied through userspace; 0 copies every burst.
+    splice_pipes: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 1024
 
 
 class Diagnostics(_Model):

@@ -37,6 +37,7 @@ from proxy.http.stream import ReusedClosed, ServerStream, StreamReset, UpstreamR
 from proxy.http.stream_info import StreamInfo
 from proxy.log import get_logger
 from proxy.network.connect import ConnectFailed
+from proxy.network.fds import OutOfDescriptors
 from proxy.network.sockio import ConnectionLost
 from proxy.router.retry import RetryState
 from proxy.router.route_table import choose_cluster, mutate_headers, redirect_location, rewrite_path
@@ -418,6 +419,11 @@ class Router:
             raise _UpstreamFailure("connect-failure", flags.UPSTREAM_CONNECT_FAILURE, f"upstream connect error: {exc.reason}") from exc
         except PoolOverflow as exc:
             raise _UpstreamFailure("overflow", flags.UPSTREAM_OVERFLOW, "upstream overflow") from exc
+        except OutOfDescriptors as exc:
+            # The proxy's own limit, not the host's (network/fds.py): a 503 (gRPC:
+            # RESOURCE_EXHAUSTED), not retried.
+            self.stats.downstream_cx_fd_exhausted += 1
+            raise _UpstreamFailure("overflow", flags.UPSTREAM_OVERFLOW, "upstream overflow: out of file descriptors") from exc
         info.upstream_host = str(host.address)
         info.upstream_local_address = upstream.local_address
         cstats = cluster.stats

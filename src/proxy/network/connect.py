@@ -8,6 +8,7 @@ import socket
 import trio
 
 from proxy.network import relay as relay_mod
+from proxy.network.fds import OutOfDescriptors, new_socket
 from proxy.upstream.host import Host
 
 
@@ -19,8 +20,10 @@ class ConnectFailed(Exception):
 
 
 async def connect(host: Host, timeout: float, splice: bool = False) -> socket.socket:
-    """Open a non-blocking TCP or Unix connection to `host` within `timeout` seconds."""
+    """Open a non-blocking TCP or Unix connection to `host` within `timeout` seconds. Raises
+    ConnectFailed, or OutOfDescriptors when no fd for the socket came within the timeout."""
     address = host.address
+    sock: socket.socket | None = None
     with trio.move_on_after(timeout) as scope:
         if address.is_unix:
             family, sockaddr = socket.AF_UNIX, address.path
@@ -32,7 +35,7 @@ async def connect(host: Host, timeout: float, splice: bool = False) -> socket.so
             except OSError as exc:
                 raise ConnectFailed(host, f"resolve failed: {exc}") from exc
             family, _, _, _, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        sock = await new_socket(family)  # waits while the process is out of fds
         try:
             code = sock.connect_ex(sockaddr)
             if code == errno.EINPROGRESS:
@@ -50,4 +53,6 @@ async def connect(host: Host, timeout: float, splice: bool = False) -> socket.so
             sock.close()
             raise
     assert scope.cancelled_caught
+    if sock is None:
+        raise OutOfDescriptors(f"no file descriptor for a socket to {address} within {timeout:g}s")
     raise ConnectFailed(host, "timeout")

@@ -19,6 +19,7 @@ import trio
 
 from proxy.config.values import Address
 from proxy.log import get_logger
+from proxy.network import fds
 from proxy.stats import ListenerStats
 
 log = get_logger("listener")
@@ -28,8 +29,8 @@ ACCEPT_BATCH = 256
 # Errors that concern only the connection being accepted (it died in the queue): skip it.
 # Same list trio and libuv settle on.
 _IGNORABLE_ACCEPT_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
-# Out of fds or memory: back off briefly rather than spin (trio's serve_listeners does 100 ms).
-_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# Out of fds or memory: every accept loop of the worker pauses briefly (network/fds.py).
+_CAPACITY_ERRNOS = fds.OUT_OF_RESOURCES_ERRNOS
 
 Handler = Callable[[socket.socket, Any], Awaitable[None]]
 
@@ -140,7 +141,9 @@ async def accept_loop(
     start_soon = connection_nursery.start_soon
     accept = sock.accept
     limit = max_connections or 0
+    exhaustion = fds.EXHAUSTION
     while True:
+        await exhaustion.wait()
         await trio.lowlevel.wait_readable(sock)
         for _ in range(ACCEPT_BATCH):
             try:
@@ -152,8 +155,7 @@ async def accept_loop(
                     continue
                 stats.accept_errors += 1
                 if exc.errno in _CAPACITY_ERRNOS:
-                    log.warning("listener.accept_capacity", listener=name, error=exc.strerror)
-                    await trio.sleep(0.1)
+                    exhaustion.hit("accept", exc.strerror or str(exc))
                     break
                 raise
             if limit and stats.downstream_cx_active >= limit:

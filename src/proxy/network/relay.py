@@ -14,7 +14,8 @@ Semantics, as Envoy's tcp_proxy:
 
 The splice pump moves socket → pipe → socket in the kernel (no copy into Python); it blocks on
 trio only when a splice would block, and checkpoints every CHECKPOINT_EVERY moves so a fast
-stream cannot starve the rest of the worker.
+stream cannot starve the rest of the worker. Its pipe is lent by the worker's pool only while
+bytes move (proxy.network.pipes), so an idle pair costs its two sockets' fds and nothing more.
 
 Hot upgrade (`stop`): every await in a pump is a safe point. `stop(handover)` cancels both
 pumps' scopes; each keeps what it had read and not yet written (the splice pipe's content, read
@@ -28,7 +29,6 @@ The hot loops pay nothing for this: the stop rides on the cancel scopes they alr
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import struct
@@ -37,16 +37,15 @@ from typing import Any
 
 import trio
 
+from proxy.network import pipes as pipes_mod
 from proxy.upgrade import migration as migration_mod
 
-PIPE_SIZE = 1 << 20
 COPY_CHUNK = 1 << 18  # big reads: measured 7.5 -> 14 Gbit/s over 64 KiB (fewer Python-level syscalls)
 CHECKPOINT_EVERY = 16
 
 HAVE_SPLICE = hasattr(os, "splice")
 if HAVE_SPLICE:
     _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 _wait_readable = trio.lowlevel.wait_readable
@@ -108,6 +107,7 @@ class Relay:
         "tx_bytes",
         "outcome",
         "error",
+        "pipe_fallbacks",
         "_active",
         "_last_activity",
         "_open_pumps",
@@ -138,6 +138,7 @@ class Relay:
         self.tx_bytes = 0  # upstream → downstream
         self.outcome = CLOSED
         self.error: BaseException | None = None
+        self.pipe_fallbacks = 0  # splice bursts copied in userspace for want of a pipe
         self._active = False
         self._last_activity = 0.0
         self._open_pumps = 0
@@ -322,11 +323,10 @@ class Relay:
             raise _Reset from exc
 
     async def _splice_pump(self, src: socket.socket, dst: socket.socket, upstream_bound: bool) -> None:
-        pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            capacity = fcntl.fcntl(pipe_w, _F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            capacity = 65536  # unprivileged and over the per-user pipe quota: the default size
+        """src → pipe → dst in the kernel. The pipe comes from the worker's pool when the source
+        has bytes and goes back once it is empty and the source would block, so an idle
+        direction holds none (see proxy.network.pipes). A burst that finds no pipe is copied."""
+        pool = pipes_mod.POOL
         src_fd, dst_fd = src.fileno(), dst.fileno()
         splice = os.splice
         flags = _SPLICE_FLAGS
@@ -335,13 +335,38 @@ class Relay:
         pending = 0  # bytes in the pipe not yet written to dst
         eof = False
         moves = 0
+        view = _NO_BYTES  # a copied burst's unsent rest (only while no pipe is held)
+        # Optimistic first take: the source may have bytes already (a new or adopted relay).
+        pipe = pool.take()
         try:
             while True:
+                if pipe is None:
+                    await wait(_wait_readable, src)
+                    pipe = pool.take()
+                    if pipe is None:
+                        try:
+                            data = src.recv(COPY_CHUNK)
+                        except BlockingIOError:
+                            continue
+                        if not data:
+                            self._eof(dst)
+                            return
+                        moved += len(data)
+                        self.pipe_fallbacks += 1
+                        self._active = True
+                        view = memoryview(data)
+                        while view:
+                            try:
+                                view = view[dst.send(view) :]
+                            except BlockingIOError:
+                                await wait(_wait_writable, dst)
+                        await _checkpoint()
+                        continue
                 # Keep reading while the pipe has room, even when dst is slow: the source's
                 # window stays open and each wakeup moves a bigger batch.
-                if not eof and pending < capacity:
+                if not eof and pending < pipe.capacity:
                     try:
-                        n = splice(src_fd, pipe_w, capacity - pending, flags=flags)
+                        n = splice(src_fd, pipe.write_fd, pipe.capacity - pending, flags=flags)
                     except BlockingIOError:
                         n = -1
                     if n > 0:
@@ -350,32 +375,41 @@ class Relay:
                         self._active = True
                     elif n == 0:
                         eof = True
+                    elif not pending:
+                        pool.give(pipe)  # drained and nothing more to read: idle without it
+                        pipe = None
+                        continue
                 if pending:
                     try:
-                        pending -= splice(pipe_r, dst_fd, pending, flags=flags)
+                        pending -= splice(pipe.read_fd, dst_fd, pending, flags=flags)
                     except BlockingIOError:
                         await wait(_wait_writable, dst)
                         continue
                 elif eof:
                     self._eof(dst)
                     return
-                else:
-                    await wait(_wait_readable, src)
-                    continue
                 moves += 1
                 if moves == CHECKPOINT_EVERY:
                     moves = 0
                     await _checkpoint()
         except trio.Cancelled:
-            if pending and self._handover is not None:
+            if self._handover is not None:
                 # Stopped for a handover: what sits in the pipe goes with the connection.
-                self._pending[0 if upstream_bound else 1] = _read_pipe(pipe_r, pending)
+                index = 0 if upstream_bound else 1
+                if pending and pipe is not None:
+                    self._pending[index] = _read_pipe(pipe.read_fd, pending)
+                    pending = 0
+                elif view:
+                    self._pending[index] = bytes(view)  # a copied burst, read and not yet sent
             raise
         except OSError as exc:
             raise _Reset from exc
         finally:
-            os.close(pipe_r)
-            os.close(pipe_w)
+            if pipe is not None:
+                if pending:
+                    pool.discard(pipe)  # holds bytes nobody will write
+                else:
+                    pool.give(pipe)
             if upstream_bound:
                 self.rx_bytes += moved
             else:
@@ -453,3 +487,4 @@ def count_downstream_close(stats: Any, relay: Relay) -> None:
         stats.downstream_cx_destroy += 1
     stats.downstream_rx_bytes_total += relay.rx_bytes
     stats.downstream_tx_bytes_total += relay.tx_bytes
+    stats.relay_pipe_unavailable += relay.pipe_fallbacks

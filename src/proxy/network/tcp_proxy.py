@@ -21,7 +21,9 @@ import trio
 from proxy.config.model import Listener as ListenerConfig
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
+from proxy.network import fds
 from proxy.network.connect import ConnectFailed, connect
+from proxy.network.fds import OutOfDescriptors
 from proxy.stats import ListenerStats
 from proxy.upgrade import migration as migration_mod
 from proxy.upstream.cluster import Cluster
@@ -74,6 +76,10 @@ class TcpProxy:
             if self.migration.active:
                 relay.stop(self._handover(host))  # connected during a migration: hand over at once
             await relay.run(self.nursery)
+        except OutOfDescriptors:
+            # No fd came within the connect timeout (network/fds.py); nothing was dialled.
+            stats.downstream_cx_fd_exhausted += 1
+            fds.drop_unread(down)  # closed below with a FIN
         except trio.Cancelled:
             raise
         except Exception as exc:
@@ -150,6 +156,10 @@ class TcpProxy:
             host.stats.cx_total += 1
             try:
                 sock = await connect(host, cluster.connect_timeout, self.splice)
+            except OutOfDescriptors:
+                cstats.upstream_cx_total -= 1  # no connection was begun after all
+                host.stats.cx_total -= 1
+                raise
             except ConnectFailed as exc:
                 host.stats.cx_connect_fail += 1
                 if exc.reason == "timeout":

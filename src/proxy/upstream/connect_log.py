@@ -8,42 +8,23 @@ logs one line with how many failed since the previous line and the latest reason
     event=upstream.connect_failed cluster=api host=10.0.0.7:8000 reason=timeout failures=37 since=10.2s
 
 A burst that ends inside the interval is counted in the host's stats (`cx_connect_fail`) and
-in the next line, whenever that comes. `Throttle` is sans-IO: the caller gives it the time.
+in the next line, whenever that comes.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from proxy.log import get_logger
+from proxy.log import Throttle, get_logger
 
 if TYPE_CHECKING:
     from proxy.upstream.host import Host
 
 log = get_logger("upstream")
 
-INTERVAL = 10.0  # seconds between two lines about one host
+INTERVAL = 10.0  # seconds between two lines about one host (Throttle's default)
 
-
-class Throttle:
-    """Lets an event through at most once per `interval` and counts the ones it holds back."""
-
-    __slots__ = ("interval", "held", "last")
-
-    def __init__(self, interval: float = INTERVAL) -> None:
-        self.interval = interval
-        self.held = 0  # events held back since the last one let through
-        self.last: float | None = None  # when the last one was let through
-
-    def hit(self, now: float) -> int:
-        """Count one event at `now`. Returns how many to report now (this one and those held
-        back since the last report), or 0 to stay quiet."""
-        last = self.last
-        if last is not None and now - last < self.interval:
-            self.held += 1
-            return 0
-        count, self.held, self.last = self.held + 1, 0, now
-        return count
+__all__ = ["INTERVAL", "Throttle", "connect_failed"]
 
 
 def connect_failed(host: Host, cluster: str, reason: str, now: float, **fields: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from proxy.config.values import Address
 from proxy.stats import HostStats
-from proxy.upstream.connect_log import Throttle
+from proxy.log import Throttle
 
 
 class Host:
