@@ -36,6 +36,7 @@ from proxy.network.listener import (
     close_listener,
 )
 from proxy.network import pipes as pipes_mod
+from proxy.network.parking import PARKING
 from proxy.network.sockio import coalesce_sends
 from proxy.network.tcp_proxy import TcpProxy
 from proxy.stats import ListenerStats
@@ -155,6 +156,7 @@ class Worker:
         drain_timeout = float(self.config.runtime.drain_timeout)
         coalesce_sends()  # send_soon batches sends per scheduler pass (network/sockio.py)
         pipes_mod.POOL.configure(limit=self.config.runtime.splice_pipes)
+        PARKING.open()  # before connections use up the fds (network/parking.py)
         async with trio.open_nursery() as root:
             self._root = root
             root.start_soon(self._handle_signals)

@@ -8,7 +8,8 @@ import pytest
 import trio
 
 from proxy.network import pipes
-from proxy.network.relay import CLOSED, IDLE_TIMEOUT, RESET, Relay
+from proxy.network.parking import PARKING
+from proxy.network.relay import CLOSED, IDLE_TIMEOUT, MIGRATED, PARK_AFTER, RESET, SWEEP_EVERY, Relay
 
 
 @pytest.fixture(params=[True, False], ids=["splice", "copy"])
@@ -195,3 +196,85 @@ def test_pool_bounds():
     pool.give(again)
     pool.configure(limit=3, keep=0)
     assert pool.open == 0
+
+
+# ---------------------------------------------------------------- parking idle relays
+
+
+def _task_count() -> int:
+    todo, count = [trio.lowlevel.current_root_task()], 0
+    while todo:
+        task = todo.pop()
+        count += 1
+        todo.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return count
+
+
+@pytest.mark.parametrize("use_splice", [True, False], ids=["splice", "copy"])
+async def test_an_idle_relay_parks_without_tasks_and_wakes_on_input(nursery, use_splice):
+    client, upstream, relay, closed = _setup(use_splice)
+    nursery.start_soon(relay.run, nursery)
+    await client.send_all(b"ping")
+    assert await upstream.receive_some() == b"ping"
+    tasks_busy = _task_count()
+    await trio.sleep(PARK_AFTER + SWEEP_EVERY + 0.2)
+    assert relay._parked and PARKING.count() == 1
+    # Both pumps ended; the worker-wide sweeper and parking tasks took their place.
+    assert _task_count() == tasks_busy - 2 + 1
+    await upstream.send_all(b"pong")  # input on either side wakes it
+    assert await client.receive_some() == b"pong"
+    assert not relay._parked and PARKING.count() == 0
+    await client.send_all(b"again")
+    assert await upstream.receive_some() == b"again"
+    await client.send_eof()
+    assert await upstream.receive_some() == b""
+    await upstream.send_eof()
+    assert await client.receive_some() == b""
+    await trio.testing.wait_all_tasks_blocked()
+    assert closed == [relay] and relay.outcome == CLOSED
+    assert (relay.rx_bytes, relay.tx_bytes) == (9, 4)
+
+
+async def test_a_parked_relay_still_times_out(nursery, autojump_clock):
+    client, upstream, relay, closed = _setup(True, idle=30.0)
+    nursery.start_soon(relay.run, nursery)
+    await client.send_all(b"x")
+    assert await upstream.receive_some() == b"x"
+    start = trio.current_time()
+    await trio.sleep(5)
+    assert relay._parked
+    while not closed:
+        await trio.sleep(0.1)
+    assert closed == [relay] and relay.outcome == IDLE_TIMEOUT
+    assert relay.down.fileno() == -1 and PARKING.count() == 0
+    assert await client.receive_some() == b""  # a plain close
+    assert 30 <= trio.current_time() - start < 33
+
+
+async def test_a_parked_relay_is_handed_over_or_resumes(nursery):
+    client, upstream, relay, closed = _setup(True)
+    nursery.start_soon(relay.run, nursery)
+    await client.send_all(b"x")
+    assert await upstream.receive_some() == b"x"
+    await trio.sleep(PARK_AFTER + SWEEP_EVERY + 0.2)
+    assert relay._parked
+    offered = []
+
+    async def refuse(r):
+        offered.append(r.migration_state())
+        return False
+
+    assert relay.stop(refuse)
+    await trio.testing.wait_all_tasks_blocked()
+    assert offered and not relay._parked and PARKING.count() == 0
+    await client.send_all(b"after")  # refused: it relays on, here
+    assert await upstream.receive_some() == b"after"
+    await trio.sleep(PARK_AFTER + SWEEP_EVERY + 0.2)
+    assert relay._parked
+
+    async def accept(r):
+        return True
+
+    assert relay.stop(accept)
+    await trio.testing.wait_all_tasks_blocked()
+    assert relay.outcome == MIGRATED and closed == [relay] and PARKING.count() == 0

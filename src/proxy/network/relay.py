@@ -10,7 +10,12 @@ Semantics, as Envoy's tcp_proxy:
 - half-close: EOF from one side becomes shutdown(SHUT_WR) on the other; the other direction keeps
   flowing until it ends too;
 - reset: an error on either socket (ECONNRESET, EPIPE, ...) aborts both sides with RST;
-- idle timeout: no byte in either direction for `idle_timeout` closes both sides.
+- idle timeout: no byte in either direction for `idle_timeout` closes both sides (checked by
+  one sweeper task per worker, `_Sweeper`, instead of a deadline per wait).
+
+An idle relay is parked: after PARK_AFTER with both pumps waiting for input, the pumps end and
+its sockets wait in the worker's epoll set (proxy.network.parking) until input comes; then the
+pumps start again. An idle pair holds no task, no pipe and no trio registration.
 
 The splice pump moves socket → pipe → socket in the kernel (no copy into Python); it blocks on
 trio only when a splice would block, and checkpoints every CHECKPOINT_EVERY moves so a fast
@@ -38,6 +43,7 @@ from typing import Any
 import trio
 
 from proxy.network import pipes as pipes_mod
+from proxy.network.parking import PARKING
 from proxy.upgrade import migration as migration_mod
 
 COPY_CHUNK = 1 << 18  # big reads: measured 7.5 -> 14 Gbit/s over 64 KiB (fewer Python-level syscalls)
@@ -76,10 +82,6 @@ def tune_tcp_socket(sock: socket.socket, splice: bool) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
 
 
-class IdleTimeout(Exception):
-    pass
-
-
 class _Reset(Exception):
     """A socket error in one direction: the whole connection is aborted."""
 
@@ -93,6 +95,58 @@ ERROR = "error"
 MIGRATED = "migrated"  # handed over, live, to the next worker generation
 
 Handover = Callable[["Relay"], Awaitable[bool]]
+
+# A relay idle this long with both pumps waiting for input is parked (no tasks; see
+# proxy.network.parking): scripts/bench's memory scenario measured 13.2 kB of RSS per idle TCP
+# pair with tasks, 4.1 kB parked. Parking and waking cost ~3 epoll_ctl and two task starts
+# (tens of µs), nothing beside a quarter second of quiet; parking sooner matters because
+# memory freed by a pair that parks late is fragmented and stays resident. A sweep costs
+# ~0.3 µs per relay, four times a second.
+PARK_AFTER = 0.25
+SWEEP_EVERY = 0.25
+
+
+class _Sweeper:
+    """One task per worker, while relays live, that looks at each every SWEEP_EVERY: the idle
+    timeout (a deadline per wait would cost a cancel scope per pump and a deadline change per
+    move) and parking. Timeouts fire within SWEEP_EVERY of their time (or a quarter of the
+    shortest idle timeout, for short ones)."""
+
+    __slots__ = ("relays", "scope", "interval")
+
+    def __init__(self) -> None:
+        self.relays: set[Relay] = set()
+        self.scope: trio.CancelScope | None = None  # the task's, while it runs
+        self.interval = SWEEP_EVERY
+
+    def add(self, relay: Relay, nursery: trio.Nursery) -> None:
+        self.relays.add(relay)
+        if relay.idle_timeout is not None and relay.idle_timeout / 4 < self.interval:
+            self.interval = max(relay.idle_timeout / 4, 0.01)
+        if self.scope is None:
+            self.scope = trio.CancelScope()
+            nursery.start_soon(self._run, self.scope, name="relay-sweeper")
+
+    def discard(self, relay: Relay) -> None:
+        self.relays.discard(relay)
+        if not self.relays and self.scope is not None:
+            self.scope.cancel()  # the last one: end now, not at the next look (a drain waits)
+
+    async def _run(self, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                while self.relays:
+                    await trio.sleep(self.interval)
+                    now = _current_time()
+                    for relay in list(self.relays):
+                        relay.sweep(now)
+        finally:
+            if self.scope is scope:
+                self.scope = None
+                self.interval = SWEEP_EVERY
+
+
+SWEEPER = _Sweeper()
 _NO_BYTES = memoryview(b"")
 
 
@@ -116,6 +170,9 @@ class Relay:
         "_handover",
         "_pending",
         "_finished",
+        "_reading",
+        "_parking",
+        "_parked",
     )
 
     def __init__(
@@ -150,12 +207,18 @@ class Relay:
         # (EOF seen and shutdown(SHUT_WR) sent on the other side).
         self._pending = [pending[0], pending[1]]
         self._finished = [finished[0], finished[1]]
+        # Idle: directions waiting for input with nothing in hand; the sweeper parks the relay
+        # (both pumps end, its sockets wait in proxy.network.parking) once that lasts.
+        self._reading = 0
+        self._parking = False  # the pumps are stopping to park
+        self._parked = False
 
     async def run(self, nursery: trio.Nursery) -> None:
         """Relay until both directions end. Returns when the downstream→upstream direction
         ends; the other direction may still be running in `nursery`, and the last one closes."""
         self._nursery = nursery
         self._last_activity = _current_time()
+        SWEEPER.add(self, nursery)
         self._start(nursery, inline=True)
         if not self._finished[0]:
             await self._direction(self.down, self.up, True)
@@ -167,6 +230,7 @@ class Relay:
         to_up = not self._finished[0]
         to_down = not self._finished[1]
         self._open_pumps = to_up + to_down
+        self._reading = 0
         if to_down:
             nursery.start_soon(self._direction, self.up, self.down, False)
         if to_up and not inline:
@@ -179,9 +243,72 @@ class Relay:
         if self._handover is not None or self.outcome != CLOSED:
             return False
         self._handover = handover
+        if self._parked:  # no pumps to stop: hand over from a task of its own
+            self._unpark()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._hand_over)
+            return True
         for scope in self._scopes:
             scope.cancel()
         return True
+
+    # ------------------------------------------------------------------ idle: timeout, parking
+
+    def sweep(self, now: float) -> None:
+        """The sweeper's look, about once a second: the idle timeout, and parking."""
+        if self._active:
+            self._active = False
+            self._last_activity = now
+            return
+        idle_for = now - self._last_activity
+        if self.idle_timeout is not None and idle_for >= self.idle_timeout:
+            if self._parked:
+                self._unpark()
+                self.outcome = IDLE_TIMEOUT
+                self._close()
+            else:
+                self._abort(IDLE_TIMEOUT, None, rst=False)  # a plain close, as Envoy does
+        elif (
+            idle_for >= PARK_AFTER
+            and not self._parked
+            and not self._parking
+            and self._open_pumps
+            and self._reading == self._open_pumps
+            and self._handover is None
+            and self.outcome == CLOSED
+        ):
+            self._parking = True
+            for scope in self._scopes:
+                scope.cancel()
+
+    def _sources(self) -> tuple[int, ...]:
+        """The fds whose input would wake a parked relay: the unfinished directions' sources."""
+        fds = []
+        if not self._finished[0]:
+            fds.append(self.down.fileno())
+        if not self._finished[1]:
+            fds.append(self.up.fileno())
+        return tuple(fds)
+
+    def _park(self) -> None:
+        self._parking = False
+        self._parked = True
+        self._scopes.clear()
+        assert self._nursery is not None
+        if not PARKING.park(self, self._sources(), self._woken, self._nursery):
+            self._woken()  # could not park (out of fds): relay on with tasks
+
+    def _woken(self) -> None:
+        """Input on a parked relay: its pumps start again where they stopped."""
+        self._parked = False
+        self._last_activity = _current_time()
+        assert self._nursery is not None
+        self._start(self._nursery, inline=False)
+
+    def _unpark(self) -> None:
+        if self._parked:
+            PARKING.unpark(self, self._sources())
+            self._parked = False
 
     def migration_state(self) -> dict[str, Any]:
         """The relay's state for a handover (schema "tcp"/"tunnel" without `host`); valid once
@@ -215,10 +342,8 @@ class Relay:
                     self._finished[index] = True
                 except _Reset as exc:
                     self._abort(RESET, exc.__cause__)
-                except IdleTimeout:
-                    self._abort(IDLE_TIMEOUT, None, rst=False)  # a plain close, as Envoy does
                 except trio.Cancelled:
-                    if self.outcome == CLOSED and self._handover is None:
+                    if self.outcome == CLOSED and self._handover is None and not self._parking:
                         self.outcome = CANCELLED
                     raise
                 except Exception as exc:  # a bug: recorded, logged by on_close, never fatal
@@ -226,8 +351,11 @@ class Relay:
         finally:
             self._open_pumps -= 1
             if self._open_pumps == 0:
-                if self._handover is not None and self.outcome == CLOSED and not (self._finished[0] and self._finished[1]):
+                unfinished = not (self._finished[0] and self._finished[1])
+                if self._handover is not None and self.outcome == CLOSED and unfinished:
                     await self._hand_over()
+                elif self._parking and self.outcome == CLOSED and unfinished:
+                    self._park()
                 else:
                     self._close()
 
@@ -248,6 +376,7 @@ class Relay:
             return
         if moved:
             self.outcome = MIGRATED
+            SWEEPER.discard(self)
             migration_mod.release(self.down)
             migration_mod.release(self.up)
             self.on_close(self)
@@ -273,30 +402,12 @@ class Relay:
             scope.cancel()
 
     def _close(self) -> None:
+        SWEEPER.discard(self)
+        self._unpark()
         for sock in (self.down, self.up):
             trio.lowlevel.notify_closing(sock)
             sock.close()
         self.on_close(self)
-
-    async def _wait(self, waiter: Callable[[socket.socket], object], sock: socket.socket) -> None:
-        """Block until `sock` is ready; enforce the idle timeout across both directions."""
-        idle = self.idle_timeout
-        if idle is None:
-            await waiter(sock)  # type: ignore[misc]
-            return
-        if self._active:
-            self._active = False
-            self._last_activity = _current_time()
-        while True:
-            with trio.move_on_at(self._last_activity + idle):
-                await waiter(sock)  # type: ignore[misc]
-                return
-            # Timed out waiting here; the other direction may have moved bytes meanwhile.
-            if self._active:
-                self._active = False
-                self._last_activity = _current_time()
-            elif _current_time() >= self._last_activity + idle:
-                raise IdleTimeout
 
     async def _flush(self, data: bytes, dst: socket.socket, index: int) -> None:
         """Write bytes a previous pump (or generation) read and did not write. Not counted:
@@ -308,9 +419,9 @@ class Relay:
                     view = view[dst.send(view) :]
                     self._active = True
                 except BlockingIOError:
-                    await self._wait(_wait_writable, dst)
+                    await _wait_writable(dst)
         except trio.Cancelled:
-            if self._handover is not None:
+            if self._handover is not None or self._parking:
                 self._pending[index] = bytes(view)
             raise
         except OSError as exc:
@@ -330,7 +441,6 @@ class Relay:
         src_fd, dst_fd = src.fileno(), dst.fileno()
         splice = os.splice
         flags = _SPLICE_FLAGS
-        wait = self._wait
         moved = 0
         pending = 0  # bytes in the pipe not yet written to dst
         eof = False
@@ -341,7 +451,9 @@ class Relay:
         try:
             while True:
                 if pipe is None:
-                    await wait(_wait_readable, src)
+                    self._reading += 1
+                    await _wait_readable(src)
+                    self._reading -= 1
                     pipe = pool.take()
                     if pipe is None:
                         try:
@@ -359,7 +471,7 @@ class Relay:
                             try:
                                 view = view[dst.send(view) :]
                             except BlockingIOError:
-                                await wait(_wait_writable, dst)
+                                await _wait_writable(dst)
                         await _checkpoint()
                         continue
                 # Keep reading while the pipe has room, even when dst is slow: the source's
@@ -383,7 +495,7 @@ class Relay:
                     try:
                         pending -= splice(pipe.read_fd, dst_fd, pending, flags=flags)
                     except BlockingIOError:
-                        await wait(_wait_writable, dst)
+                        await _wait_writable(dst)
                         continue
                 elif eof:
                     self._eof(dst)
@@ -393,8 +505,8 @@ class Relay:
                     moves = 0
                     await _checkpoint()
         except trio.Cancelled:
-            if self._handover is not None:
-                # Stopped for a handover: what sits in the pipe goes with the connection.
+            if self._handover is not None or self._parking:
+                # Stopped for a handover (or to park): what sits in the pipe goes along.
                 index = 0 if upstream_bound else 1
                 if pending and pipe is not None:
                     self._pending[index] = _read_pipe(pipe.read_fd, pending)
@@ -418,7 +530,6 @@ class Relay:
     async def _copy_pump(self, src: socket.socket, dst: socket.socket, upstream_bound: bool) -> None:
         recv = src.recv
         send = dst.send
-        wait = self._wait
         moved = 0
         moves = 0
         view = _NO_BYTES
@@ -427,7 +538,9 @@ class Relay:
                 try:
                     data = recv(COPY_CHUNK)
                 except BlockingIOError:
-                    await wait(_wait_readable, src)
+                    self._reading += 1
+                    await _wait_readable(src)
+                    self._reading -= 1
                     continue
                 if not data:
                     self._eof(dst)
@@ -439,13 +552,14 @@ class Relay:
                     try:
                         view = view[send(view) :]
                     except BlockingIOError:
-                        await wait(_wait_writable, dst)
+                        await _wait_writable(dst)
+                view = _NO_BYTES
                 moves += 1
                 if moves == CHECKPOINT_EVERY:
                     moves = 0
                     await _checkpoint()
         except trio.Cancelled:
-            if view and self._handover is not None:
+            if view and (self._handover is not None or self._parking):
                 self._pending[0 if upstream_bound else 1] = bytes(view)  # read, not yet sent
             raise
         except OSError as exc:

@@ -1,0 +1,117 @@
+"""Parking: idle connections wait without a task, in one epoll set per worker.
+
+A trio task waiting on a socket costs its coroutine frames, its cancel scope and trio's wait
+bookkeeping: about 3 kB for each of a TCP pair's two pump tasks, most of the pair's footprint
+when it idles (as most sidecar connections do, most of the time). So a connection that has
+been idle for a while (relay.py's sweeper decides) ends its tasks, keeping its state in plain
+objects, and parks its sockets here: registered for input in this worker's own epoll set, whose
+single fd one task waits on. When input (or EOF, or an error) comes on a parked socket, the
+connection is unparked and its `wake` callback starts its tasks again, where they stopped.
+
+A parked connection holds no pipe, no task and no trio registration: only its sockets, its
+state object and two entries here. One epoll_ctl per socket to park and one to unpark, so only
+connections idle for a second or more are parked.
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+_IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
+
+
+class Parking:
+    __slots__ = ("_epoll", "_by_fd", "_scope", "parked_total", "woken_total")
+
+    def __init__(self) -> None:
+        self._epoll: select.epoll | None = None
+        self._by_fd: dict[int, tuple[Any, tuple[int, ...], Callable[[], None]]] = {}
+        self._scope: trio.CancelScope | None = None  # the parking task's, while it runs
+        self.parked_total = 0
+        self.woken_total = 0
+
+    def count(self) -> int:
+        """Connections parked now."""
+        return len({id(entry[0]) for entry in self._by_fd.values()})
+
+    def open(self) -> None:
+        """Make the epoll set now (worker start), not when the first connection parks: the
+        process may be out of fds by then."""
+        if self._epoll is None:
+            self._epoll = select.epoll()
+
+    def park(self, key: Any, fds: tuple[int, ...], wake: Callable[[], None], nursery: trio.Nursery) -> bool:
+        """Watch `fds` for input; on the first, unpark `key` and call `wake()` (in the
+        parking task: it must only start tasks, not block). False if it cannot be parked
+        (no fd for the epoll set, or the kernel's watch limit): the caller carries on."""
+        try:
+            self.open()
+        except OSError:
+            return False
+        entry = (key, fds, wake)
+        epoll = self._epoll
+        assert epoll is not None
+        try:
+            for fd in fds:
+                epoll.register(fd, _IN)
+                self._by_fd[fd] = entry
+        except OSError:
+            self._forget(fds)
+            return False
+        self.parked_total += 1
+        if self._scope is None:
+            self._scope = trio.CancelScope()
+            nursery.start_soon(self._run, self._scope, name="parking")
+        return True
+
+    def unpark(self, key: Any, fds: tuple[int, ...]) -> bool:
+        """Stop watching `key`'s sockets (it is closing, or handed over). False if not parked."""
+        entry = self._by_fd.get(fds[0])
+        if entry is None or entry[0] is not key:
+            return False
+        self._forget(fds)
+        if not self._by_fd and self._scope is not None:
+            self._scope.cancel()  # nothing left to watch: the task ends (a nursery may be waiting)
+        return True
+
+    def _forget(self, fds: tuple[int, ...]) -> None:
+        epoll = self._epoll
+        assert epoll is not None
+        for fd in fds:
+            if self._by_fd.pop(fd, None) is not None:
+                try:
+                    epoll.unregister(fd)
+                except OSError:
+                    pass  # already closed
+
+    async def _run(self, scope: trio.CancelScope) -> None:
+        epoll = self._epoll
+        assert epoll is not None
+        try:
+            with scope:
+                while self._by_fd:
+                    await trio.lowlevel.wait_readable(epoll.fileno())
+                    for fd, _ in epoll.poll(0, 256):
+                        entry = self._by_fd.get(fd)
+                        if entry is not None:
+                            self._wake(entry)
+        finally:
+            self._scope = None
+            # Cancelled with connections still parked (a drain's deadline, a fast stop): wake
+            # them all, so that they end as their tasks would have, in the same nursery.
+            for entry in list(self._by_fd.values()):
+                if entry[1][0] in self._by_fd:
+                    self._wake(entry)
+
+    def _wake(self, entry: tuple[Any, tuple[int, ...], Callable[[], None]]) -> None:
+        _, fds, wake = entry
+        self._forget(fds)
+        self.woken_total += 1
+        wake()
+
+
+PARKING = Parking()  # one per worker process
