@@ -71,6 +71,10 @@ class HttpConnectionManager:
         self.draining = False
         self.migration: migration_mod.Migration = migration_mod.NO_MIGRATION
         self.tunnels: dict[relay_mod.Relay, str | None] = {}  # live tunnels and their upstream host
+        if self.mux is None:
+            # A plain HTTP/1.1 listener: the accept loop starts the HTTP/1 server's connection
+            # directly, one coroutine frame (360 bytes per idle connection) fewer than handle.
+            self.handle = self.http1.connection  # type: ignore[method-assign]
 
     @property
     def connections(self) -> set[Http1Connection]:
@@ -110,11 +114,9 @@ class HttpConnectionManager:
             if await self._speaks_h2(sock):
                 await self.mux.connection(sock, peer)  # type: ignore[union-attr]
             else:
-                await self.http1.connection(sock, peer, 0, b"")
-        elif self.mux is not None:
-            await self.mux.connection(sock, peer)
+                await self.http1.connection(sock, peer, accepted=False)
         else:
-            await self.http1.connection(sock, peer, 0, b"")
+            await self.mux.connection(sock, peer)  # type: ignore[union-attr]
 
     async def _speaks_h2(self, sock: socket.socket) -> bool:
         """Peek at the first bytes (nothing is consumed): the HTTP/2 preface, or not. A client
@@ -168,7 +170,7 @@ class HttpConnectionManager:
         except OSError:
             peer = ""  # the client is already gone; the first read will tell
         self.stats.downstream_cx_migrated_in += 1
-        await self.http1.connection(sock, peer, served, leftover)
+        await self.http1.connection(sock, peer, served, leftover, accepted=False)
 
     def adopt_http2(self, sock: socket.socket, state: dict[str, Any]) -> Any:
         """The new generation's side of an "http2" handover: the codec is rebuilt from its

@@ -146,6 +146,18 @@ class SockIO:
             self.bytes_received += len(data)
             return data
 
+    def recv_ready(self, size: int = RECV_SIZE) -> bytes | None:
+        """What recv returns if it need not wait, else None: for a caller that waits itself
+        (an idle HTTP/1 connection, one coroutine frame less while it idles)."""
+        try:
+            data = self.sock.recv(size)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise ConnectionLost(str(exc)) from exc
+        self.bytes_received += len(data)
+        return data
+
     async def recv_reply(self, size: int = RECV_SIZE) -> bytes:
         """Like recv, for an answer to something just sent: it cannot be here yet, so wait
         first and save the recv that would fail with EAGAIN (a syscall and an exception)."""
