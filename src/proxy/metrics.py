@@ -37,6 +37,7 @@ _HELP: dict[str, str] = {
     # listener
     "downstream_cx_total": "Downstream connections accepted.",
     "downstream_cx_active": "Downstream connections currently open.",
+    "downstream_cx_parked": "Open downstream connections idle and parked: waiting for input without a task.",
     "downstream_cx_destroy": "Downstream connections closed.",
     "downstream_cx_overflow": "Downstream connections refused by max_connections.",
     "downstream_cx_error": "Downstream connections whose handler failed unexpectedly.",

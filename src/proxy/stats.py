@@ -140,7 +140,8 @@ class ListenerStats(_Stats):
         "downstream_rq_tx_reset",
         *HTTP2_COUNTERS,
     )
-    GAUGES = ("downstream_cx_active", "downstream_rq_active")
+    # parked: idle connections waiting without a task (proxy.network.parking), among the active
+    GAUGES = ("downstream_cx_active", "downstream_cx_parked", "downstream_rq_active")
     HISTOGRAMS = ("downstream_rq_time",)  # request duration, first byte in to last byte out
     BY_CODE = True
     __slots__ = COUNTERS + GAUGES + HISTOGRAMS + ("downstream_rq_code",)

@@ -185,6 +185,6 @@ def test_every_rendered_family_has_a_rule():
 
     families = _families(metrics.render(_worker()))
     gauges = {name for name, kind in families.items() if kind == "gauge"}
-    amounts = {name for name in gauges if re.search(r"_active$", name)}
+    amounts = {name for name in gauges if re.search(r"_(active|parked)$", name)}
     assert amounts and amounts == gauges & metrics.SUMMED_GAUGES
     assert {"proxy_host_weight", "proxy_host_enabled", "proxy_host_healthy", "proxy_state", "proxy_info", "proxy_uptime_seconds"} <= gauges - metrics.SUMMED_GAUGES

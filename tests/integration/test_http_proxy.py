@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import signal
 import subprocess
 
 import h11
 import pytest
 import trio
 
-from tests.integration.harness import connect, dead_address, running_proxy
+from tests.integration.harness import admin_get, connect, dead_address, running_proxy
 from tests.integration.http_upstream import PATTERN, HttpUpstream, http_config
 
 
@@ -674,3 +675,43 @@ async def test_an_http10_client_gets_a_chunked_upstream_body_close_delimited(tmp
         lower = head.lower()
         assert b"transfer-encoding" not in lower and b"connection: close" in lower
         assert len(body) == 200000
+
+
+async def test_idle_keep_alive_connections_park_wake_and_time_out(tmp_path, upstream):
+    """An idle keep-alive connection parks (no task; counted in downstream_cx_parked) and its
+    next request, pipelined ones included, is served on the same connection; a parked one
+    still closes at its idle timeout, and a SIGTERM drain closes parked ones at once."""
+    admin = str(tmp_path / "admin.sock")
+    config = http_config([upstream.address], http={"idle_timeout": "2s"})
+    config["admin"] = {"socket": admin}
+    async with running_proxy(config, tmp_path) as proxy:
+
+        async def gauges() -> tuple[int, int]:
+            counters = json.loads(await admin_get(admin, "/stats"))
+            return counters["listener.http.downstream_cx_parked"], counters["listener.http.downstream_cx_active"]
+
+        clients = [await Client.open(proxy.address("http")) for _ in range(3)]
+        for i, client in enumerate(clients):
+            response, body = await client.request("GET", f"/echo/{i}")
+            assert response.status_code == 200
+        idle_from = trio.current_time()
+        await trio.sleep(0.6)
+        assert await gauges() == (3, 3)
+        response, body = await clients[0].request("GET", "/echo/woken")
+        assert json.loads(body)["target"] == "/echo/woken"
+        assert await gauges() == (2, 3)
+        await trio.sleep(0.6)  # parks again; now two pipelined requests in one write wake it
+        assert (await gauges())[0] == 3
+        await clients[0].send_raw(b"GET /echo/p0 HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/p1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        for i in range(2):
+            response, body = await clients[0].response()
+            assert json.loads(body)["target"] == f"/echo/p{i}"
+        assert await clients[1].closed(timeout=5)  # the idle timeout, parked all along
+        assert 1.9 <= trio.current_time() - idle_from < 3.0
+        assert await clients[2].closed(timeout=5)
+        await trio.sleep(0.6)
+        parked, active = await gauges()
+        assert active == 1 + 0 and parked == 1  # clients[0], parked again (the admin's own is not here)
+        proxy.signal(signal.SIGTERM)  # a drain closes parked connections at once
+        assert await clients[0].closed(timeout=3)
+        assert await proxy.wait(10) == 0

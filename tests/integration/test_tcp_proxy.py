@@ -471,8 +471,10 @@ async def test_5000_idle_pairs_fit_a_20000_fd_limit(nursery, tmp_path):
             async with trio.open_nursery() as clients:
                 for i in range(50):
                     clients.start_soon(echo_again, streams[i::50])
+        await trio.sleep(1.0)  # idle again: every pair parks (no task; network/parking.py)
         counters = json.loads(await admin_get(admin, "/stats"))
         assert counters["listener.tcp.downstream_cx_active"] == pairs
+        assert counters["listener.tcp.downstream_cx_parked"] == pairs
         assert counters["listener.tcp.downstream_cx_error"] == 0
         assert counters["listener.tcp.downstream_cx_no_upstream"] == 0
         for stream in streams:

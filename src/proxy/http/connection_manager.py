@@ -146,6 +146,7 @@ class HttpConnectionManager:
         straight over."""
         self.migration = migration
         self.http1.mark_for_handover()
+        self.http1.wake_parked()  # at their safe point already: their new tasks hand them over
         if self.mux is not None:
             # HTTP/2 connections move at their idle point; other multiplexed codecs drain
             # (GOAWAY): their streams finish here, their clients reconnect.
@@ -192,6 +193,7 @@ class HttpConnectionManager:
         stats.downstream_cx_active += 1
         stats.downstream_cx_migrated_in += 1
         relay = relay_mod.Relay(down, up, splice=relay_mod.HAVE_SPLICE, idle_timeout=self.idle_timeout, on_close=self.tunnel_closed, **carried)
+        relay.stats = self.stats
         self.tunnels[relay] = host
         if self.migration.active:
             relay.stop(self.tunnel_handover(host))

@@ -173,6 +173,7 @@ class Relay:
         "_reading",
         "_parking",
         "_parked",
+        "stats",
     )
 
     def __init__(
@@ -212,6 +213,7 @@ class Relay:
         self._reading = 0
         self._parking = False  # the pumps are stopping to park
         self._parked = False
+        self.stats: Any = None  # the listener's, if its downstream_cx_parked gauge should count
 
     async def run(self, nursery: trio.Nursery) -> None:
         """Relay until both directions end. Returns when the downstream→upstream direction
@@ -295,12 +297,16 @@ class Relay:
         self._parked = True
         self._scopes.clear()
         assert self._nursery is not None
+        if self.stats is not None:
+            self.stats.downstream_cx_parked += 1
         if not PARKING.park(self, self._sources(), self._woken, self._nursery):
             self._woken()  # could not park (out of fds): relay on with tasks
 
     def _woken(self) -> None:
         """Input on a parked relay: its pumps start again where they stopped."""
         self._parked = False
+        if self.stats is not None:
+            self.stats.downstream_cx_parked -= 1
         self._last_activity = _current_time()
         assert self._nursery is not None
         self._start(self._nursery, inline=False)
@@ -309,6 +315,8 @@ class Relay:
         if self._parked:
             PARKING.unpark(self, self._sources())
             self._parked = False
+            if self.stats is not None:
+                self.stats.downstream_cx_parked -= 1
 
     def migration_state(self) -> dict[str, Any]:
         """The relay's state for a handover (schema "tcp"/"tunnel" without `host`); valid once

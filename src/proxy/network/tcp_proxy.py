@@ -72,6 +72,7 @@ class TcpProxy:
                 down, up, splice=self.splice, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host)
             )
             owned_by_relay = True
+            relay.stats = stats
             self.relays[relay] = host
             if self.migration.active:
                 relay.stop(self._handover(host))  # connected during a migration: hand over at once
@@ -137,6 +138,7 @@ class TcpProxy:
         if host is not None:
             host.stats.cx_active += 1
         relay = relay_mod.Relay(down, up, splice=self.splice, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host), **carried)
+        relay.stats = stats
         self.relays[relay] = host
         if self.migration.active:
             relay.stop(self._handover(host))
