@@ -173,6 +173,10 @@ class Worker:
                 self._connection_nursery = connection_nursery
                 for lr in self.listeners:
                     self.handlers[lr.config.name] = self._handler_for(lr, connection_nursery)
+                    for sock in lr.socks:
+                        if sock.family != socket.AF_UNIX:
+                            # Accepted sockets inherit it (Linux): no setsockopt per connection.
+                            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     log.info("listener.started", listener=lr.config.name, address=lr.address, protocol=lr.config.protocol)
                 first = True
                 while not self._stop_accepting.is_set():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Any
 
@@ -70,17 +71,30 @@ async def send_batch(io: SockIO, out: list[bytes], message_ends: bool) -> None:
         await io.send_all(data)
 
 
-def peer_names(sock: socket.socket, peer: Any, tcp: bool) -> tuple[str, str, str]:
-    """(remote "ip:port", client ip, local address) of an accepted connection; sets
-    TCP_NODELAY on TCP (responses are written whole: Nagle would only delay them)."""
-    if tcp:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def peer_names(sock: socket.socket, peer: Any, tcp: bool, local: str | None = None) -> tuple[str, str, str]:
+    """(remote "ip:port", client ip, local address) of an accepted connection. `local`: the
+    listener's one address, when it has one (else getsockname tells). TCP_NODELAY is not set
+    here: accepted sockets inherit it from the listening socket (Worker sets it there), one
+    setsockopt per connection saved."""
     if isinstance(peer, tuple):
         remote, client_ip = f"{peer[0]}:{peer[1]}", peer[0]
     else:
         remote = client_ip = "unix"
-    try:
-        local = bound_address(sock)
-    except OSError:
-        local = "-"
+    if local is None:
+        try:
+            local = bound_address(sock)
+        except OSError:
+            local = "-"
     return remote, client_ip, local
+
+
+def local_address_of(address: Any) -> str | None:
+    """A listener's connections' local address, if it is one specific host and port (config
+    notation, as bound_address gives it); None for a wildcard, a name, port 0 or Unix."""
+    if address.is_unix or not address.port or address.host in ("0.0.0.0", "::", ""):
+        return None
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return None  # a name: what it resolved to is what getsockname says
+    return f"[{ip}]:{address.port}" if ip.version == 6 else f"{ip}:{address.port}"

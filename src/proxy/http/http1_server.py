@@ -35,7 +35,7 @@ from proxy.codec import http1
 from proxy.codec.http1 import Body, EndOfMessage, Headers, ProtocolError, RequestHead, ResponseHead, Upgraded
 from proxy.http import stream_info as flags
 from proxy.http.router import Abort, Router
-from proxy.http.codec_io import peer_names, send_batch
+from proxy.http.codec_io import local_address_of, peer_names, send_batch
 from proxy.http.stream import ServerStream, UpstreamRequest
 from proxy.http.stream_info import StreamInfo
 from proxy.http.stream_tunnel import pump_upstream_stream, websocket_accept
@@ -127,10 +127,10 @@ class Http1Connection:
         "tunnel",
     )
 
-    def __init__(self, io: SockIO, limits: http1.Limits) -> None:
+    def __init__(self, io: SockIO, limits: http1.Limits, parser: http1.RequestParser | None = None) -> None:
         self.io = io
         self.limits = limits
-        self.parser = http1.RequestParser(limits)
+        self.parser = parser if parser is not None else http1.RequestParser(limits)
         # A list, not a deque: an empty deque costs 760 bytes (its first block), a third of an
         # idle connection's footprint; the list is short (a head, a body chunk, an end).
         self.events: list[Any] = []
@@ -367,6 +367,9 @@ class Http1Server:
         self.max_requests = http.max_requests_per_connection
         self.server_name = http.server_name.encode()
         self.tcp = not config.address.is_unix
+        # Every connection's local address, when the listener has one specific address (else
+        # each connection's getsockname tells: a wildcard or a port 0 listener).
+        self.local_address = local_address_of(config.address)
         self.connections: set[Http1Connection] = set()
         self.spare_parsers: list[http1.RequestParser] = []  # lent by idle connections (_read_head)
         self.parked: dict[socket.socket, _Parked] = {}
@@ -459,8 +462,9 @@ class Http1Server:
         io = SockIO(sock)
         owned = True  # False once a tunnel or the next worker generation owns the socket
         try:
-            remote, client_ip, local = peer_names(sock, peer, self.tcp)
-            dc = Http1Connection(io, self.limits)
+            remote, client_ip, local = peer_names(sock, peer, self.tcp, self.local_address)
+            spare = self.spare_parsers
+            dc = Http1Connection(io, self.limits, spare.pop() if spare else None)
             dc.served = served
             dc.leftover = leftover
             # Accepted while a migration runs: straight over, nothing read yet.
@@ -489,9 +493,13 @@ class Http1Server:
                     owned = False
                     return
                 if outcome != _HANDOVER:
-                    if io.unsent:  # the last response may still be queued (send_soon)
-                        with trio.move_on_after(self.idle_timeout):  # a client that reads nothing
+                    # The last response may still be queued (send_soon): sent now if the
+                    # kernel takes it, else within a bound (a client that reads nothing).
+                    if io.unsent and not io.flush_now():
+                        with trio.move_on_after(self.idle_timeout):
                             await io.flush()
+                    if dc.parser is not None and dc.parser.between_messages and len(self.spare_parsers) < SPARE_PARSERS:
+                        self.spare_parsers.append(dc.parser)  # for the next connection
                     return
                 if dc.handover == PARK:
                     owned = False

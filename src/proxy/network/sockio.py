@@ -268,6 +268,26 @@ class SockIO:
                 self.queued = True
                 self._coalescer.queue.append(self)
 
+    def flush_now(self) -> bool:
+        """Send what is queued if the kernel takes it all now, without waiting; True when
+        nothing is left to send (a closing connection then needs no timed flush)."""
+        if self.owner is not None:
+            return False
+        if self.pull is not None:
+            self.take_pulled()
+        later = self.later
+        if later is None:
+            return True
+        try:
+            sent = self.sock.send(later)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self.later = None  # the peer is gone: nothing will ever be sent
+            return True
+        self.later = later[sent:] if sent < len(later) else None
+        return self.later is None
+
     async def _send_later(self) -> None:
         """Send `later` until it is all gone (the caller owns it); the rest stays in `later`
         whatever interrupts this."""
