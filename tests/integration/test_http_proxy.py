@@ -715,3 +715,34 @@ async def test_idle_keep_alive_connections_park_wake_and_time_out(tmp_path, upst
         proxy.signal(signal.SIGTERM)  # a drain closes parked connections at once
         assert await clients[0].closed(timeout=3)
         assert await proxy.wait(10) == 0
+
+
+async def test_out_of_fds_for_an_upstream_socket_is_a_503_uo(tmp_path, upstream):
+    """A request whose upstream socket finds no fd (the worker's RLIMIT_NOFILE used up by
+    idle clients) waits for one within the connect timeout, then gets 503 with flag UO; the
+    upstream never sees it; once fds come back the same connection is served again."""
+    log_path = tmp_path / "access.log"
+    config = http_config([upstream.address], cluster={"max_requests_per_connection": 1}, access_log=[{"path": str(log_path)}])
+    async with running_proxy(config, tmp_path, nofile=60) as proxy:
+        client = await Client.open(proxy.address("http"))
+        response, _ = await client.request("GET", "/echo/first")
+        assert response.status_code == 200
+        idle = []
+        for _ in range(70):  # more than there are fds: the rest wait in the backlog
+            idle.append(await connect(proxy.address("http")))
+        await trio.sleep(0.5)
+        before = upstream.connections
+        response, body = await client.request("GET", "/echo/starved")
+        assert response.status_code == 503 and b"out of file descriptors" in body
+        assert upstream.connections == before
+        for stream in idle:
+            await stream.aclose()
+        await trio.sleep(0.3)
+        response, _ = await client.request("GET", "/echo/after")
+        assert response.status_code == 200
+        with trio.fail_after(5):
+            while "/echo/after" not in log_path.read_text():
+                await trio.sleep(0.05)
+        starved = [line for line in log_path.read_text().splitlines() if "/echo/starved" in line]
+        assert len(starved) == 1 and " 503 " in starved[0] and " UO " in starved[0], starved
+        assert "Traceback" not in proxy.log() and "worker.out_of_fds" in proxy.log()
