@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from proxy.config.loader import load_text
+from proxy.http import http1_server
 from proxy.http.connection_manager import HttpConnectionManager
 from proxy.http.filter import build_chain
 from proxy.network import sockio
@@ -81,6 +82,7 @@ async def _ready(sock: Any) -> None:
 
 async def run(n: int, profile: bool) -> float:
     sockio._wait_readable = _ready  # type: ignore[assignment]  # a reply is always "there"
+    http1_server._wait_readable = _ready  # type: ignore[assignment]  # (the idle wait's own)
     config = load_text(CONFIG, fmt="yaml")
     lc = config.listeners[0]
     clusters = {c.name: Cluster(c) for c in config.clusters}
