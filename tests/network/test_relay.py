@@ -278,3 +278,32 @@ async def test_a_parked_relay_is_handed_over_or_resumes(nursery):
     assert relay.stop(accept)
     await trio.testing.wait_all_tasks_blocked()
     assert relay.outcome == MIGRATED and closed == [relay] and PARKING.count() == 0
+
+
+async def test_a_handover_that_overtakes_a_park_resumes_cleanly(nursery):
+    client, upstream, relay, closed = _setup(True)
+    nursery.start_soon(relay.run, nursery)
+    await client.send_all(b"x")
+    assert await upstream.receive_some() == b"x"
+    await trio.testing.wait_all_tasks_blocked()
+    now = trio.current_time()
+    relay.sweep(now)  # takes note of the move
+    relay.sweep(now + 10)  # then long idle: parking begins, the pumps are cancelled
+    assert relay._parking
+    refused = []
+
+    async def refuse(r):
+        refused.append(r)
+        return False
+
+    assert relay.stop(refuse)  # a migration, before the pumps have stopped: it goes first
+    await trio.testing.wait_all_tasks_blocked()
+    assert refused == [relay] and not relay._parked and not relay._parking
+    await client.send_all(b"y")  # refused: relaying on, here
+    assert await upstream.receive_some() == b"y"
+    await client.send_eof()
+    assert await upstream.receive_some() == b""
+    await upstream.send_eof()
+    assert await client.receive_some() == b""
+    await trio.testing.wait_all_tasks_blocked()
+    assert closed == [relay] and relay.outcome == CLOSED

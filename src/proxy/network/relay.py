@@ -233,6 +233,7 @@ class Relay:
         to_down = not self._finished[1]
         self._open_pumps = to_up + to_down
         self._reading = 0
+        self._parking = False  # (a handover that overtook a park and was refused: not parking now)
         if to_down:
             nursery.start_soon(self._direction, self.up, self.down, False)
         if to_up and not inline:
