@@ -76,6 +76,7 @@ PARK = 3  # idle for PARK_AFTER: its task ends and its socket waits in proxy.net
 # ~5 kB -> ~1 kB per idle connection); input starts a new task where it stopped, as a hot
 # upgrade's adoption does. The watchdog (WATCHDOG_TICK) decides, so parking takes 0.25-0.35 s.
 PARK_AFTER = 0.25
+PARKED_SCAN_EVERY = 0.5
 
 # How `_serve` ended.
 _ENDED = 0
@@ -373,6 +374,7 @@ class Http1Server:
         self.connections: set[Http1Connection] = set()
         self.spare_parsers: list[http1.RequestParser] = []  # lent by idle connections (_read_head)
         self.parked: dict[socket.socket, _Parked] = {}
+        self._parked_scan_at = 0.0
         self._now = router._now
 
     # ------------------------------------------------------------------ connection
@@ -396,7 +398,10 @@ class Http1Server:
             ):
                 dc.handover = PARK
                 dc.scope.cancel()
-        if self.parked:
+        if self.parked and now >= self._parked_scan_at:
+            # Parked connections' idle timeouts, looked at twice a second rather than on every
+            # tick (thousands may be parked): they fire up to PARKED_SCAN_EVERY late.
+            self._parked_scan_at = now + PARKED_SCAN_EVERY
             for parked in [p for p in self.parked.values() if p.deadline <= now]:
                 self._close_parked(parked)
 
