@@ -192,8 +192,9 @@ class HttpConnectionManager:
         stats = self.stats
         stats.downstream_cx_active += 1
         stats.downstream_cx_migrated_in += 1
-        relay = relay_mod.Relay(down, up, splice=relay_mod.HAVE_SPLICE, idle_timeout=self.idle_timeout, on_close=self.tunnel_closed, **carried)
-        relay.stats = self.stats
+        relay = relay_mod.Relay(
+            down, up, splice=relay_mod.HAVE_SPLICE, idle_timeout=self.idle_timeout, on_close=self.tunnel_closed, stats=self.stats, **carried
+        )
         self.tunnels[relay] = host
         if self.migration.active:
             relay.stop(self.tunnel_handover(host))

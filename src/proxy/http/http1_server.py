@@ -435,21 +435,18 @@ class Http1Server:
             return
         parked = _Parked(sock, peer, dc.served, dc.deadline)
         self.parked[sock] = parked
-        self.stats.downstream_cx_parked += 1
-        if not PARKING.park(parked, (sock.fileno(),), lambda: self._unparked(parked), self.manager.nursery):
+        if not PARKING.park(parked, (sock.fileno(),), lambda: self._unparked(parked), self.manager.nursery, self.stats):
             self._unparked(parked)  # could not park (out of fds): serve on with a task
 
     def _unparked(self, parked: _Parked) -> None:
         del self.parked[parked.sock]
-        self.stats.downstream_cx_parked -= 1
         self.manager.nursery.start_soon(self.connection, parked.sock, parked.peer, parked.served, b"", False, True)
 
     def _close_parked(self, parked: _Parked) -> None:
         """Its idle timeout, or a drain: closed quietly, as an idle connection with a task is."""
         sock = parked.sock
         del self.parked[sock]
-        self.stats.downstream_cx_parked -= 1
-        PARKING.unpark(parked, (sock.fileno(),))
+        PARKING.unpark(parked)
         trio.lowlevel.notify_closing(sock)
         sock.close()
         self.stats.downstream_cx_active -= 1
@@ -459,7 +456,7 @@ class Http1Server:
         """A migration begins: parked connections get their tasks back, so that they are
         handed over at once (they are at their safe point)."""
         for parked in list(self.parked.values()):
-            PARKING.unpark(parked, (parked.sock.fileno(),))
+            PARKING.unpark(parked)
             self._unparked(parked)
 
     async def connection(
@@ -686,8 +683,9 @@ class Http1Server:
 
     def start_relay(self, down: socket.socket, up: socket.socket, host: str) -> None:
         manager = self.manager
-        relay = relay_mod.Relay(down, up, splice=relay_mod.HAVE_SPLICE, idle_timeout=self.idle_timeout, on_close=manager.tunnel_closed)
-        relay.stats = self.stats
+        relay = relay_mod.Relay(
+            down, up, splice=relay_mod.HAVE_SPLICE, idle_timeout=self.idle_timeout, on_close=manager.tunnel_closed, stats=self.stats
+        )
         manager.tunnels[relay] = host
         if manager.migration.active:
             relay.stop(manager.tunnel_handover(host))  # opened during a migration: over at once

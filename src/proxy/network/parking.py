@@ -25,19 +25,31 @@ import trio
 _IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
 
 
+class _Entry:
+    __slots__ = ("key", "fds", "wake", "stats")
+
+    def __init__(self, key: Any, fds: tuple[int, ...], wake: Callable[[], None], stats: Any) -> None:
+        self.key = key
+        self.fds = fds
+        self.wake = wake
+        self.stats = stats
+
+
 class Parking:
-    __slots__ = ("_epoll", "_by_fd", "_scope", "parked_total", "woken_total")
+    """The worker's parked connections. It keeps each listener's `downstream_cx_parked` gauge
+    (the `stats` given to `park`), so callers only park and unpark."""
+
+    __slots__ = ("_epoll", "_by_fd", "_by_key", "_scope")
 
     def __init__(self) -> None:
         self._epoll: select.epoll | None = None
-        self._by_fd: dict[int, tuple[Any, tuple[int, ...], Callable[[], None]]] = {}
+        self._by_fd: dict[int, _Entry] = {}
+        self._by_key: dict[Any, _Entry] = {}
         self._scope: trio.CancelScope | None = None  # the parking task's, while it runs
-        self.parked_total = 0
-        self.woken_total = 0
 
     def count(self) -> int:
         """Connections parked now."""
-        return len({id(entry[0]) for entry in self._by_fd.values()})
+        return len(self._by_key)
 
     def open(self) -> None:
         """Make the epoll set now (worker start), not when the first connection parks: the
@@ -45,7 +57,7 @@ class Parking:
         if self._epoll is None:
             self._epoll = select.epoll()
 
-    def park(self, key: Any, fds: tuple[int, ...], wake: Callable[[], None], nursery: trio.Nursery) -> bool:
+    def park(self, key: Any, fds: tuple[int, ...], wake: Callable[[], None], nursery: trio.Nursery, stats: Any = None) -> bool:
         """Watch `fds` for input; on the first, unpark `key` and call `wake()` (in the
         parking task: it must only start tasks, not block). False if it cannot be parked
         (no fd for the epoll set, or the kernel's watch limit): the caller carries on."""
@@ -53,7 +65,7 @@ class Parking:
             self.open()
         except OSError:
             return False
-        entry = (key, fds, wake)
+        entry = _Entry(key, fds, wake, stats)
         epoll = self._epoll
         assert epoll is not None
         try:
@@ -61,40 +73,44 @@ class Parking:
                 epoll.register(fd, _IN)
                 self._by_fd[fd] = entry
         except OSError:
-            self._forget(fds)
+            self._forget(entry)
             return False
-        self.parked_total += 1
+        self._by_key[key] = entry
+        if stats is not None:
+            stats.downstream_cx_parked += 1
         if self._scope is None:
             self._scope = trio.CancelScope()
             nursery.start_soon(self._run, self._scope, name="parking")
         return True
 
-    def unpark(self, key: Any, fds: tuple[int, ...]) -> bool:
+    def unpark(self, key: Any) -> bool:
         """Stop watching `key`'s sockets (it is closing, or handed over). False if not parked."""
-        entry = self._by_fd.get(fds[0])
-        if entry is None or entry[0] is not key:
+        entry = self._by_key.get(key)
+        if entry is None:
             return False
-        self._forget(fds)
-        if not self._by_fd and self._scope is not None:
+        self._forget(entry)
+        if not self._by_key and self._scope is not None:
             self._scope.cancel()  # nothing left to watch: the task ends (a nursery may be waiting)
         return True
 
-    def _forget(self, fds: tuple[int, ...]) -> None:
+    def _forget(self, entry: _Entry) -> None:
         epoll = self._epoll
         assert epoll is not None
-        for fd in fds:
+        for fd in entry.fds:
             if self._by_fd.pop(fd, None) is not None:
                 try:
                     epoll.unregister(fd)
                 except OSError:
                     pass  # already closed
+        if self._by_key.pop(entry.key, None) is not None and entry.stats is not None:
+            entry.stats.downstream_cx_parked -= 1
 
     async def _run(self, scope: trio.CancelScope) -> None:
         epoll = self._epoll
         assert epoll is not None
         try:
             with scope:
-                while self._by_fd:
+                while self._by_key:
                     await trio.lowlevel.wait_readable(epoll.fileno())
                     for fd, _ in epoll.poll(0, 256):
                         entry = self._by_fd.get(fd)
@@ -104,15 +120,12 @@ class Parking:
             self._scope = None
             # Cancelled with connections still parked (a drain's deadline, a fast stop): wake
             # them all, so that they end as their tasks would have, in the same nursery.
-            for entry in list(self._by_fd.values()):
-                if entry[1][0] in self._by_fd:
-                    self._wake(entry)
+            for entry in list(self._by_key.values()):
+                self._wake(entry)
 
-    def _wake(self, entry: tuple[Any, tuple[int, ...], Callable[[], None]]) -> None:
-        _, fds, wake = entry
-        self._forget(fds)
-        self.woken_total += 1
-        wake()
+    def _wake(self, entry: _Entry) -> None:
+        self._forget(entry)
+        entry.wake()
 
 
 PARKING = Parking()  # one per worker process

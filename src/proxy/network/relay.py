@@ -186,6 +186,7 @@ class Relay:
         on_close: Callable[[Relay], None],
         pending: tuple[bytes, bytes] = (b"", b""),
         finished: tuple[bool, bool] = (False, False),
+        stats: Any = None,
     ) -> None:
         self.down = down
         self.up = up
@@ -213,7 +214,7 @@ class Relay:
         self._reading = 0
         self._parking = False  # the pumps are stopping to park
         self._parked = False
-        self.stats: Any = None  # the listener's, if its downstream_cx_parked gauge should count
+        self.stats = stats  # the listener's: its downstream_cx_parked gauge counts this relay
 
     async def run(self, nursery: trio.Nursery) -> None:
         """Relay until both directions end. Returns when the downstream→upstream direction
@@ -258,7 +259,7 @@ class Relay:
     # ------------------------------------------------------------------ idle: timeout, parking
 
     def sweep(self, now: float) -> None:
-        """The sweeper's look, about once a second: the idle timeout, and parking."""
+        """The sweeper's look, every SWEEP_EVERY: the idle timeout, and parking."""
         if self._active:
             self._active = False
             self._last_activity = now
@@ -298,26 +299,20 @@ class Relay:
         self._parked = True
         self._scopes.clear()
         assert self._nursery is not None
-        if self.stats is not None:
-            self.stats.downstream_cx_parked += 1
-        if not PARKING.park(self, self._sources(), self._woken, self._nursery):
+        if not PARKING.park(self, self._sources(), self._woken, self._nursery, self.stats):
             self._woken()  # could not park (out of fds): relay on with tasks
 
     def _woken(self) -> None:
         """Input on a parked relay: its pumps start again where they stopped."""
         self._parked = False
-        if self.stats is not None:
-            self.stats.downstream_cx_parked -= 1
         self._last_activity = _current_time()
         assert self._nursery is not None
         self._start(self._nursery, inline=False)
 
     def _unpark(self) -> None:
         if self._parked:
-            PARKING.unpark(self, self._sources())
+            PARKING.unpark(self)
             self._parked = False
-            if self.stats is not None:
-                self.stats.downstream_cx_parked -= 1
 
     def migration_state(self) -> dict[str, Any]:
         """The relay's state for a handover (schema "tcp"/"tunnel" without `host`); valid once

@@ -69,10 +69,9 @@ class TcpProxy:
                 stats.downstream_cx_no_upstream += 1
                 return
             relay = relay_mod.Relay(
-                down, up, splice=self.splice, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host)
+                down, up, splice=self.splice, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host), stats=stats
             )
             owned_by_relay = True
-            relay.stats = stats
             self.relays[relay] = host
             if self.migration.active:
                 relay.stop(self._handover(host))  # connected during a migration: hand over at once
@@ -137,8 +136,9 @@ class TcpProxy:
         host = next((h for h in self.cluster.hosts if str(h.address) == address), None)
         if host is not None:
             host.stats.cx_active += 1
-        relay = relay_mod.Relay(down, up, splice=self.splice, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host), **carried)
-        relay.stats = stats
+        relay = relay_mod.Relay(
+            down, up, splice=self.splice, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host), stats=stats, **carried
+        )
         self.relays[relay] = host
         if self.migration.active:
             relay.stop(self._handover(host))
