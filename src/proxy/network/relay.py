@@ -414,8 +414,8 @@ class Relay:
         self.on_close(self)
 
     async def _flush(self, data: bytes, dst: socket.socket, index: int) -> None:
-        """Write bytes a previous pump (or generation) read and did not write. Not counted:
-        they were counted when read."""
+        """Write bytes read already: what a previous pump (or generation) left, or a splice
+        burst copied for want of a pipe. Not counted here: they were counted when read."""
         view = memoryview(data)
         try:
             while view:
@@ -449,7 +449,7 @@ class Relay:
         pending = 0  # bytes in the pipe not yet written to dst
         eof = False
         moves = 0
-        view = _NO_BYTES  # a copied burst's unsent rest (only while no pipe is held)
+        index = 0 if upstream_bound else 1
         # Optimistic first take: the source may have bytes already (a new or adopted relay).
         pipe = pool.take()
         try:
@@ -469,13 +469,7 @@ class Relay:
                             return
                         moved += len(data)
                         self.pipe_fallbacks += 1
-                        self._active = True
-                        view = memoryview(data)
-                        while view:
-                            try:
-                                view = view[dst.send(view) :]
-                            except BlockingIOError:
-                                await _wait_writable(dst)
+                        await self._flush(data, dst, index)  # (a stop keeps the unsent rest)
                         await _checkpoint()
                         continue
                 # Keep reading while the pipe has room, even when dst is slow: the source's
@@ -509,14 +503,10 @@ class Relay:
                     moves = 0
                     await _checkpoint()
         except trio.Cancelled:
-            if self._handover is not None or self._parking:
+            if pending and pipe is not None and (self._handover is not None or self._parking):
                 # Stopped for a handover (or to park): what sits in the pipe goes along.
-                index = 0 if upstream_bound else 1
-                if pending and pipe is not None:
-                    self._pending[index] = _read_pipe(pipe.read_fd, pending)
-                    pending = 0
-                elif view:
-                    self._pending[index] = bytes(view)  # a copied burst, read and not yet sent
+                self._pending[index] = _read_pipe(pipe.read_fd, pending)
+                pending = 0
             raise
         except OSError as exc:
             raise _Reset from exc
