@@ -148,3 +148,10 @@ class Throttle:
             return 0
         count, self.held, self.last = self.held + 1, 0, now
         return count
+
+    def due(self, now: float) -> tuple[int, dict[str, str]]:
+        """`hit`, and the line's `since` field (time since the previous line, none for the
+        first): `count, since = t.due(now)`, then `if count: log...(..., n=count, **since)`."""
+        last = self.last
+        count = self.hit(now)
+        return count, ({} if not count or last is None else {"since": f"{now - last:.1f}s"})

@@ -68,3 +68,10 @@ def test_many_failures_make_one_warning_and_the_next_carries_the_count(logged: L
     assert logged.lines()[2:] == [
         ("WARNING", "upstream.connect_failed", {"cluster": "api", "host": "10.0.0.7:80", "reason": "ehostunreach", "failures": 101, "since": "11.0s", "listener": "tcp"}),
     ]
+
+
+def test_throttle_due_gives_the_count_and_the_time_since_the_previous_line() -> None:
+    throttle = Throttle(10.0)
+    assert throttle.due(100.0) == (1, {})  # the first line has no `since`
+    assert throttle.due(105.0) == (0, {})
+    assert throttle.due(112.5) == (2, {"since": "12.5s"})

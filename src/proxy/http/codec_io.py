@@ -91,10 +91,12 @@ def peer_names(sock: socket.socket, peer: Any, tcp: bool, local: str | None = No
 def local_address_of(address: Any) -> str | None:
     """A listener's connections' local address, if it is one specific host and port (config
     notation, as bound_address gives it); None for a wildcard, a name, port 0 or Unix."""
-    if address.is_unix or not address.port or address.host in ("0.0.0.0", "::", ""):
+    if address.is_unix or not address.port:
         return None
     try:
         ip = ipaddress.ip_address(address.host)
     except ValueError:
         return None  # a name: what it resolved to is what getsockname says
+    if ip.is_unspecified:
+        return None  # a wildcard: the connection's own address differs per interface
     return f"[{ip}]:{address.port}" if ip.version == 6 else f"{ip}:{address.port}"

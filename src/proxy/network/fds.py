@@ -35,22 +35,18 @@ class OutOfDescriptors(Exception):
 
 
 class Exhaustion:
-    __slots__ = ("resume_at", "throttle", "refusals")
+    __slots__ = ("resume_at", "throttle")
 
     def __init__(self) -> None:
         self.resume_at = 0.0
         self.throttle = Throttle(LOG_INTERVAL)
-        self.refusals = 0  # fds refused since start (accept or socket), for the log line
 
     def hit(self, where: str, error: str) -> None:
         """An fd was refused (`where`: accept or upstream): pause accepting, log if due."""
         now = trio.current_time()
         self.resume_at = now + ACCEPT_PAUSE
-        self.refusals += 1
-        last = self.throttle.last
-        count = self.throttle.hit(now)
+        count, since = self.throttle.due(now)
         if count:
-            since = {} if last is None else {"since": f"{now - last:.1f}s"}
             log.warning("worker.out_of_fds", at=where, error=error, refusals=count, **since)
 
     async def wait(self) -> None:

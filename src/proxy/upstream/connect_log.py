@@ -30,9 +30,6 @@ __all__ = ["INTERVAL", "Throttle", "connect_failed"]
 def connect_failed(host: Host, cluster: str, reason: str, now: float, **fields: Any) -> None:
     """Log a failed connect to `host` (a ConnectFailed's reason), unless this host's line for
     the current interval is out already. `fields` (the listener) go into the line as they are."""
-    throttle = host.connect_log
-    last = throttle.last
-    count = throttle.hit(now)
+    count, since = host.connect_log.due(now)
     if count:
-        since = {} if last is None else {"since": f"{now - last:.1f}s"}
         log.warning("upstream.connect_failed", cluster=cluster, host=str(host.address), reason=reason, failures=count, **since, **fields)
