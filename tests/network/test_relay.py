@@ -46,6 +46,16 @@ async def _send_through(nursery, client, upstream, payload: bytes) -> None:
     assert got == payload
 
 
+async def _end_both_ways(client, upstream, relay, closed) -> None:
+    """Each side's EOF reaches the other; then the relay has closed, cleanly."""
+    await client.send_eof()
+    assert await upstream.receive_some() == b""
+    await upstream.send_eof()
+    assert await client.receive_some() == b""
+    await trio.testing.wait_all_tasks_blocked()
+    assert closed == [relay] and relay.outcome == CLOSED
+
+
 async def test_bytes_flow_both_ways_and_half_close(nursery, use_splice):
     client, upstream, relay, closed = _setup(use_splice)
     nursery.start_soon(relay.run, nursery)
@@ -130,11 +140,8 @@ async def test_an_idle_splice_relay_holds_no_pipe(nursery, pool):
     assert pool.in_use == 0 and pool.kept >= 1 and pool.open <= 2
     await client.send_all(b"again")
     assert await upstream.receive_some() == b"again"
-    await client.send_eof()
-    await upstream.send_eof()
-    assert await client.receive_some() == b""
-    await trio.testing.wait_all_tasks_blocked()
-    assert closed == [relay] and relay.pipe_fallbacks == 0
+    await _end_both_ways(client, upstream, relay, closed)
+    assert relay.pipe_fallbacks == 0
     assert pool.in_use == 0
 
 
@@ -226,12 +233,7 @@ async def test_an_idle_relay_parks_without_tasks_and_wakes_on_input(nursery, use
     assert not relay._parked and PARKING.count() == 0
     await client.send_all(b"again")
     assert await upstream.receive_some() == b"again"
-    await client.send_eof()
-    assert await upstream.receive_some() == b""
-    await upstream.send_eof()
-    assert await client.receive_some() == b""
-    await trio.testing.wait_all_tasks_blocked()
-    assert closed == [relay] and relay.outcome == CLOSED
+    await _end_both_ways(client, upstream, relay, closed)
     assert (relay.rx_bytes, relay.tx_bytes) == (9, 4)
 
 
@@ -301,9 +303,4 @@ async def test_a_handover_that_overtakes_a_park_resumes_cleanly(nursery):
     assert refused == [relay] and not relay._parked and not relay._parking
     await client.send_all(b"y")  # refused: relaying on, here
     assert await upstream.receive_some() == b"y"
-    await client.send_eof()
-    assert await upstream.receive_some() == b""
-    await upstream.send_eof()
-    assert await client.receive_some() == b""
-    await trio.testing.wait_all_tasks_blocked()
-    assert closed == [relay] and relay.outcome == CLOSED
+    await _end_both_ways(client, upstream, relay, closed)
