@@ -8,6 +8,9 @@ Layout (one module, one job):
   stats        cheap counters and gauges
   network/     listener (bind, batched accept), relay (splice + copy), tcp_proxy
   upstream/    cluster, host, load balancers (pure)
+  native       whether the mypyc-compiled hot path or its source runs
 """
+
+from proxy import native as _native  # noqa: F401 - first: decides whether the compiled build runs
 
 __version__ = "0.1.0"

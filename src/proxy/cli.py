@@ -29,7 +29,7 @@ DAEMON_READY_TIMEOUT = 30.0
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proxy", description="A cloud-native network proxy on trio.")
-    parser.add_argument("--version", action=_VersionAction, help="print the version, the Python and whether the codec is compiled")
+    parser.add_argument("--version", action=_VersionAction, help="print the version, the Python and whether the compiled build runs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="start the proxy (foreground, or detached with --daemon)")
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _VersionAction(argparse.Action):
-    """`--version`, computed only when asked (it imports the codec to see which one loads)."""
+    """`--version`, computed only when asked (it says whether the compiled build or the sources run)."""
 
     def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:  # noqa: A002
         super().__init__(option_strings, dest, nargs=0, help=help)
@@ -68,10 +68,10 @@ class _VersionAction(argparse.Action):
         import platform
 
         import proxy
-        from proxy import codec
+        from proxy import native
 
-        mode = "compiled" if codec.NATIVE else ("python, the compiled build is stale" if codec.STALE_BUILD else "python")
-        print(f"proxy {proxy.__version__} (Python {platform.python_version()}, codec: {mode})")
+        mode = "compiled" if native.NATIVE else ("python, the compiled build is stale" if native.STALE_BUILD else "python")
+        print(f"proxy {proxy.__version__} (Python {platform.python_version()}, build: {mode})")
         parser.exit()
 
 

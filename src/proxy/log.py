@@ -100,9 +100,9 @@ class _ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def setup(level: str = "info", fmt: str = "text", file: str | None = None) -> None:
     """Configure the `proxy` logger tree: one handler, to `file` or stderr."""
     root = logging.getLogger(_ROOT)
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
     handler: logging.Handler = _ReopenableFileHandler(file) if file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(fmt))
     root.addHandler(handler)

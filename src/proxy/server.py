@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from proxy import codec
+from proxy import native
 from proxy import stats as stats_mod
 from proxy.config.model import Config
 from proxy.log import get_logger, reopen
@@ -193,9 +193,9 @@ class Worker:
                             if first:
                                 first = False
                                 self.state = "serving"
-                                log.info("ready", pid=os.getpid(), listeners=len(self.listeners), codec="compiled" if codec.NATIVE else "python")
-                                if codec.STALE_BUILD:
-                                    log.warning("codec.build_stale", message="the compiled codec does not match its source; running the source (slower): run scripts/build-native")
+                                log.info("ready", pid=os.getpid(), listeners=len(self.listeners), build="compiled" if native.NATIVE else "python")
+                                if native.STALE_BUILD:
+                                    log.warning("native.build_stale", message="the compiled build does not match the sources; running the sources (slower): run scripts/build-native")
                                 task_status.started(self)
                             await trio.sleep_forever()
                     if not self._stop_accepting.is_set():

@@ -13,7 +13,7 @@ workers, never carried), HISTOGRAMS are distributions (summed bucket by bucket).
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 # HTTP/2 (listeners and clusters alike, Envoy's http2.* stats): RST_STREAMs each way by RFC 9113
@@ -55,6 +55,14 @@ class _Stats:
     GAUGES: tuple[str, ...] = ()  # plain ints holding a current amount that adds up over processes
     HISTOGRAMS: tuple[str, ...] = ()  # Histogram objects
     BY_CODE = False  # a `downstream_rq_code` dict: responses by status code (counters)
+
+    if TYPE_CHECKING:
+        # The counters are declared by name (COUNTERS, GAUGES) and set in __init__: for the type
+        # checker (and mypyc, which compiles the modules that count), any such name is an
+        # attribute. Reads and writes of them stay plain slot accesses at run time.
+        def __getattr__(self, name: str) -> Any: ...
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     def snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS + self.GAUGES}
@@ -104,7 +112,7 @@ class Histogram:
         total = 0
         for bound, n in zip((*self.BUCKETS, "+Inf"), self.counts):
             total += n
-            out.append((bound if isinstance(bound, str) else repr(float(bound)), total))
+            out.append((bound if isinstance(bound, str) else repr(float(bound)), total))  # type: ignore[arg-type]
         return out
 
 

@@ -1,6 +1,5 @@
-"""The compiled codec (scripts/build-native) and its guard in proxy/codec/__init__.py: the
-build is used only when it matches the sources, and the pure-Python source passes the same
-codec suite."""
+"""The compiled build (scripts/build-native) and its guard in proxy/native.py: the build is
+used only when it matches the sources, and the pure-Python source passes the same suites."""
 
 from __future__ import annotations
 
@@ -15,19 +14,19 @@ from pathlib import Path
 
 import pytest
 
-import proxy.codec
+from proxy import native
 
-SRC = Path(proxy.codec.__file__).resolve().parent.parent.parent
+SRC = native.SRC
 REPO = SRC.parent
-STAMP = SRC / "proxy" / "codec" / "_native.json"
+STAMP = native.STAMP
 
-needs_build = pytest.mark.skipif(not STAMP.exists(), reason="no compiled codec here (scripts/build-native)")
+needs_build = pytest.mark.skipif(not STAMP.exists(), reason="no compiled build here (scripts/build-native)")
 
-COMPILED = ["_http1_write", "http1", "_hpack", "_http2_heads"]  # proxy.codec._COMPILED
-# The http2 import pulls in the compiled modules the way the proxy does (through proxy.codec).
+COMPILED = [native.module_name(path) for path in native.COMPILED]
+# Imports every compiled module the way the proxy does, then says where each came from.
 PROBE = (
-    "import proxy.codec as c, proxy.codec.http2, sys; "
-    f"print(c.NATIVE, c.STALE_BUILD, *(sys.modules['proxy.codec.' + m].__file__ for m in {COMPILED!r}))"
+    "import proxy.native as n, proxy.server, proxy.http.connection_manager, proxy.http.multiplex, proxy.codec.http2, sys; "
+    f"print(n.NATIVE, n.STALE_BUILD, *(sys.modules[m].__file__ for m in {COMPILED!r}))"
 )
 
 
@@ -38,8 +37,8 @@ def _probe(env_extra: dict[str, str] | None = None, pythonpath: Path | None = No
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60, check=True)
-    native, stale, *files = out.stdout.split()
-    return native == "True", stale == "True", dict(zip(COMPILED, files, strict=True))
+    native_, stale, *files = out.stdout.split()
+    return native_ == "True", stale == "True", dict(zip(COMPILED, files, strict=True))
 
 
 def test_the_package_and_the_build_script_agree_on_what_is_compiled():
@@ -47,49 +46,50 @@ def test_the_package_and_the_build_script_agree_on_what_is_compiled():
     script = types.ModuleType(loader.name)
     script.__file__ = loader.path
     loader.exec_module(script)
-    assert list(proxy.codec._COMPILED) == COMPILED
-    assert script.MODULES == [f"proxy/codec/{m}.py" for m in COMPILED]
-    assert [*script.DEPENDS, *script.MODULES] == [f"proxy/codec/{m}.py" for m in proxy.codec._HASHED]
+    assert script.MODULES == list(native.COMPILED)
+    assert all((SRC / path).is_file() for path in native.COMPILED)
 
 
 def test_proxy_native_0_loads_the_sources():
-    native, stale, files = _probe({"PROXY_NATIVE": "0"})
-    assert not native and not stale  # asked for: not reported as a stale build
-    assert all(files[m].endswith(f"{m}.py") for m in COMPILED), files
+    native_, stale, files = _probe({"PROXY_NATIVE": "0"})
+    assert not native_ and not stale  # asked for: not reported as a stale build
+    assert all(files[m].endswith(".py") for m in COMPILED), files
 
 
 @needs_build
 def test_a_matching_build_is_used():
-    native, stale, files = _probe()
-    assert native and not stale
+    native_, stale, files = _probe()
+    assert native_ and not stale
     assert all(f.endswith(".so") for f in files.values()), files
     assert json.loads(STAMP.read_text())["cache_tag"] == sys.implementation.cache_tag
 
 
 @needs_build
-@pytest.mark.parametrize("edited", ["_http1_write.py", "_http1_events.py", "_hpack.py", "_http2_heads.py"])  # compiled; types built in
+@pytest.mark.parametrize("edited", ["codec/_http1_write.py", "http/router.py", "upstream/cluster.py", "config/model.py"])
 def test_an_edited_source_is_never_shadowed_by_an_old_build(tmp_path, edited):
-    """A copy of the tree with the build in place and a codec source edited after the build,
-    as a deploy that forgot to rebuild: the sources are loaded, all of them."""
+    """A copy of the tree with the build in place and a source edited after the build, as a
+    deploy that forgot to rebuild: the sources are loaded, all of them. A module that is not
+    compiled counts too (cluster.py, the config model): mypyc built its types into the checks."""
     copy = tmp_path / "src"
     shutil.copytree(SRC / "proxy", copy / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
     for runtime in SRC.glob("proxy_native__mypyc*.so"):
         shutil.copy2(runtime, copy / runtime.name)
     assert _probe(pythonpath=copy)[0], "the untouched copy uses its build"
-    changed = copy / "proxy" / "codec" / edited
+    changed = copy / "proxy" / edited
     changed.write_text(changed.read_text() + "\nEDITED = True\n")
-    native, stale, files = _probe(pythonpath=copy)
-    assert not native and stale
-    assert files == {m: str(copy / "proxy" / "codec" / f"{m}.py") for m in COMPILED}
+    native_, stale, files = _probe(pythonpath=copy)
+    assert not native_ and stale
+    assert files == {m: str(copy / path) for m, path in zip(COMPILED, native.COMPILED, strict=True)}
 
 
 @needs_build
-def test_the_pure_python_codec_passes_the_codec_suite_too():
-    """CI runs everything on the compiled codec; this runs tests/codec on the sources."""
+def test_the_pure_python_build_passes_the_codec_and_http_suites_too():
+    """CI runs everything on the compiled build; this runs tests/codec and tests/http on the
+    sources."""
     env = dict(os.environ, PROXY_NATIVE="0")
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/codec", "--deselect", "tests/codec/test_native.py"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/codec", "tests/http", "--deselect", "tests/codec/test_native.py"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert " passed" in out.stdout.splitlines()[-1]

@@ -76,18 +76,18 @@ def test_check_and_run_count_in_words(tmp_path):
     assert result.returncode == 1 and result.stderr.splitlines()[-1] == f"proxy: refusing to start: {path} has 1 error", result.stderr
 
 
-def test_version_says_which_codec_runs():
+def test_version_says_which_build_runs():
     import proxy
-    from proxy import codec
+    from proxy import native
 
     result = proxy_cli("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"proxy {proxy.__version__} (Python ")
-    assert f"codec: {'compiled' if codec.NATIVE else 'python'}" in result.stdout
+    assert f"build: {'compiled' if native.NATIVE else 'python'}" in result.stdout
     forced = subprocess.run(
         [sys.executable, "-m", "proxy", "--version"], capture_output=True, text=True, timeout=20, env={**os.environ, "PROXY_NATIVE": "0"}
     )
-    assert forced.stdout.rstrip().endswith("codec: python)"), forced.stdout
+    assert forced.stdout.rstrip().endswith("build: python)"), forced.stdout
 
 
 def test_run_refuses_a_bad_config_and_binds_nothing(tmp_path):

@@ -32,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from proxy.plugins import PluginError, load_class, split_target
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ class LocalReply:
         self.close = close  # close the downstream connection after the reply
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; ServerStream and codecs in Python subclass it
 class Stream:
     """What a filter sees of one request. `request`/`response` heads are mutable."""
 
@@ -79,6 +82,7 @@ class Stream:
         return self.info.filter_state
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # filters are Python classes
 class StreamFilter:
     """Base class: override the hooks you need. One instance serves every request of a listener,
     so keep per-request state on `stream.state`, not on `self`."""
@@ -120,7 +124,9 @@ def canonical_headers(headers: Any) -> list[tuple[bytes, bytes]]:
     return [(_as_bytes(name), _as_bytes(value)) for name, value in headers]
 
 
-def _canonical_request(head: RequestHead) -> None:
+# (`Any`: compiled code checks a field's declared type as it reads it, and these fields are
+# exactly the ones a filter may have left in another type.)
+def _canonical_request(head: Any) -> None:
     head.headers = canonical_headers(head.headers)
     if type(head.method) is not bytes:
         head.method = _as_bytes(head.method)
@@ -128,7 +134,7 @@ def _canonical_request(head: RequestHead) -> None:
         head.target = _as_bytes(head.target)
 
 
-def _canonical_response(head: ResponseHead) -> None:
+def _canonical_response(head: Any) -> None:
     head.headers = canonical_headers(head.headers)
     if type(head.reason) is not bytes:
         head.reason = b"" if head.reason is None else _as_bytes(head.reason)
@@ -237,8 +243,8 @@ def load_config(path: str) -> tuple[Any, str]:
         for j, fc in enumerate(listener.filters):
             try:
                 build_chain([fc])
-            except FilterLoadError as exc:
-                issues.append(ConfigIssue(f"listeners[{i}].filters[{j}]", str(exc).split(": ", 1)[-1], None, path))
+            except FilterLoadError as bad_filter:
+                issues.append(ConfigIssue(f"listeners[{i}].filters[{j}]", str(bad_filter).split(": ", 1)[-1], None, path))
     if issues:
         raise ConfigError(issues)
     return config, text

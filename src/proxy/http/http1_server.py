@@ -535,9 +535,9 @@ class Http1Server:
                 log.debug("connection.ended", listener=self.name, reason=repr(exc))
         except trio.Cancelled:
             raise
-        except Exception as exc:
+        except Exception as error:
             stats.downstream_cx_error += 1
-            log.error("connection.failed", listener=self.name, error=repr(exc), exc_info=exc)
+            log.error("connection.failed", listener=self.name, error=repr(error), exc_info=error)
         finally:
             stats.downstream_rx_bytes_total += io.bytes_received
             stats.downstream_tx_bytes_total += io.bytes_sent

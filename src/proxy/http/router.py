@@ -127,22 +127,22 @@ class Router:
                 info.response_code = status
                 await self.send_quietly(stream, LocalReply(status, str(exc).encode(), close=True))
             raise Abort() from exc
-        except (ConnectionLost, StreamReset) as exc:
+        except (ConnectionLost, StreamReset) as lost:
             info.add_flag(flags.DOWNSTREAM_CONNECTION_TERMINATION)
-            raise Abort() from exc
+            raise Abort() from lost
         except trio.Cancelled:
             cancelled = True
             raise
         except Abort:
             raise
-        except Exception as exc:
+        except Exception as error:
             # A bug, not the peer's fault: answer 500 if nothing was sent yet, log, and close.
-            log.error("request.failed", listener=self.name, error=repr(exc), exc_info=exc)
+            log.error("request.failed", listener=self.name, error=repr(error), exc_info=error)
             stats.downstream_cx_error += 1
             if not stream.response_started:
                 info.response_code = 500
                 await self.send_quietly(stream, LocalReply(500, b"internal error", close=True))
-            raise Abort() from exc
+            raise Abort() from error
         finally:
             if cancelled and stream.timed_out():
                 # The route timeout fired (the codec answers 504 once the cancel is through).
@@ -195,6 +195,7 @@ class Router:
         if reply is not None:
             await self.send_local_reply(stream, reply, upgrade is not None)
             return
+        assert match is not None  # (no reply: a route matched)
 
         route = match.route
         cluster_name = choose_cluster(route, head.headers, _rng)
@@ -417,13 +418,13 @@ class Router:
             cluster.stats.upstream_cx_connect_fail += 1
             connect_failed(host, cluster.name, exc.reason, self._now(), listener=self.name)
             raise _UpstreamFailure("connect-failure", flags.UPSTREAM_CONNECT_FAILURE, f"upstream connect error: {exc.reason}") from exc
-        except PoolOverflow as exc:
-            raise _UpstreamFailure("overflow", flags.UPSTREAM_OVERFLOW, "upstream overflow") from exc
-        except OutOfDescriptors as exc:
+        except PoolOverflow as overflow:
+            raise _UpstreamFailure("overflow", flags.UPSTREAM_OVERFLOW, "upstream overflow") from overflow
+        except OutOfDescriptors as no_fds:
             # The proxy's own limit, not the host's (network/fds.py): a 503 (gRPC:
             # RESOURCE_EXHAUSTED), not retried.
             self.stats.downstream_cx_fd_exhausted += 1
-            raise _UpstreamFailure("overflow", flags.UPSTREAM_OVERFLOW, "upstream overflow: out of file descriptors") from exc
+            raise _UpstreamFailure("overflow", flags.UPSTREAM_OVERFLOW, "upstream overflow: out of file descriptors") from no_fds
         info.upstream_host = str(host.address)
         info.upstream_local_address = upstream.local_address
         cstats = cluster.stats
@@ -452,14 +453,14 @@ class Router:
                     raise _UpstreamFailure("timeout", flags.UPSTREAM_TIMEOUT, "upstream per-try timeout")
             info.upstream_service_time = self._now() - start
             return upstream, response
-        except BaseException as exc:
+        except BaseException as failure:
             upstream.release(False)  # whatever went wrong, this connection is not reused
-            if isinstance(exc, (ConnectionLost, StreamReset, ProtocolError)):
+            if isinstance(failure, (ConnectionLost, StreamReset, ProtocolError)):
                 cstats.upstream_rq_reset += 1
-                if isinstance(exc, ReusedClosed):
-                    raise _UpstreamFailure("reused-closed", flags.UPSTREAM_CONNECTION_TERMINATION, "upstream closed a reused connection") from exc
-                flag = flags.UPSTREAM_PROTOCOL_ERROR if isinstance(exc, ProtocolError) else flags.UPSTREAM_CONNECTION_TERMINATION
-                raise _UpstreamFailure("reset", flag, "upstream connect error or disconnect/reset before headers") from exc
+                if isinstance(failure, ReusedClosed):
+                    raise _UpstreamFailure("reused-closed", flags.UPSTREAM_CONNECTION_TERMINATION, "upstream closed a reused connection") from failure
+                flag = flags.UPSTREAM_PROTOCOL_ERROR if isinstance(failure, ProtocolError) else flags.UPSTREAM_CONNECTION_TERMINATION
+                raise _UpstreamFailure("reset", flag, "upstream connect error or disconnect/reset before headers") from failure
             raise
         finally:
             cstats.upstream_rq_active -= 1
@@ -477,7 +478,7 @@ class Router:
             event = await stream.receive_body()
             if timeout:
                 stream.set_deadline(min(self._now() + timeout, cap))
-            if type(event) is Body:
+            if isinstance(event, Body):
                 data = event.data
                 info.bytes_received += len(data)
                 if filters:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
 import trio
 
@@ -24,6 +25,8 @@ async def connect(host: Host, timeout: float, splice: bool = False) -> socket.so
     ConnectFailed, or OutOfDescriptors when no fd for the socket came within the timeout."""
     address = host.address
     sock: socket.socket | None = None
+    family: int
+    sockaddr: Any  # a path, (host, port) or (host, port, flowinfo, scope_id)
     with trio.move_on_after(timeout) as scope:
         if address.is_unix:
             family, sockaddr = socket.AF_UNIX, address.path

@@ -254,7 +254,10 @@ class SockIO:
             self.take_pulled()
         while self.owner is not None:
             await self.owner.wait()
-        if self.later is None:
+        # (A local, not `self.later is None`: compiled, a narrowed attribute stays narrowed
+        # across the await below, and the `finally` must see it become None.)
+        later: bytes | bytearray | None = self.later
+        if later is None:
             return
         self.owner = trio.Event()
         try:

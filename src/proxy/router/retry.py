@@ -18,6 +18,7 @@ Kinds of `on`, with Envoy's meanings:
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class RetryPolicy:
 
     def __init__(
         self,
-        on: tuple[str, ...] | list[str],
+        on: Sequence[str],
         attempts: int = 1,
         retriable_status_codes: tuple[int, ...] | list[int] = (),
         per_try_timeout: float | None = None,

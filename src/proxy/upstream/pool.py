@@ -207,13 +207,15 @@ class PoolManager:
                     for pool in self.pools.values():
                         if pool.idle:
                             pool.sweep(now)
-                    for pool in self.h2_pools.values():
-                        pool.sweep(now)
+                    # (Another name than the loop's above: compiled, a local keeps the type of
+                    # its first use, and these pools are H2HostPools.)
+                    for h2 in self.h2_pools.values():
+                        h2.sweep(now)
             finally:
                 self.nursery = None
 
     def close_all(self) -> None:
         for pool in self.pools.values():
             pool.close_all()
-        for pool in self.h2_pools.values():
-            pool.close_all()
+        for h2 in self.h2_pools.values():
+            h2.close_all()
