@@ -49,6 +49,9 @@ COMPILED = (
     "proxy/upstream/pool.py",
     "proxy/http/router.py",
     "proxy/http/http1_server.py",
+    "proxy/http/codec_io.py",
+    "proxy/http/multiplex.py",  # HTTP/2 (and every multiplexed codec) downstream
+    "proxy/http/http2_upstream.py",
 )
 
 

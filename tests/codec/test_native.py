@@ -25,7 +25,7 @@ needs_build = pytest.mark.skipif(not STAMP.exists(), reason="no compiled build h
 COMPILED = [native.module_name(path) for path in native.COMPILED]
 # Imports every compiled module the way the proxy does, then says where each came from.
 PROBE = (
-    "import proxy.native as n, proxy.server, proxy.http.connection_manager, proxy.http.multiplex, proxy.codec.http2, sys; "
+    "import proxy.native as n, proxy.server, proxy.http.connection_manager, proxy.http.multiplex, proxy.http.http2_upstream, proxy.codec.http2, sys; "
     f"print(n.NATIVE, n.STALE_BUILD, *(sys.modules[m].__file__ for m in {COMPILED!r}))"
 )
 

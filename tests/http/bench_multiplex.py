@@ -85,16 +85,23 @@ async def _wait(sock: Any) -> None:
     await trio.lowlevel.checkpoint()
 
 
-async def run(n: int, profile: bool) -> float:
+async def run(n: int, profile: bool, seen: set[Any] | None = None) -> float:
+    """CPU µs per request; `seen` collects the MuxConnection(s) that served them."""
     real_wait = sockio._wait_readable
     sockio._wait_readable = _wait  # type: ignore[assignment]
     try:
-        return await _run(n, profile)
+        return await _run(n, profile, seen)
     finally:
         sockio._wait_readable = real_wait  # (the tests import this module: leave sockio as found)
 
 
-async def _run(n: int, profile: bool) -> float:
+async def _watch(mux: Any, seen: set[Any]) -> None:
+    while True:
+        seen.update(mux.connections)
+        await trio.sleep(0)
+
+
+async def _run(n: int, profile: bool, seen: set[Any] | None) -> float:
     sockio.coalesce_sends()  # as a worker does (server.py)
     config = load_text(CONFIG, fmt="yaml")
     lc = config.listeners[0]
@@ -110,6 +117,8 @@ async def _run(n: int, profile: bool) -> float:
             pool.open += 1
             pool.release(Http1Upstream(sockio.SockIO(FakeSocket(n, RESPONSE)), cluster.hosts[0], pool), True)  # type: ignore[arg-type]
         down = FakeH2Client(n, stats)
+        if seen is not None:
+            nursery.start_soon(_watch, hcm.mux, seen)
         if profile:
             import cProfile
             import pstats

@@ -61,7 +61,6 @@ class LocalReply:
         self.close = close  # close the downstream connection after the reply
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; ServerStream and codecs in Python subclass it
 class Stream:
     """What a filter sees of one request. `request`/`response` heads are mutable."""
 

@@ -239,8 +239,8 @@ class H2UpstreamRequest(UpstreamRequest):
             self.sid = conn.codec.send_request(head, b"http", body is not None and not body and not head.chunked)
         except http2.NoStreamAvailable as exc:
             raise ReusedClosed(f"upstream connection has no stream left: {exc}") from exc
-        except ValueError as exc:
-            raise StreamReset(f"the request cannot go over HTTP/2: {exc}") from exc
+        except ValueError as refused:
+            raise StreamReset(f"the request cannot go over HTTP/2: {refused}") from refused
         conn.streams[self.sid] = self
         conn.idle_since = 0.0
         if body is not None:

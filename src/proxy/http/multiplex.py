@@ -603,9 +603,9 @@ class MuxServer:
                 log.debug("connection.ended", listener=self.name, reason=repr(exc))
         except trio.Cancelled:
             raise
-        except Exception as exc:
+        except Exception as error:
             stats.downstream_cx_error += 1
-            log.error("connection.failed", listener=self.name, error=repr(exc), exc_info=exc)
+            log.error("connection.failed", listener=self.name, error=repr(error), exc_info=error)
         finally:
             if conn is not None:
                 self.connections.discard(conn)

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mypy_extensions import mypyc_attr
-
 from proxy.codec.http1 import Body, EndOfMessage, Headers, ProtocolError, RequestHead, ResponseHead
 from proxy.http.filter import Stream
 
@@ -61,7 +59,6 @@ class ReusedClosed(StreamReset):
     the request cannot have been processed, so one more try on a new connection is safe."""
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # MuxServerStream (HTTP/2, Python) subclasses it
 class ServerStream(Stream):
     """One request from a downstream codec, and the way back for its response.
 
@@ -150,7 +147,6 @@ class ServerStream(Stream):
         return False
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # H2UpstreamRequest (Python) subclasses it
 class UpstreamRequest:
     """One request on an upstream codec connection, taken from the host's pool.
 
