@@ -75,4 +75,10 @@ routes:
         n.cancel_scope.cancel()
 
 if __name__ == "__main__":
+    import os
+
+    if os.environ.get("PROXY_EDGE") == "1":
+        from proxy.network import edge_epoll
+
+        assert edge_epoll.install()
     trio.run(main, int(sys.argv[1]))

@@ -41,6 +41,7 @@ from proxy.http.stream_info import StreamInfo
 from proxy.http.stream_tunnel import pump_upstream_stream, websocket_accept
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
+from proxy.network.edge_epoll import wait_readable as _wait_readable
 from proxy.network.parking import PARKING
 from proxy.network.sockio import ConnectionLost, SockIO
 from proxy.upgrade import migration as migration_mod
@@ -94,9 +95,6 @@ class _Parked:
         self.peer = peer
         self.served = served
         self.deadline = deadline
-
-
-_wait_readable = trio.lowlevel.wait_readable
 
 
 def _at_safe_point(dc: Http1Connection) -> bool:

@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import trio
 
-_wait_readable = trio.lowlevel.wait_readable
-_wait_writable = trio.lowlevel.wait_writable
+from proxy.network.edge_epoll import wait_readable as _wait_readable
+from proxy.network.edge_epoll import wait_writable as _wait_writable
 
 RECV_SIZE = 65536
 

@@ -50,6 +50,10 @@ def main(fd: int) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     raise_fd_limit()
+    if os.environ.get("PROXY_EDGE_EPOLL", "1") != "0":
+        from proxy.network import edge_epoll
+
+        edge_epoll.install()
     try:
         return trio.run(_run, fd)
     except KeyboardInterrupt:
