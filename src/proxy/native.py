@@ -41,6 +41,7 @@ COMPILED = (
     "proxy/codec/http1.py",
     "proxy/codec/_hpack.py",  # HTTP/2: HPACK coding, its Huffman loops
     "proxy/codec/_http2_heads.py",  # HTTP/2: pseudo-headers <-> heads, the field checks
+    "proxy/network/edge_epoll.py",  # the waits of the stream layer (compiled: two per request)
     "proxy/network/sockio.py",
     "proxy/http/filter.py",
     "proxy/http/stream_info.py",

@@ -65,7 +65,7 @@ def test_a_wait_wakes_when_bytes_come_and_registers_the_socket_once(run_edge: Ca
                 await trio.testing.wait_all_tasks_blocked()
                 b.send(word)
         assert got == [b"one", b"two", b"three"]
-        assert a.fileno() in io_manager()._edge  # still registered: no epoll_ctl per wait
+        assert a.fileno() in io_manager().edge  # still registered: no epoll_ctl per wait
         assert a.fileno() not in io_manager()._registered
         trio.lowlevel.notify_closing(a)
         a.close()
@@ -100,7 +100,7 @@ def test_a_cancelled_wait_leaves_the_socket_usable(run_edge: Callable[..., Any])
             with trio.move_on_after(0.01) as scope:
                 await wait_readable(a)
             assert scope.cancelled_caught
-        assert io_manager()._edge[a.fileno()].read_task is None
+        assert io_manager().edge[a.fileno()].read_task is None
 
         async def later() -> None:
             await trio.sleep(0.02)
@@ -142,7 +142,7 @@ def test_notify_closing_wakes_both_waiters_with_closed_resource_error(run_edge: 
             await trio.testing.wait_all_tasks_blocked()
             trio.lowlevel.notify_closing(a)
         assert errors == [trio.ClosedResourceError, trio.ClosedResourceError]
-        assert a.fileno() not in io_manager()._edge
+        assert a.fileno() not in io_manager().edge
         a.close()
         b.close()
 
@@ -228,7 +228,7 @@ def test_trios_own_wait_on_an_edge_socket_is_served_edge_triggered(run_edge: Cal
             n.start_soon(later)
             with trio.fail_after(1):
                 await trio.lowlevel.wait_readable(a)  # not flipped back to EPOLLONESHOT
-        assert a.fileno() in io_manager()._edge
+        assert a.fileno() in io_manager().edge
         assert a.fileno() not in io_manager()._registered
         assert a.recv(10) == b"t"
         b.send(b"u")
@@ -252,7 +252,7 @@ def test_a_socket_trio_used_first_is_taken_over(run_edge: Callable[..., Any]) ->
         with trio.fail_after(1):
             await wait_readable(a)  # epoll_ctl ADD fails with EEXIST: MOD to edge-triggered
         assert a.recv(10) == b"2"
-        assert a.fileno() in io_manager()._edge
+        assert a.fileno() in io_manager().edge
         trio.lowlevel.notify_closing(a)
         a.close()
         b.close()
@@ -302,7 +302,7 @@ def test_without_install_the_waits_are_trios_own() -> None:
         b.send(b"x")
         await wait_readable(a)
         assert a.recv(10) == b"x"
-        assert not hasattr(io_manager(), "_edge")
+        assert not hasattr(io_manager(), "edge")
         a.close()
         b.close()
 
