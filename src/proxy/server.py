@@ -35,6 +35,7 @@ from proxy.network.listener import (
     bound_address,
     close_listener,
 )
+from proxy.network import edge_epoll
 from proxy.network import pipes as pipes_mod
 from proxy.network.parking import PARKING
 from proxy.network.sockio import coalesce_sends
@@ -193,7 +194,7 @@ class Worker:
                             if first:
                                 first = False
                                 self.state = "serving"
-                                log.info("ready", pid=os.getpid(), listeners=len(self.listeners), build="compiled" if native.NATIVE else "python")
+                                log.info("ready", pid=os.getpid(), listeners=len(self.listeners), build="compiled" if native.NATIVE else "python", epoll=edge_epoll.mode())
                                 if native.STALE_BUILD:
                                     log.warning("native.build_stale", message="the compiled build does not match the sources; running the sources (slower): run scripts/build-native")
                                 task_status.started(self)

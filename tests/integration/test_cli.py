@@ -125,6 +125,8 @@ async def test_json_logs_pid_file_and_stop(nursery, tmp_path):
         assert int(pid_file.read_text()) == proxy.pid
         events = [json.loads(line) for line in proxy.log().splitlines()]
         assert {"listener.started", "ready"} <= {e["event"] for e in events}
+        # the worker waits on its L7 sockets edge-triggered (network/edge_epoll.py)
+        assert [e["epoll"] for e in events if e["event"] == "ready" and "build" in e] == ["edge"]
         assert all(e["level"] == "info" and e["ts"].endswith("Z") for e in events)
         stop = await trio.to_thread.run_sync(lambda: proxy_cli("stop", "--pid-file", str(pid_file)))
         assert stop.returncode == 0, stop.stderr

@@ -180,6 +180,15 @@ def install() -> bool:
     return True
 
 
+def mode() -> str:
+    """For the worker's start log: "edge" inside a run with this manager, else "trio"."""
+    try:
+        io = GLOBAL_RUN_CONTEXT.runner.io_manager
+    except AttributeError:
+        return "trio"
+    return "edge" if type(io) is EdgeEpollIOManager else "trio"
+
+
 def _edge_of(sock: socket.socket) -> Edge | None:
     """The socket's entry in this run's edge-triggered manager, made on first use; None when
     the run has trio's own manager, or trio's path has a waiter on the socket now."""
