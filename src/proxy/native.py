@@ -43,6 +43,7 @@ COMPILED = (
     "proxy/codec/_http2_heads.py",  # HTTP/2: pseudo-headers <-> heads, the field checks
     "proxy/network/edge_epoll.py",  # the waits of the stream layer (compiled: two per request)
     "proxy/network/sockio.py",
+    "proxy/network/tls_io.py",  # SockIO over TLS (a native subclass of SockIO)
     "proxy/http/filter.py",
     "proxy/http/stream_info.py",
     "proxy/http/stream.py",

@@ -147,6 +147,11 @@ class ListenerStats(_Stats):
         "downstream_rq_rx_reset",
         "downstream_rq_tx_reset",
         *HTTP2_COUNTERS,
+        # TLS termination (Envoy's listener ssl.*): handshakes done, and those that failed, by why
+        "ssl_handshake",
+        "ssl_connection_error",  # a bad ClientHello, no shared version or cipher, an alert
+        "ssl_handshake_timeout",  # no finished handshake within the listener's handshake_timeout
+        "ssl_sni_refused",  # a name no certificate serves, with unknown_server_name: refuse
     )
     # parked: idle connections waiting without a task (proxy.network.parking), among the active
     GAUGES = ("downstream_cx_active", "downstream_cx_parked", "downstream_rq_active")

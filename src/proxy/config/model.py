@@ -99,6 +99,30 @@ class AccessLog(_Model):
     format: str | None = None  # %variables%; None -> the default format
 
 
+class TlsCertificate(_Model):
+    cert: str  # PEM file: the certificate, then the chain that signs it
+    key: str  # PEM file: its private key (unencrypted; keep it readable by this user only)
+    # The names it serves; by default the DNS names of its subjectAltName (else its CN).
+    server_names: list[str] | None = None
+
+
+class ListenerTls(_Model):
+    """TLS termination (proxy.network.tls): certificates chosen by the ClientHello's SNI."""
+
+    certificates: list[TlsCertificate]
+    # Offered by ALPN, in order of preference; by default what the protocol speaks
+    # (http1: http/1.1; http2: h2; http: h2, http/1.1).
+    alpn: list[str] | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    max_version: Literal["1.2", "1.3"] = "1.3"
+    ciphers: str | None = None  # TLS 1.2 cipher list, OpenSSL syntax; None: OpenSSL's default
+    ciphersuites: str | None = None  # TLS 1.3 suites, `:`-separated; None: OpenSSL's default
+    # An SNI no certificate names (or none at all): served the first certificate, or refused
+    # with an unrecognized_name alert.
+    unknown_server_name: Literal["default", "refuse"] = "default"
+    handshake_timeout: PositiveDuration = PositiveDuration(10.0)
+
+
 class Listener(_Model):
     name: Name
     address: Address
@@ -124,6 +148,7 @@ class Listener(_Model):
     # `auto` picks splice where the kernel has it.
     relay: Literal["auto", "splice", "copy"] = "auto"
     backlog: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1024
+    tls: ListenerTls | None = None
 
 
 class Admin(_Model):

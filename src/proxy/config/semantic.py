@@ -29,10 +29,47 @@ def check(raw: Any, issues: Issues) -> None:
     cluster_names = _unique_names(clusters, ("clusters",), "cluster", issues)
     _listener_clusters(listeners, cluster_names, issues)
     _listener_addresses(listeners, raw.get("admin"), issues)
+    _listener_tls(listeners, issues)
     _host_addresses(clusters, issues)
     _cluster_http2(clusters, issues)
     _admin(raw.get("admin"), issues)
     check_routes(raw, issues)
+
+
+def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
+    """Every certificate loads, its key is its own, and TLS sits on a protocol that has it."""
+    from proxy.network.tls import TlsConfigError, load_certificate  # (pyOpenSSL: only when used)
+
+    for index, listener in listeners:
+        tls = listener.get("tls")
+        if not isinstance(tls, dict):
+            continue
+        protocol = listener.get("protocol")
+        if protocol not in ("http1", "http2", "http"):
+            issues.add(("listeners", index, "tls"), f"TLS termination is for http1, http2 and http listeners, not {protocol!r}")
+        certificates = _items(tls.get("certificates"))
+        if not certificates and isinstance(tls.get("certificates"), list):
+            issues.add(("listeners", index, "tls", "certificates"), "give at least one certificate")
+        for j, cert in certificates:
+            if not isinstance(cert.get("cert"), str) or not isinstance(cert.get("key"), str):
+                continue  # the structural check reports it
+            names = cert.get("server_names")
+            try:
+                load_certificate(cert["cert"], cert["key"], names if isinstance(names, list) else None)
+            except TlsConfigError as exc:
+                issues.add(("listeners", index, "tls", "certificates", j), str(exc))
+        for key, setter in (("ciphers", "set_cipher_list"), ("ciphersuites", "set_tls13_ciphersuites")):
+            value = tls.get(key)
+            if isinstance(value, str):
+                from OpenSSL import SSL
+
+                try:
+                    getattr(SSL.Context(SSL.TLS_SERVER_METHOD), setter)(value.encode())
+                except (SSL.Error, ValueError):
+                    issues.add(("listeners", index, "tls", key), f"OpenSSL takes none of {value!r}")
+        lo, hi = tls.get("min_version", "1.2"), tls.get("max_version", "1.3")
+        if lo == "1.3" and hi == "1.2":
+            issues.add(("listeners", index, "tls"), "min_version 1.3 is above max_version 1.2")
 
 
 def _cluster_http2(clusters: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:

@@ -44,6 +44,7 @@ from proxy.network import relay as relay_mod
 from proxy.network.edge_epoll import wait_readable as _wait_readable
 from proxy.network.parking import PARKING
 from proxy.network.sockio import ConnectionLost, SockIO
+from proxy.network.tls_io import TlsIO
 from proxy.upgrade import migration as migration_mod
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ STAY = 0  # served here
 WANTED = 1  # to be handed over at its next safe point
 WOKEN = 2  # its scope was cancelled at the safe point, to hand it over
 PARK = 3  # idle for PARK_AFTER: its task ends and its socket waits in proxy.network.parking
+PINNED = 4  # never parked nor handed over: a TLS connection (its state is OpenSSL's); it drains
 
 # An idle keep-alive connection parks after this long (its task, frames and cancel scope go:
 # ~5 kB -> ~1 kB per idle connection); input starts a new task where it stopped, as a hot
@@ -186,7 +188,7 @@ class Http1ServerStream(ServerStream):
         self.info = info
         self.route = None
         self.downstream_address = client_ip
-        self.scheme = b"http"
+        self.scheme = b"https" if conn.handover == PINNED else b"http"  # (PINNED: over TLS)
         self.response_started = False
         self.has_body = head.chunked or bool(head.content_length)
         self.grpc = False
@@ -458,18 +460,27 @@ class Http1Server:
             self._unparked(parked)
 
     async def connection(
-        self, sock: socket.socket, peer: Any, served: int = 0, leftover: bytes = b"", accepted: bool = True, unparked: bool = False
+        self,
+        sock: socket.socket,
+        peer: Any,
+        served: int = 0,
+        leftover: bytes = b"",
+        accepted: bool = True,
+        unparked: bool = False,
+        tls_io: TlsIO | None = None,
     ) -> None:
         """Serve one client connection (accepted: counted in downstream_cx_total here; or
         adopted with `served` requests already served and `leftover` bytes to parse first;
-        or unparked: counted active still) until it ends or moves on."""
+        or unparked: counted active still) until it ends or moves on. `tls_io`: its TLS
+        handshake is done (connection_manager); such a connection is never parked nor handed
+        over (its TLS state is OpenSSL's), it drains."""
         stats = self.stats
         manager = self.manager
         if accepted:
             stats.downstream_cx_total += 1
         if not unparked:
             stats.downstream_cx_active += 1
-        io = SockIO(sock)
+        io: SockIO = SockIO(sock) if tls_io is None else tls_io
         owned = True  # False once a tunnel or the next worker generation owns the socket
         try:
             remote, client_ip, local = peer_names(sock, peer, self.tcp, self.local_address)
@@ -477,8 +488,10 @@ class Http1Server:
             dc = Http1Connection(io, self.limits, spare.pop() if spare else None)
             dc.served = served
             dc.leftover = leftover
+            if tls_io is not None:
+                dc.handover = PINNED
             # Accepted while a migration runs: straight over, nothing read yet.
-            outcome = _HANDOVER if manager.migration.active else _ENDED
+            outcome = _HANDOVER if manager.migration.active and tls_io is None else _ENDED
             while True:
                 if outcome != _HANDOVER:
                     self.connections.add(dc)
@@ -611,7 +624,7 @@ class Http1Server:
             while data is None:
                 await _wait_readable(io.sock)
                 data = io.recv_ready()
-            if dc.handover and dc.parser.between_messages:
+            if dc.handover and dc.handover != PINNED and dc.parser.between_messages:
                 raise _Handover(data)  # the safe point of a migration: these bytes go along, unparsed
             while True:
                 if not data:
@@ -693,7 +706,8 @@ class Http1Server:
 
     def mark_for_handover(self) -> None:
         for dc in self.connections:
-            dc.handover = WANTED
+            if dc.handover != PINNED:
+                dc.handover = WANTED
 
     def wake_for_handover(self) -> None:
         """Wake each connection waiting at its safe point (`_at_safe_point`)."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from proxy.network.sockio import SockIO
 from proxy.upgrade import migration as migration_mod
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ def start(server: MuxServer) -> None:
 
 
 def want(conn: MuxConnection) -> None:
+    if type(conn.io) is not SockIO:
+        return  # TLS: OpenSSL holds its state, so it stays and drains (two-step GOAWAY)
     if conn.handover == STAY and not conn.goaway_sent and migratable(conn.server):
         conn.handover = WANTED
         conn.wanted_until = trio.current_time() + IDLE_WAIT

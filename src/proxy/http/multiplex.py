@@ -567,13 +567,15 @@ class MuxServer:
         for conn in self.connections:
             self.manager.nursery.start_soon(conn.drain)
 
-    async def connection(self, sock: socket.socket, peer: Any, leftover: bytes = b"", codec: Any = None) -> None:
+    async def connection(self, sock: socket.socket, peer: Any, leftover: bytes = b"", codec: Any = None, io: SockIO | None = None) -> None:
         """Serve one client connection (accepted, or adopted with its `codec` restored and
-        `leftover` bytes to read first) until it ends or moves to the next generation."""
+        `leftover` bytes to read first) until it ends or moves to the next generation. `io`:
+        a TlsIO whose handshake is done; such a connection is never handed over, it drains."""
         stats = self.stats
         manager = self.manager
         stats.downstream_cx_active += 1
-        io = SockIO(sock)
+        if io is None:
+            io = SockIO(sock)
         conn = None
         owned = True  # False once the next worker generation owns the socket
         try:

@@ -1,0 +1,344 @@
+"""TLS termination, sans-IO: certificates chosen by SNI, and a session over memory BIOs.
+
+pyOpenSSL runs the protocol; nothing here touches a socket or trio (network/tls_io.py does).
+
+Certificates. A listener's `tls.certificates` each serve the names in their `server_names`,
+or by default the DNS names in the certificate's subjectAltName (its CN when it has none). A
+ClientHello's SNI picks the certificates of that exact name, else of the wildcard one label up
+(`*.example.com` serves `a.example.com`, not `a.b.example.com` nor `example.com`), else the
+first certificate of the list, or, with `unknown_server_name: refuse`, a handshake failure
+(alert `unrecognized_name`). Several certificates for one name (an RSA and an ECDSA one) go in
+one OpenSSL context, which keeps one per key type and serves each client the one its
+signature algorithms allow.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+
+from proxy.network.tls_io import TlsError
+
+VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+# What each HTTP protocol offers by ALPN when the config names no list.
+DEFAULT_ALPN = {"http1": ["http/1.1"], "http2": ["h2"], "http": ["h2", "http/1.1"]}
+READ_SIZE = 65536
+
+
+class TlsConfigError(Exception):
+    """A certificate or key that cannot be used; the message names the file, never the key."""
+
+
+@dataclass(frozen=True)
+class LoadedCertificate:
+    cert_path: str
+    key_kind: str  # "rsa", "ecdsa", "ed25519": OpenSSL keeps one certificate per kind per context
+    names: tuple[str, ...]
+    chain: tuple[crypto.X509, ...]
+    key: crypto.PKey
+    world_readable_key: bool
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise TlsConfigError(f"cannot read the {what} {path}: {exc.strerror}") from None
+
+
+def _key_kind(key: Any) -> str:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "rsa"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "ecdsa"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "ed25519"
+    raise TlsConfigError(f"unsupported key type {type(key).__name__}")
+
+
+def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
+    """The DNS names a certificate is for: its subjectAltName's, else its CN."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = tuple(n.lower() for n in san.get_values_for_type(x509.DNSName))
+        if names:
+            return names
+    except x509.ExtensionNotFound:
+        pass
+    return tuple(str(a.value).lower() for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+
+
+def load_certificate(cert_path: str, key_path: str, server_names: list[str] | None = None) -> LoadedCertificate:
+    """Read and check a certificate chain and its key; TlsConfigError says what is wrong
+    without quoting the key."""
+    pem = _read(cert_path, "certificate")
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise TlsConfigError(f"{cert_path} holds no PEM certificate") from None
+    key_pem = _read(key_path, "private key")
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        # (never the exception's text: it could quote the key material)
+        raise TlsConfigError(f"{key_path} holds no unencrypted PEM private key") from None
+    kind = _key_kind(key)
+    public = certs[0].public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != public:
+        raise TlsConfigError(f"the key {key_path} does not belong to the certificate {cert_path}")
+    names = tuple(n.lower() for n in server_names) if server_names else certificate_names(certs[0])
+    if not names:
+        raise TlsConfigError(f"{cert_path} names no DNS name (no subjectAltName, no CN): give server_names")
+    try:
+        mode = os.stat(key_path).st_mode
+    except OSError:
+        mode = 0
+    return LoadedCertificate(
+        cert_path=cert_path,
+        key_kind=kind,
+        names=names,
+        chain=tuple(crypto.X509.from_cryptography(c) for c in certs),
+        key=crypto.PKey.from_cryptography_key(key),  # type: ignore[arg-type]
+        world_readable_key=bool(mode & (stat.S_IRGRP | stat.S_IROTH)),
+    )
+
+
+class _RefusedName(Exception):
+    """Raised in the SNI callback to refuse the name: pyOpenSSL turns it into a fatal
+    unrecognized_name alert, after handing it to sys.excepthook (quieted for this one)."""
+
+
+_previous_excepthook = sys.excepthook
+
+
+def _excepthook(kind: Any, value: Any, tb: Any) -> None:
+    if kind is not _RefusedName:
+        _previous_excepthook(kind, value, tb)
+
+
+sys.excepthook = _excepthook
+
+
+def _wildcard_parent(name: str) -> str | None:
+    """`a.example.com` -> `example.com` (the domain a `*.example.com` certificate covers)."""
+    dot = name.find(".")
+    return name[dot + 1 :] if dot > 0 else None
+
+
+class ServerTls:
+    """A listener's TLS: its contexts, one per distinct set of certificates a name selects,
+    and the SNI and ALPN choices. `session()` starts the TLS of one accepted connection."""
+
+    def __init__(self, config: Any, protocol: str) -> None:
+        self.certificates = [load_certificate(c.cert, c.key, c.server_names) for c in config.certificates]
+        self.refuse_unknown = config.unknown_server_name == "refuse"
+        self.alpn = [p.encode() for p in (config.alpn if config.alpn is not None else DEFAULT_ALPN.get(protocol, []))]
+        self.handshake_timeout = float(config.handshake_timeout)
+        self._settings = config
+        by_name: dict[str, list[int]] = {}
+        for i, cert in enumerate(self.certificates):
+            for name in cert.names:
+                by_name.setdefault(name, []).append(i)
+        contexts: dict[tuple[int, ...], SSL.Context] = {}
+        self.exact: dict[str, SSL.Context] = {}
+        self.wildcard: dict[str, SSL.Context] = {}
+        for name, indexes in by_name.items():
+            key = tuple(indexes)
+            ctx = contexts.get(key)
+            if ctx is None:
+                ctx = contexts[key] = self._context([self.certificates[i] for i in indexes])
+            if name.startswith("*."):
+                self.wildcard[name[2:]] = ctx
+            else:
+                self.exact[name] = ctx
+        first = (0,)
+        self.default = contexts.get(first) or self._context([self.certificates[0]])
+        # The context every handshake starts in: the default's certificates, with the SNI
+        # callback that moves the connection to its name's context.
+        self.initial = self._context([self.certificates[0]])
+        self.initial.set_tlsext_servername_callback(self._on_server_name)
+        self.refused = 0  # handshakes refused for an unknown name (the listener's stats read it)
+
+    def _context(self, certs: list[LoadedCertificate]) -> SSL.Context:
+        s = self._settings
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(VERSIONS[s.min_version])
+        ctx.set_max_proto_version(VERSIONS[s.max_version])
+        # No renegotiation (a CPU sink for attackers), no compression (CRIME); the server
+        # picks the cipher; a session ticket per handshake is OpenSSL's default.
+        ctx.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+        if s.ciphers:
+            ctx.set_cipher_list(s.ciphers.encode())
+        if s.ciphersuites:
+            ctx.set_tls13_ciphersuites(s.ciphersuites.encode())
+        seen: set[str] = set()
+        for cert in certs:
+            if cert.key_kind in seen:
+                continue  # one per key kind: OpenSSL would replace the first with the second
+            seen.add(cert.key_kind)
+            ctx.use_certificate(cert.chain[0])
+            ctx.use_privatekey(cert.key)
+            for extra in cert.chain[1:]:
+                ctx.add_extra_chain_cert(extra)
+            ctx.check_privatekey()
+        if self.alpn:
+            ctx.set_alpn_select_callback(self._select_alpn)
+        return ctx
+
+    def context_for(self, server_name: str | None) -> SSL.Context | None:
+        """The context for a ClientHello's SNI (None: refuse the handshake)."""
+        if server_name:
+            name = server_name.lower().rstrip(".")
+            ctx = self.exact.get(name)
+            if ctx is not None:
+                return ctx
+            parent = _wildcard_parent(name)
+            if parent is not None:
+                ctx = self.wildcard.get(parent)
+                if ctx is not None:
+                    return ctx
+        return None if self.refuse_unknown else self.default
+
+    def _on_server_name(self, conn: SSL.Connection) -> None:
+        raw = conn.get_servername()
+        ctx = self.context_for(raw.decode("ascii", "replace") if raw else None)
+        if ctx is None:
+            self.refused += 1
+            # pyOpenSSL turns an exception here into a fatal alert; the session reports why.
+            conn.get_app_data().refused_name = True
+            raise _RefusedName()
+        if ctx is not self.initial:
+            conn.set_context(ctx)
+
+    def _select_alpn(self, conn: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+        for proto in self.alpn:
+            if proto in offered:
+                return proto
+        return SSL.NO_OVERLAPPING_PROTOCOLS  # carry on without ALPN, as nginx does
+
+    def session(self) -> TlsSession:
+        return TlsSession(self.initial)
+
+
+class TlsSession:
+    """One connection's TLS over memory BIOs: bytes from the peer go in with `receive`,
+    what to send comes out of `outgoing`. Never blocks, never raises OpenSSL's Want* errors."""
+
+    __slots__ = ("conn", "eof", "refused_name")
+
+    def __init__(self, ctx: SSL.Context) -> None:
+        self.conn = SSL.Connection(ctx, None)
+        self.conn.set_accept_state()
+        self.conn.set_app_data(self)
+        self.eof = False  # the peer sent close_notify
+        self.refused_name = False
+
+    def receive(self, data: bytes) -> None:
+        if data:
+            self.conn.bio_write(data)
+
+    def handshake(self) -> bool:
+        """Step the handshake on what has been received; True once it is done."""
+        try:
+            self.conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as exc:
+            raise TlsError(_reason(exc, self)) from None
+        return True
+
+    def read(self) -> bytes:
+        """All the plaintext the received records hold (b"" if none yet, or at close_notify:
+        see `eof`)."""
+        conn = self.conn
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = conn.recv(READ_SIZE)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self.eof = True
+                break
+            except SSL.Error as exc:
+                raise TlsError(_reason(exc, self)) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+        if len(chunks) == 1:
+            return chunks[0]
+        return b"".join(chunks)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt `data` (all of it: a memory BIO takes any amount)."""
+        conn = self.conn
+        view = memoryview(data)
+        while view:
+            try:
+                n = conn.send(view)
+            except SSL.Error as exc:
+                raise TlsError(_reason(exc, self)) from None
+            view = view[n:]
+
+    def outgoing(self) -> bytes:
+        """The records to send now (b"" if none)."""
+        conn = self.conn
+        out: list[bytes] = []
+        while True:
+            try:
+                chunk = conn.bio_read(READ_SIZE)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            out.append(chunk)
+        if len(out) == 1:
+            return out[0]
+        return b"".join(out)
+
+    def close_notify(self) -> None:
+        """Queue a close_notify alert (sent with `outgoing`)."""
+        try:
+            self.conn.shutdown()
+        except SSL.Error:
+            pass
+
+    @property
+    def server_name(self) -> str | None:
+        raw = self.conn.get_servername()
+        return raw.decode("ascii", "replace") if raw else None
+
+    @property
+    def alpn(self) -> str | None:
+        proto = self.conn.get_alpn_proto_negotiated()
+        return proto.decode("ascii", "replace") if proto else None
+
+    @property
+    def version(self) -> str:
+        return self.conn.get_protocol_version_name()
+
+    @property
+    def cipher(self) -> str | None:
+        return self.conn.get_cipher_name()
+
+
+def _reason(exc: SSL.Error, session: TlsSession) -> str:
+    """A short, key-free reason for a failed handshake or session (for stats and logs)."""
+    if session.refused_name:
+        return "unknown server name"
+    args = exc.args[0] if exc.args else None
+    if isinstance(args, list) and args:
+        last = args[-1]
+        if isinstance(last, tuple) and len(last) >= 3:
+            return str(last[2])
+    return type(exc).__name__

@@ -1,0 +1,180 @@
+"""SockIO over TLS: the same calls, with records in between (network/tls.py does the TLS).
+
+Plaintext is encrypted as it is given, so what SockIO queues, coalesces per scheduler pass and
+sends is ciphertext: a response's records go out with the pass's other sends, as plaintext
+does, with no task per record. Reads take what the socket has (up to 64 KiB, several records)
+and return all the plaintext it completes; a read that completes no record reads on.
+`bytes_received` and `bytes_sent` count bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import trio
+
+from proxy.network.edge_epoll import wait_readable
+from proxy.network.sockio import RECV_SIZE, ConnectionLost, SockIO
+
+# (network/tls.py, and pyOpenSSL with it, are imported only where a listener has TLS: this
+# module is imported by every HTTP listener's code, and pyOpenSSL costs ~10 MB of RSS.)
+
+
+class TlsError(Exception):
+    """The handshake or the session failed (a bad ClientHello, a refused name, an alert)."""
+
+
+class TlsHandshakeFailed(Exception):
+    """The client's handshake failed or timed out; `reason` is short and key-free."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TlsIO(SockIO):
+    __slots__ = ("tls",)
+
+    def __init__(self, sock: socket.socket, tls: Any) -> None:
+        super().__init__(sock)
+        self.tls: Any = tls  # a network.tls.TlsSession
+
+    def _open(self, data: bytes) -> bytes | None:
+        """The plaintext `data` completes (None: no record complete yet); b"" at the end."""
+        if not data:
+            return b""  # the peer closed without close_notify: an end all the same
+        tls = self.tls
+        tls.receive(data)
+        try:
+            plain = tls.read()
+        except TlsError as exc:
+            raise ConnectionLost(str(exc)) from None
+        extra = tls.outgoing()  # (TLS 1.3 key updates and the like need an answer)
+        if extra:
+            self._add_later(extra)
+        if plain or tls.eof:
+            return plain
+        return None
+
+    async def recv(self, size: int = RECV_SIZE) -> bytes:
+        if self.tls.eof:
+            return b""
+        while True:
+            plain = self._open(await SockIO.recv(self, size))
+            if plain is not None:
+                return plain
+
+    def recv_ready(self, size: int = RECV_SIZE) -> bytes | None:
+        if self.tls.eof:
+            return b""
+        while True:
+            data = SockIO.recv_ready(self, size)
+            if data is None:
+                return None
+            plain = self._open(data)
+            if plain is not None:
+                return plain
+
+    async def recv_reply(self, size: int = RECV_SIZE) -> bytes:
+        plain = self._open(await SockIO.recv_reply(self, size))
+        if plain is not None:
+            return plain
+        return await self.recv(size)
+
+    def _seal(self, data: bytes | bytearray | memoryview) -> bytes:
+        try:
+            self.tls.write(data)
+        except TlsError as exc:
+            raise ConnectionLost(str(exc)) from None
+        return self.tls.outgoing()
+
+    # Records are sealed in the order the plaintext is sent: what pull_soon left for the end
+    # of the pass is sealed before anything sent after it (a record out of order is a bad MAC).
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.pull is not None:
+            self.take_pulled()
+        if data:
+            await SockIO.send_all(self, self._seal(data))
+
+    async def send_soon(self, data: bytes) -> None:
+        if self.pull is not None:
+            self.take_pulled()
+        if data:
+            await SockIO.send_soon(self, self._seal(data))
+
+    def take_pulled(self) -> None:
+        # (Called by the coalescer at the end of the pass: it must not raise. A session that
+        # cannot seal is broken; the connection's next recv or send reports it.)
+        pull = self.pull
+        self.pull = None
+        if pull is None:
+            return
+        data = pull()
+        if data:
+            try:
+                sealed = self._seal(data)
+            except ConnectionLost:
+                return
+            self._add_later(sealed)
+
+    def try_send(self, data: bytes) -> int:
+        raise NotImplementedError("TlsIO sends whole records: use send_all or send_soon")
+
+    def shutdown_write(self) -> None:
+        """close_notify, then the TCP half-close."""
+        self.tls.close_notify()
+        alert = self.tls.outgoing()
+        if alert:
+            try:
+                self.sock.send(alert)
+            except OSError:
+                pass
+        SockIO.shutdown_write(self)
+
+
+async def accept_tls(sock: socket.socket, server: Any) -> tuple[TlsIO, bytes]:
+    """The server side of a handshake on an accepted socket, within the listener's
+    handshake_timeout: the connection's TlsIO, and the plaintext that came with the client's
+    last handshake flight (a request sent right behind its Finished). Raises
+    TlsHandshakeFailed (the socket is left for the caller to close). `server` is the
+    listener's network.tls.ServerTls."""
+    session = server.session()
+    io = TlsIO(sock, session)
+    with trio.move_on_after(server.handshake_timeout):
+        while True:
+            try:
+                data = sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                await wait_readable(sock)
+                continue
+            except OSError as exc:
+                raise TlsHandshakeFailed(f"connection lost: {exc.strerror or exc}") from None
+            if not data:
+                raise TlsHandshakeFailed("closed during the handshake")
+            io.bytes_received += len(data)
+            session.receive(data)
+            try:
+                done = session.handshake()
+            except TlsError as exc:
+                alert = session.outgoing()  # the alert that says why, for the client
+                if alert:
+                    try:
+                        sock.send(alert)
+                    except OSError:
+                        pass
+                raise TlsHandshakeFailed(str(exc)) from None
+            out = session.outgoing()
+            if out:
+                try:
+                    await SockIO.send_all(io, out)
+                except ConnectionLost as exc:
+                    raise TlsHandshakeFailed(f"connection lost: {exc}") from None
+            if done:
+                try:
+                    early = session.read()
+                except TlsError as exc:
+                    raise TlsHandshakeFailed(str(exc)) from None
+                return io, early
+    raise TlsHandshakeFailed("handshake timeout")
