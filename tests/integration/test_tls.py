@@ -239,3 +239,28 @@ def test_tls_is_refused_on_a_tcp_listener(tmp_path, certs):
     with pytest.raises(ConfigError, match="TLS termination is for http1, http2 and http listeners"):
         load_text(json.dumps(config), fmt="json")
 
+
+
+async def test_websocket_over_tls_is_pumped_both_ways(tmp_path, nursery, certs):
+    import ssl
+
+    from trio_websocket import serve_websocket, wrap_client_stream
+
+    from tests.integration.test_http_proxy import websocket_echo
+
+    server = await nursery.start(serve_websocket, websocket_echo, "127.0.0.1", 0, None)
+    config = http_config([f"127.0.0.1:{server.port}"])
+    config["listeners"][0]["tls"] = {"certificates": [certs.entry("b")]}
+    async with running_proxy(config, tmp_path) as proxy:
+        context = ssl.create_default_context(cafile=certs.ca_path)
+        tcp = await connect(proxy.address("http"))
+        stream = trio.SSLStream(tcp, context, server_hostname="b.example.com")
+        ws = await wrap_client_stream(nursery, stream, "b.example.com", "/ws")
+        for i in range(200):
+            await ws.send_message(f"message {i}" * (i % 7 + 1))
+        for i in range(200):
+            assert await ws.get_message() == f"message {i}" * (i % 7 + 1)
+        big = "y" * 200_000  # many records each way
+        await ws.send_message(big)
+        assert await ws.get_message() == big
+        await ws.aclose()

@@ -304,10 +304,45 @@ class Http1ServerStream(ServerStream):
         except BaseException:
             upstream.io.close()
             raise
+        if conn.handover == PINNED:  # TLS: bytes must be opened and sealed, not spliced
+            conn.keep_alive = False  # the tunnel is the rest of this connection
+            await self._pump_tls_tunnel(upstream.io)
+            return True
         self.server.start_relay(conn.io.sock, upstream.io.sock, str(upstream.host.address))
         conn.tunnel = True
         conn.keep_alive = False
         return True
+
+    async def _pump_tls_tunnel(self, up: SockIO) -> None:
+        """A tunnel whose client side is TLS: this request's task copies both ways (each
+        direction's end half-closes the other side) until both have ended. No bytes either way
+        for the listener's idle_timeout ends it, as the watchdog cancels the connection."""
+        down = self.conn.io
+        now = self.server._now
+        idle = self.server.idle_timeout
+
+        async def copy(src: SockIO, dst: SockIO) -> None:
+            while True:
+                try:
+                    data = await src.recv()
+                except ConnectionLost:
+                    data = b""
+                self.set_deadline(now() + idle)
+                if not data:
+                    dst.shutdown_write()
+                    return
+                try:
+                    await dst.send_all(data)
+                except ConnectionLost:
+                    return
+
+        self.set_deadline(now() + idle)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(copy, up, down)
+                await copy(down, up)
+        finally:
+            up.close()
 
     async def _tunnel_to_stream(self, upstream: Any, response: ResponseHead) -> None:
         """The upstream is a stream of an HTTP/2 connection (a CONNECT, or a WebSocket as an

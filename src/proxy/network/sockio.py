@@ -203,7 +203,11 @@ class SockIO:
             return
         data = pull()
         if data:
-            self._add_later(data)
+            self._queue_pulled(data)
+
+    def _queue_pulled(self, data: bytes) -> None:
+        """Queue what take_pulled got (TlsIO seals it first)."""
+        self._add_later(data)
 
     def _add_later(self, data: bytes) -> None:
         later = self.later

@@ -104,20 +104,14 @@ class TlsIO(SockIO):
         if data:
             await SockIO.send_soon(self, self._seal(data))
 
-    def take_pulled(self) -> None:
-        # (Called by the coalescer at the end of the pass: it must not raise. A session that
-        # cannot seal is broken; the connection's next recv or send reports it.)
-        pull = self.pull
-        self.pull = None
-        if pull is None:
+    def _queue_pulled(self, data: bytes) -> None:
+        # (From take_pulled, which the coalescer calls at the end of the pass: it must not
+        # raise. A session that cannot seal is broken; the next recv or send reports it.)
+        try:
+            sealed = self._seal(data)
+        except ConnectionLost:
             return
-        data = pull()
-        if data:
-            try:
-                sealed = self._seal(data)
-            except ConnectionLost:
-                return
-            self._add_later(sealed)
+        self._add_later(sealed)
 
     def try_send(self, data: bytes) -> int:
         raise NotImplementedError("TlsIO sends whole records: use send_all or send_soon")
