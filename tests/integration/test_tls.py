@@ -264,3 +264,16 @@ async def test_websocket_over_tls_is_pumped_both_ways(tmp_path, nursery, certs):
         await ws.send_message(big)
         assert await ws.get_message() == big
         await ws.aclose()
+
+
+async def test_a_key_readable_by_other_users_gets_a_warning_at_start(tmp_path, upstream, certs):
+    import os
+
+    os.chmod(certs.dir / "b.key", 0o644)
+    os.chmod(certs.dir / "a_rsa.key", 0o600)
+    async with running_proxy(tls_config(upstream, certs, str(tmp_path / "admin.sock")), tmp_path) as proxy:
+        line = await proxy.wait_log("tls.key_readable_by_others")
+        assert str(certs.dir / "b.key") in line
+        log = proxy.log()
+        assert str(certs.dir / "a_rsa.key") not in log
+        assert "PRIVATE KEY" not in log

@@ -78,6 +78,9 @@ class HttpConnectionManager:
             from proxy.network.tls import ServerTls  # (pyOpenSSL only where a listener has TLS)
 
             self.tls = ServerTls(config.tls, config.protocol)
+            for cert in self.tls.certificates:
+                if cert.world_readable_key:  # (the path only: never the key)
+                    log.warning("tls.key_readable_by_others", listener=self.name, key=cert.key_path)
         self.protocol = config.protocol
         if self.mux is None and self.tls is None:
             # A plain HTTP/1.1 listener: the accept loop starts the HTTP/1 server's connection

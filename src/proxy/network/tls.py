@@ -42,6 +42,7 @@ class TlsConfigError(Exception):
 @dataclass(frozen=True)
 class LoadedCertificate:
     cert_path: str
+    key_path: str
     key_kind: str  # "rsa", "ecdsa", "ed25519": OpenSSL keeps one certificate per kind per context
     names: tuple[str, ...]
     chain: tuple[crypto.X509, ...]
@@ -106,6 +107,7 @@ def load_certificate(cert_path: str, key_path: str, server_names: list[str] | No
         mode = 0
     return LoadedCertificate(
         cert_path=cert_path,
+        key_path=key_path,
         key_kind=kind,
         names=names,
         chain=tuple(crypto.X509.from_cryptography(c) for c in certs),
