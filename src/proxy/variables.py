@@ -320,6 +320,12 @@ register("duration", _milliseconds("duration"))
 register("upstream_service_time", _milliseconds("upstream_service_time"))
 register("response_flags", _flags)
 register("grpc_status", lambda info: None if getattr(info, "grpc_status", None) is None else str(info.grpc_status))
+# TLS of the client connection (Envoy's REQUESTED_SERVER_NAME, DOWNSTREAM_TLS_VERSION, ...);
+# missing on a plaintext connection.
+register("requested_server_name", lambda info: None if getattr(info, "tls", None) is None else info.tls.server_name)
+register("downstream_tls_version", lambda info: None if getattr(info, "tls", None) is None else info.tls.version)
+register("downstream_tls_cipher", lambda info: None if getattr(info, "tls", None) is None else info.tls.cipher)
+register("downstream_alpn", lambda info: None if getattr(info, "tls", None) is None else info.tls.alpn)
 register_function("request_header", lambda arg: _request_header_getter(_header_argument(arg)))
 register_function("response_header", lambda arg: _response_header_getter(_header_argument(arg)))
 del _name

@@ -113,6 +113,24 @@ async def test_curl_over_tls_speaks_h2_or_http1_by_alpn(tmp_path, upstream, cert
         assert stats["ssl_handshake"] == 3 and stats["ssl_connection_error"] == 0
 
 
+async def test_access_log_has_the_tls_variables(tmp_path, upstream, certs):
+    admin = str(tmp_path / "admin.sock")
+    log = tmp_path / "access.log"
+    fmt = "%protocol% %requested_server_name% %downstream_tls_version% %downstream_alpn% %downstream_tls_cipher%"
+    config = tls_config(upstream, certs, admin)
+    config["listeners"][0]["access_log"] = [{"path": str(log), "format": fmt}]
+    async with running_proxy(config, tmp_path) as proxy:
+        for extra in ([], ["--http1.1"]):
+            got = await curl(*extra, "--cacert", certs.ca_path, *https(proxy, "x.w.example.com"))
+            assert got.returncode == 0, got.stderr
+        with trio.fail_after(5):
+            while log.read_text().count("\n") < 2:
+                await trio.sleep(0.02)
+        h1, h2 = sorted(log.read_text().splitlines())
+        assert h2.startswith("HTTP/2 x.w.example.com TLSv1.3 h2 TLS_"), h2
+        assert h1.startswith("HTTP/1.1 x.w.example.com TLSv1.3 http/1.1 TLS_"), h1
+
+
 async def test_h2load_many_streams_and_http1_keep_alive_over_tls(tmp_path, upstream, certs):
     admin = str(tmp_path / "admin.sock")
     async with running_proxy(tls_config(upstream, certs, admin), tmp_path) as proxy:

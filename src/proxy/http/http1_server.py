@@ -628,7 +628,10 @@ class Http1Server:
                 events = dc.events  # its EndOfMessage came with the head: take it
                 if events and type(events[0]) is EndOfMessage:
                     events.pop(0)
-            stream = Http1ServerStream(dc, self, head, StreamInfo(head, self.name, remote, local), client_ip)
+            info = StreamInfo(head, self.name, remote, local)
+            if dc.handover == PINNED:
+                info.tls = dc.io.tls  # type: ignore[attr-defined]  # (PINNED: a TlsIO)
+            stream = Http1ServerStream(dc, self, head, info, client_ip)
             try:
                 await router.serve(stream)
             except Abort:

@@ -59,6 +59,7 @@ class StreamInfo:
         "attempts",
         "filter_state",
         "grpc_status",
+        "tls",
     )
 
     def __init__(self, request: Any, listener: str, remote: str, local: str) -> None:
@@ -84,6 +85,7 @@ class StreamInfo:
         self.attempts = 0
         self.filter_state: dict[str, Any] | None = None  # per-request scratch space for filters
         self.grpc_status: int | None = None  # a gRPC call's status (proxy.http.grpc)
+        self.tls: Any = None  # the client connection's network.tls.TlsSession, over TLS
 
     def add_flag(self, flag: str) -> None:
         if self.flags is None:
