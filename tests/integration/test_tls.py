@@ -295,3 +295,46 @@ async def test_a_key_readable_by_other_users_gets_a_warning_at_start(tmp_path, u
         log = proxy.log()
         assert str(certs.dir / "a_rsa.key") not in log
         assert "PRIVATE KEY" not in log
+
+
+async def _https_request(stream: trio.SSLStream, path: str) -> bytes:
+    """One GET on a TLS stream; the response head and body (Content-Length framed)."""
+    await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: b.example.com\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += await stream.receive_some(65536)
+    return head + b"\r\n\r\n" + body
+
+
+async def test_a_reload_drains_tls_connections_cleanly_and_the_next_worker_serves(tmp_path, upstream, certs):
+    import ssl
+
+    from tests.integration.test_upgrade import reload, stat
+
+    config = tls_config(upstream, certs, str(tmp_path / "admin.sock"), protocol="http1")
+    async with running_proxy(config, tmp_path) as proxy:
+        context = ssl.create_default_context(cafile=certs.ca_path)
+        idle = trio.SSLStream(await connect(proxy.address("http")), context, server_hostname="b.example.com")
+        assert (await _https_request(idle, "/echo")).startswith(b"HTTP/1.1 200")
+        busy = trio.SSLStream(await connect(proxy.address("http")), context, server_hostname="b.example.com")
+        await busy.send_all(b"GET /slow/3000 HTTP/1.1\r\nHost: b.example.com\r\n\r\n")
+        await trio.sleep(0.2)
+        outcome = await reload(proxy)
+        assert outcome.get("result") == "ok", outcome
+        with trio.fail_after(10):
+            assert await idle.receive_some(65536) == b""  # closed with close_notify: a clean end
+            answer = b""
+            while True:  # the request in flight finishes in the old worker, then the connection ends
+                chunk = await busy.receive_some(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower(), answer[:300]
+        fresh = await curl("--cacert", certs.ca_path, *https(proxy, "b.example.com"))
+        assert fresh.returncode == 0, fresh.stderr
+        assert await stat(proxy, "listener.http.downstream_cx_migrated_out") == 0
+        assert outcome.get("forced", 0) == 0, outcome  # none had to be cut at the handover deadline

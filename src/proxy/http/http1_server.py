@@ -212,7 +212,7 @@ class Http1ServerStream(ServerStream):
         request = self.request
         status = head.status
         headers = head.headers
-        keep_alive = conn.keep_alive and not self.server.manager.draining  # (a drain began meanwhile)
+        keep_alive = conn.keep_alive and not conn.closing and not self.server.manager.draining  # (a drain or an upgrade began meanwhile)
         if request.method == b"HEAD" or status in (204, 304) or status < 200:
             if head.chunked:
                 headers.append(_CHUNKED)  # HEAD: say what a GET would get
@@ -746,6 +746,10 @@ class Http1Server:
         for dc in self.connections:
             if dc.handover != PINNED:
                 dc.handover = WANTED
+            else:  # TLS stays here (OpenSSL holds its state): it ends as in a drain
+                dc.closing = True  # the response in flight says Connection: close
+                if dc.phase == IDLE:
+                    dc.scope.cancel()  # idle: closed now (close_notify)
 
     def wake_for_handover(self) -> None:
         """Wake each connection waiting at its safe point (`_at_safe_point`)."""

@@ -128,6 +128,20 @@ class TlsIO(SockIO):
         SockIO.shutdown_write(self)
 
 
+    def close(self) -> None:
+        """close_notify if the kernel takes it now (a TLS client then sees a clean end, not a
+        truncation), then close."""
+        if self.sock.fileno() != -1 and self.later is None and self.owner is None:
+            self.tls.close_notify()
+            alert = self.tls.outgoing()
+            if alert:
+                try:
+                    self.sock.send(alert)
+                except OSError:
+                    pass
+        SockIO.close(self)
+
+
 async def accept_tls(sock: socket.socket, server: Any) -> tuple[TlsIO, bytes]:
     """The server side of a handshake on an accepted socket, within the listener's
     handshake_timeout: the connection's TlsIO, and the plaintext that came with the client's
