@@ -193,7 +193,7 @@ async def test_versions_and_ciphers_are_enforced(tmp_path, upstream, certs):
         chosen = await s_client(proxy, "-servername", "b.example.com")
         assert "Protocol version: TLSv1.2" in chosen and "Ciphersuite: ECDHE-ECDSA-AES128-GCM-SHA256" in chosen, chosen
         refused = await s_client(proxy, "-servername", "b.example.com", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384")
-        assert "Ciphersuite" not in refused, refused
+        assert "Ciphersuite" not in refused and "alert handshake failure" in refused, refused
 
 
 async def test_bad_input_gets_a_clean_close_and_a_count_and_spares_other_connections(tmp_path, upstream, certs):
@@ -320,6 +320,8 @@ async def test_a_reload_drains_tls_connections_cleanly_and_the_next_worker_serve
         context = ssl.create_default_context(cafile=certs.ca_path)
         idle = trio.SSLStream(await connect(proxy.address("http")), context, server_hostname="b.example.com")
         assert (await _https_request(idle, "/echo")).startswith(b"HTTP/1.1 200")
+        await trio.sleep(0.6)  # idle past PARK_AFTER: a plaintext connection would park here
+        assert (await _https_request(idle, "/echo")).startswith(b"HTTP/1.1 200")  # its TLS went on
         busy = trio.SSLStream(await connect(proxy.address("http")), context, server_hostname="b.example.com")
         await busy.send_all(b"GET /slow/3000 HTTP/1.1\r\nHost: b.example.com\r\n\r\n")
         await trio.sleep(0.2)
@@ -338,3 +340,20 @@ async def test_a_reload_drains_tls_connections_cleanly_and_the_next_worker_serve
         assert fresh.returncode == 0, fresh.stderr
         assert await stat(proxy, "listener.http.downstream_cx_migrated_out") == 0
         assert outcome.get("forced", 0) == 0, outcome  # none had to be cut at the handover deadline
+
+
+def test_a_config_without_tls_never_imports_pyopenssl(tmp_path):
+    """pyOpenSSL and cryptography cost ~10 MB of RSS in the keeper and each worker: only a
+    config with TLS loads them."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from proxy.config.loader import load\n"
+        "from proxy.server import Worker\n"
+        "load('config/proxy.yaml')\n"
+        "print('OpenSSL' in sys.modules, 'cryptography' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2])
+    assert result.stdout.split() == ["False", "False"], result

@@ -38,12 +38,14 @@ def check(raw: Any, issues: Issues) -> None:
 
 def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
     """Every certificate loads, its key is its own, and TLS sits on a protocol that has it."""
-    from proxy.network.tls import TlsConfigError, load_certificate  # (pyOpenSSL: only when used)
+    with_tls = [(index, listener, listener["tls"]) for index, listener in listeners if isinstance(listener.get("tls"), dict)]
+    if not with_tls:
+        return  # (and pyOpenSSL, ~10 MB of RSS, stays unimported)
+    from OpenSSL import SSL
 
-    for index, listener in listeners:
-        tls = listener.get("tls")
-        if not isinstance(tls, dict):
-            continue
+    from proxy.network.tls import TlsConfigError, load_certificate
+
+    for index, listener, tls in with_tls:
         protocol = listener.get("protocol")
         if protocol not in ("http1", "http2", "http"):
             issues.add(("listeners", index, "tls"), f"TLS termination is for http1, http2 and http listeners, not {protocol!r}")
@@ -61,8 +63,6 @@ def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -
         for key, setter in (("ciphers", "set_cipher_list"), ("ciphersuites", "set_tls13_ciphersuites")):
             value = tls.get(key)
             if isinstance(value, str):
-                from OpenSSL import SSL
-
                 try:
                     getattr(SSL.Context(SSL.TLS_SERVER_METHOD), setter)(value.encode())
                 except (SSL.Error, ValueError):

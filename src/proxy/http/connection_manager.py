@@ -25,7 +25,7 @@ from proxy.http.multiplex import MuxServer
 from proxy.http.router import Router
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
-from proxy.network.tls_io import TlsHandshakeFailed, accept_tls
+from proxy.network.tls_io import HANDSHAKE_TIMEOUT, UNKNOWN_SERVER_NAME, TlsHandshakeFailed, accept_tls
 from proxy.stats import ListenerStats
 from proxy.upgrade import migration as migration_mod
 from proxy.upstream.cluster import Cluster
@@ -137,17 +137,20 @@ class HttpConnectionManager:
         assert tls is not None
         try:
             io, early = await accept_tls(sock, tls)
-        except TlsHandshakeFailed as exc:
-            if exc.reason == "handshake timeout":
+        except TlsHandshakeFailed as failed:
+            if failed.reason == HANDSHAKE_TIMEOUT:
                 stats.ssl_handshake_timeout += 1
-            elif exc.reason == "unknown server name":
+            elif failed.reason == UNKNOWN_SERVER_NAME:
                 stats.ssl_sni_refused += 1
             else:
                 stats.ssl_connection_error += 1
-            log.debug("tls.handshake_failed", listener=self.name, reason=exc.reason)
-            stats.downstream_cx_destroy += 1
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
+            log.debug("tls.handshake_failed", listener=self.name, reason=failed.reason)
+            self._close_unserved(sock)
+            return
+        except Exception as error:  # a bug of ours: it ends this connection, not the listener
+            stats.downstream_cx_error += 1
+            log.error("connection.failed", listener=self.name, error=repr(error), exc_info=error)
+            self._close_unserved(sock)
             return
         stats.ssl_handshake += 1
         alpn = io.tls.alpn
@@ -155,6 +158,12 @@ class HttpConnectionManager:
             await self.mux.connection(sock, peer, io=io, leftover=early)
         else:
             await self.http1.connection(sock, peer, leftover=early, accepted=False, tls_io=io)
+
+    def _close_unserved(self, sock: socket.socket) -> None:
+        """A connection that ends before its codec connection began."""
+        self.stats.downstream_cx_destroy += 1
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
 
     async def _speaks_h2(self, sock: socket.socket) -> bool:
         """Peek at the first bytes (nothing is consumed): the HTTP/2 preface, or not. A client

@@ -38,13 +38,12 @@ from proxy.http.router import Abort, Router
 from proxy.http.codec_io import local_address_of, peer_names, send_batch
 from proxy.http.stream import ServerStream, UpstreamRequest
 from proxy.http.stream_info import StreamInfo
-from proxy.http.stream_tunnel import pump_upstream_stream, websocket_accept
+from proxy.http.stream_tunnel import pump_upstream_stream, run_both, websocket_accept
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
 from proxy.network.edge_epoll import wait_readable as _wait_readable
 from proxy.network.parking import PARKING
 from proxy.network.sockio import ConnectionLost, SockIO
-from proxy.network.tls_io import TlsIO
 from proxy.upgrade import migration as migration_mod
 
 if TYPE_CHECKING:
@@ -73,7 +72,6 @@ STAY = 0  # served here
 WANTED = 1  # to be handed over at its next safe point
 WOKEN = 2  # its scope was cancelled at the safe point, to hand it over
 PARK = 3  # idle for PARK_AFTER: its task ends and its socket waits in proxy.network.parking
-PINNED = 4  # never parked nor handed over: a TLS connection (its state is OpenSSL's); it drains
 
 # An idle keep-alive connection parks after this long (its task, frames and cancel scope go:
 # ~5 kB -> ~1 kB per idle connection); input starts a new task where it stopped, as a hot
@@ -188,7 +186,7 @@ class Http1ServerStream(ServerStream):
         self.info = info
         self.route = None
         self.downstream_address = client_ip
-        self.scheme = b"https" if conn.handover == PINNED else b"http"  # (PINNED: over TLS)
+        self.scheme = b"http" if conn.io.tls is None else b"https"
         self.response_started = False
         self.has_body = head.chunked or bool(head.content_length)
         self.grpc = False
@@ -304,7 +302,7 @@ class Http1ServerStream(ServerStream):
         except BaseException:
             upstream.io.close()
             raise
-        if conn.handover == PINNED:  # TLS: bytes must be opened and sealed, not spliced
+        if conn.io.tls is not None:  # TLS: bytes must be opened and sealed, not spliced
             conn.keep_alive = False  # the tunnel is the rest of this connection
             await self._pump_tls_tunnel(upstream.io)
             return True
@@ -338,9 +336,7 @@ class Http1ServerStream(ServerStream):
 
         self.set_deadline(now() + idle)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(copy, up, down)
-                await copy(down, up)
+            await run_both(lambda: copy(up, down), lambda: copy(down, up))
         finally:
             up.close()
 
@@ -432,6 +428,7 @@ class Http1Server:
                 parking
                 and dc.deadline <= park_line
                 and dc.handover == STAY
+                and dc.io.tls is None  # (a TLS connection cannot park: its state is OpenSSL's)
                 and _at_safe_point(dc)
                 and not dc.io.unsent
                 and not dc.closing
@@ -502,11 +499,11 @@ class Http1Server:
         leftover: bytes = b"",
         accepted: bool = True,
         unparked: bool = False,
-        tls_io: TlsIO | None = None,
+        tls_io: SockIO | None = None,
     ) -> None:
         """Serve one client connection (accepted: counted in downstream_cx_total here; or
         adopted with `served` requests already served and `leftover` bytes to parse first;
-        or unparked: counted active still) until it ends or moves on. `tls_io`: its TLS
+        or unparked: counted active still) until it ends or moves on. `tls_io`: a TlsIO whose
         handshake is done (connection_manager); such a connection is never parked nor handed
         over (its TLS state is OpenSSL's), it drains."""
         stats = self.stats
@@ -523,8 +520,6 @@ class Http1Server:
             dc = Http1Connection(io, self.limits, spare.pop() if spare else None)
             dc.served = served
             dc.leftover = leftover
-            if tls_io is not None:
-                dc.handover = PINNED
             # Accepted while a migration runs: straight over, nothing read yet.
             outcome = _HANDOVER if manager.migration.active and tls_io is None else _ENDED
             while True:
@@ -629,8 +624,7 @@ class Http1Server:
                 if events and type(events[0]) is EndOfMessage:
                     events.pop(0)
             info = StreamInfo(head, self.name, remote, local)
-            if dc.handover == PINNED:
-                info.tls = dc.io.tls  # type: ignore[attr-defined]  # (PINNED: a TlsIO)
+            info.tls = dc.io.tls
             stream = Http1ServerStream(dc, self, head, info, client_ip)
             try:
                 await router.serve(stream)
@@ -662,7 +656,7 @@ class Http1Server:
             while data is None:
                 await _wait_readable(io.sock)
                 data = io.recv_ready()
-            if dc.handover and dc.handover != PINNED and dc.parser.between_messages:
+            if dc.handover and dc.parser.between_messages:
                 raise _Handover(data)  # the safe point of a migration: these bytes go along, unparsed
             while True:
                 if not data:
@@ -744,7 +738,7 @@ class Http1Server:
 
     def mark_for_handover(self) -> None:
         for dc in self.connections:
-            if dc.handover != PINNED:
+            if dc.io.tls is None:
                 dc.handover = WANTED
             else:  # TLS stays here (OpenSSL holds its state): it ends as in a drain
                 dc.closing = True  # the response in flight says Connection: close

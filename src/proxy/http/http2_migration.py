@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from proxy.network.sockio import SockIO
 from proxy.upgrade import migration as migration_mod
 
 if TYPE_CHECKING:
@@ -61,7 +60,7 @@ def start(server: MuxServer) -> None:
 
 
 def want(conn: MuxConnection) -> None:
-    if type(conn.io) is not SockIO:
+    if conn.io.tls is not None:
         return  # TLS: OpenSSL holds its state, so it stays and drains (two-step GOAWAY)
     if conn.handover == STAY and not conn.goaway_sent and migratable(conn.server):
         conn.handover = WANTED

@@ -43,7 +43,6 @@ from proxy.http.stream_info import StreamInfo
 from proxy.http.stream_tunnel import pump_upstream_stream, run_both
 from proxy.log import get_logger
 from proxy.network.sockio import ConnectionLost, SockIO
-from proxy.network.tls_io import TlsIO
 from proxy.upgrade import migration as migration_mod
 
 if TYPE_CHECKING:
@@ -284,7 +283,6 @@ class MuxConnection:
     def __init__(self, server: MuxServer, io: SockIO, codec: mux.ServerCodec, remote: str, client_ip: str, local: str) -> None:
         self.server = server
         self.io = io
-        self.tls: Any = io.tls if isinstance(io, TlsIO) else None  # (the TlsSession, over TLS)
         self.codec = codec
         codec.count_into(server.stats)  # (HTTP/2: resets, GOAWAYs, stalls)
         self.remote = remote
@@ -395,7 +393,7 @@ class MuxConnection:
         head = event.head
         info = StreamInfo(head, server.name, self.remote, self.local)
         info.protocol = self.codec.protocol
-        info.tls = self.tls
+        info.tls = self.io.tls
         stream = MuxServerStream(self, event.stream_id, head, info, self.client_ip, event.end_stream)
         stream.scheme = event.scheme
         if event.end_stream:

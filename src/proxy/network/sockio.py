@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -112,10 +113,14 @@ def coalesce_sends(lone_send_now: bool = True) -> None:
 
 
 class SockIO:
-    __slots__ = ("sock", "bytes_received", "bytes_sent", "later", "queued", "owner", "pull", "_coalescer")
+    __slots__ = ("sock", "tls", "bytes_received", "bytes_sent", "later", "queued", "owner", "pull", "_coalescer")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        # The TLS session under this socket's bytes (a network.tls.TlsSession, set by TlsIO);
+        # None in plaintext. What a connection may do (park, move in a hot upgrade, splice a
+        # tunnel) follows from it.
+        self.tls: Any = None
         self.bytes_received = 0
         # Queued bytes count when queued, like bytes written to Envoy's connection buffer (a close
         # or reset that drops them leaves them counted); send_all counts bytes as they go out.

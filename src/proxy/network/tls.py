@@ -18,7 +18,7 @@ import os
 import stat
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from OpenSSL._util import exception_from_error_queue, ffi, lib
 
-from proxy.network.tls_io import TlsError
+from proxy.network.tls_io import UNKNOWN_SERVER_NAME, TlsError
 
 VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 # What each HTTP protocol offers by ALPN when the config names no list.
@@ -95,8 +95,7 @@ def load_certificate(cert_path: str, key_path: str, server_names: list[str] | No
         # (never the exception's text: it could quote the key material)
         raise TlsConfigError(f"{key_path} holds no unencrypted PEM private key") from None
     kind = _key_kind(key)
-    public = certs[0].public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != public:
+    if _public_der(key.public_key()) != _public_der(certs[0].public_key()):
         raise TlsConfigError(f"the key {key_path} does not belong to the certificate {cert_path}")
     names = tuple(n.lower() for n in server_names) if server_names else certificate_names(certs[0])
     if not names:
@@ -132,6 +131,10 @@ def _excepthook(kind: Any, value: Any, tb: Any) -> None:
 sys.excepthook = _excepthook
 
 
+def _public_der(public_key: Any) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def _wildcard_parent(name: str) -> str | None:
     """`a.example.com` -> `example.com` (the domain a `*.example.com` certificate covers)."""
     dot = name.find(".")
@@ -164,13 +167,10 @@ class ServerTls:
                 self.wildcard[name[2:]] = ctx
             else:
                 self.exact[name] = ctx
-        first = (0,)
-        self.default = contexts.get(first) or self._context([self.certificates[0]])
-        # The context every handshake starts in: the default's certificates, with the SNI
-        # callback that moves the connection to its name's context.
-        self.initial = self._context([self.certificates[0]])
-        self.initial.set_tlsext_servername_callback(self._on_server_name)
-        self.refused = 0  # handshakes refused for an unknown name (the listener's stats read it)
+        # The first certificate's: for a name no certificate serves, and where every
+        # handshake starts, with the SNI callback that moves it to its name's context.
+        self.default = contexts.get((0,)) or self._context([self.certificates[0]])
+        self.default.set_tlsext_servername_callback(self._on_server_name)
 
     def _context(self, certs: list[LoadedCertificate]) -> SSL.Context:
         s = self._settings
@@ -216,11 +216,10 @@ class ServerTls:
         raw = conn.get_servername()
         ctx = self.context_for(raw.decode("ascii", "replace") if raw else None)
         if ctx is None:
-            self.refused += 1
             # pyOpenSSL turns an exception here into a fatal alert; the session reports why.
             conn.get_app_data().refused_name = True
             raise _RefusedName()
-        if ctx is not self.initial:
+        if ctx is not self.default:
             conn.set_context(ctx)
 
     def _select_alpn(self, conn: SSL.Connection, offered: list[bytes]) -> bytes | Any:
@@ -230,7 +229,7 @@ class ServerTls:
         return SSL.NO_OVERLAPPING_PROTOCOLS  # carry on without ALPN, as nginx does
 
     def session(self) -> TlsSession:
-        return TlsSession(self.initial)
+        return TlsSession(self.default)
 
 
 # The per-record calls go to OpenSSL through pyOpenSSL's own cffi bindings: pyOpenSSL's
@@ -296,23 +295,15 @@ class TlsSession:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt `data` (all of it: a memory BIO takes any amount)."""
-        total = len(data)
-        if not total:
-            return
         ssl = self._ssl
-        # (pyOpenSSL sets SSL_MODE_ENABLE_PARTIAL_WRITE: a call may seal one record only)
-        n = lib.SSL_write(ssl, data if isinstance(data, bytes) else ffi.from_buffer(data), total)
-        if n == total:
-            return
         buf = ffi.from_buffer(data)
+        total = len(buf)
         done = 0
-        while True:
+        while done < total:  # (pyOpenSSL sets SSL_MODE_ENABLE_PARTIAL_WRITE: a call may seal one record)
+            n = lib.SSL_write(ssl, buf + done, total - done)
             if n <= 0:
                 self._fail()
             done += n
-            if done >= total:
-                return
-            n = lib.SSL_write(ssl, buf + done, total - done)
 
     def outgoing(self) -> bytes:
         """The records to send now (b"" if none)."""
@@ -330,13 +321,12 @@ class TlsSession:
                 out.append(_VIEW[:n])
         return b"".join(out)
 
-    def _fail(self) -> None:
-        """Raise TlsError for OpenSSL's error (its queue is cleared)."""
+    def _fail(self) -> NoReturn:
+        """Raise TlsError for OpenSSL's error (taking it off OpenSSL's error queue)."""
         try:
-            exception_from_error_queue(SSL.Error)
+            exception_from_error_queue(SSL.Error)  # (always raises, the queue emptied)
         except SSL.Error as exc:
             raise TlsError(_reason(exc, self)) from None
-        raise TlsError("tls error")  # an error with an empty queue (the peer vanished)
 
     def close_notify(self) -> None:
         """Queue a close_notify alert (sent with `outgoing`)."""
@@ -367,7 +357,7 @@ class TlsSession:
 def _reason(exc: SSL.Error, session: TlsSession) -> str:
     """A short, key-free reason for a failed handshake or session (for stats and logs)."""
     if session.refused_name:
-        return "unknown server name"
+        return UNKNOWN_SERVER_NAME
     args = exc.args[0] if exc.args else None
     if isinstance(args, list) and args:
         last = args[-1]

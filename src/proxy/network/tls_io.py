@@ -14,7 +14,6 @@ from typing import Any
 
 import trio
 
-from proxy.network.edge_epoll import wait_readable
 from proxy.network.sockio import RECV_SIZE, ConnectionLost, SockIO
 
 # (network/tls.py, and pyOpenSSL with it, are imported only where a listener has TLS: this
@@ -23,6 +22,12 @@ from proxy.network.sockio import RECV_SIZE, ConnectionLost, SockIO
 
 class TlsError(Exception):
     """The handshake or the session failed (a bad ClientHello, a refused name, an alert)."""
+
+
+# TlsHandshakeFailed reasons the listener counts apart (connection_manager); any other reason
+# is OpenSSL's own, short and key-free.
+HANDSHAKE_TIMEOUT = "handshake timeout"
+UNKNOWN_SERVER_NAME = "unknown server name"
 
 
 class TlsHandshakeFailed(Exception):
@@ -34,11 +39,11 @@ class TlsHandshakeFailed(Exception):
 
 
 class TlsIO(SockIO):
-    __slots__ = ("tls",)
+    __slots__ = ()  # (its `tls` is SockIO's)
 
     def __init__(self, sock: socket.socket, tls: Any) -> None:
         super().__init__(sock)
-        self.tls: Any = tls  # a network.tls.TlsSession
+        self.tls = tls  # a network.tls.TlsSession
 
     def _open(self, data: bytes) -> bytes | None:
         """The plaintext `data` completes (None: no record complete yet); b"" at the end."""
@@ -83,24 +88,22 @@ class TlsIO(SockIO):
         return await self.recv(size)
 
     def _seal(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The records for `data`. Records are sealed in the order the plaintext is sent, so
+        what pull_soon left for the end of the pass is sealed first (a record out of order is
+        a bad MAC at the client)."""
+        if self.pull is not None:
+            self.take_pulled()
         try:
             self.tls.write(data)
         except TlsError as exc:
             raise ConnectionLost(str(exc)) from None
         return self.tls.outgoing()
 
-    # Records are sealed in the order the plaintext is sent: what pull_soon left for the end
-    # of the pass is sealed before anything sent after it (a record out of order is a bad MAC).
-
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.pull is not None:
-            self.take_pulled()
         if data:
             await SockIO.send_all(self, self._seal(data))
 
     async def send_soon(self, data: bytes) -> None:
-        if self.pull is not None:
-            self.take_pulled()
         if data:
             await SockIO.send_soon(self, self._seal(data))
 
@@ -116,29 +119,28 @@ class TlsIO(SockIO):
     def try_send(self, data: bytes) -> int:
         raise NotImplementedError("TlsIO sends whole records: use send_all or send_soon")
 
-    def shutdown_write(self) -> None:
-        """close_notify, then the TCP half-close."""
-        self.tls.close_notify()
+    def _send_alert(self) -> None:
+        """Send what the session has to say (an alert) if the kernel takes it now; a last word
+        before a close, so nothing waits for it."""
         alert = self.tls.outgoing()
         if alert:
             try:
                 self.sock.send(alert)
             except OSError:
                 pass
+
+    def shutdown_write(self) -> None:
+        """close_notify, then the TCP half-close."""
+        self.tls.close_notify()
+        self._send_alert()
         SockIO.shutdown_write(self)
 
-
     def close(self) -> None:
-        """close_notify if the kernel takes it now (a TLS client then sees a clean end, not a
-        truncation), then close."""
+        """close_notify (a TLS client then sees a clean end, not a truncation) unless queued
+        bytes would have to go first, then close."""
         if self.sock.fileno() != -1 and self.later is None and self.owner is None:
             self.tls.close_notify()
-            alert = self.tls.outgoing()
-            if alert:
-                try:
-                    self.sock.send(alert)
-                except OSError:
-                    pass
+            self._send_alert()
         SockIO.close(self)
 
 
@@ -150,39 +152,31 @@ async def accept_tls(sock: socket.socket, server: Any) -> tuple[TlsIO, bytes]:
     listener's network.tls.ServerTls."""
     session = server.session()
     io = TlsIO(sock, session)
+    # (Compiled: each `except ... as` name keeps one type in a function: `lost`, `failed`.)
     with trio.move_on_after(server.handshake_timeout):
         while True:
             try:
-                data = sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                await wait_readable(sock)
-                continue
-            except OSError as exc:
-                raise TlsHandshakeFailed(f"connection lost: {exc.strerror or exc}") from None
+                data = await SockIO.recv(io)  # (SockIO's: the bytes are the handshake's)
+            except ConnectionLost as lost:
+                raise TlsHandshakeFailed(f"connection lost: {lost}") from None
             if not data:
                 raise TlsHandshakeFailed("closed during the handshake")
-            io.bytes_received += len(data)
             session.receive(data)
             try:
                 done = session.handshake()
-            except TlsError as exc:
-                alert = session.outgoing()  # the alert that says why, for the client
-                if alert:
-                    try:
-                        sock.send(alert)
-                    except OSError:
-                        pass
-                raise TlsHandshakeFailed(str(exc)) from None
+            except TlsError as failed:
+                io._send_alert()  # the alert that says why, for the client
+                raise TlsHandshakeFailed(str(failed)) from None
             out = session.outgoing()
             if out:
                 try:
                     await SockIO.send_all(io, out)
-                except ConnectionLost as exc:
-                    raise TlsHandshakeFailed(f"connection lost: {exc}") from None
+                except ConnectionLost as lost:
+                    raise TlsHandshakeFailed(f"connection lost: {lost}") from None
             if done:
                 try:
                     early = session.read()
-                except TlsError as exc:
-                    raise TlsHandshakeFailed(str(exc)) from None
+                except TlsError as failed:
+                    raise TlsHandshakeFailed(str(failed)) from None
                 return io, early
-    raise TlsHandshakeFailed("handshake timeout")
+    raise TlsHandshakeFailed(HANDSHAKE_TIMEOUT)
