@@ -25,6 +25,7 @@ from proxy.http.multiplex import MuxServer
 from proxy.http.router import Router
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
+from proxy.network import tls_inspector
 from proxy.network.tls_io import HANDSHAKE_TIMEOUT, UNKNOWN_SERVER_NAME, TlsHandshakeFailed, accept_tls
 from proxy.stats import ListenerStats
 from proxy.upgrade import migration as migration_mod
@@ -77,7 +78,7 @@ class HttpConnectionManager:
         if config.tls is not None:
             from proxy.network.tls import ServerTls  # (pyOpenSSL only where a listener has TLS)
 
-            self.tls = ServerTls(config.tls, config.protocol)
+            self.tls = ServerTls(config.tls, config.protocol, stats, self.name)
             for cert in self.tls.certificates:
                 if cert.world_readable_key:  # (the path only: never the key)
                     log.warning("tls.key_readable_by_others", listener=self.name, key=cert.key_path)
@@ -135,8 +136,23 @@ class HttpConnectionManager:
         stats = self.stats
         tls = self.tls
         assert tls is not None
+        initial = b""
+        timeout = tls.handshake_timeout
         try:
-            io, early = await accept_tls(sock, tls)
+            if tls.on_demand is not None:
+                # The name before the handshake: a certificate for it may have to be fetched or
+                # minted first, which the SNI callback (inside OpenSSL) cannot wait for.
+                started = trio.current_time()
+                inspection = await tls_inspector.inspect(sock, timeout)
+                if inspection.outcome == tls_inspector.TIMEOUT:
+                    raise TlsHandshakeFailed(HANDSHAKE_TIMEOUT)
+                if inspection.outcome == tls_inspector.CLOSED:
+                    raise TlsHandshakeFailed("closed during the handshake")
+                timeout = max(0.0, timeout - (trio.current_time() - started))  # (a mint's wait is ours, not the client's)
+                if inspection.hello is not None:
+                    await tls.prepare(inspection.hello.server_name)
+                initial = inspection.data  # (not TLS, or bad: OpenSSL's alert says so)
+            io, early = await accept_tls(sock, tls, initial, timeout)
         except TlsHandshakeFailed as failed:
             if failed.reason == HANDSHAKE_TIMEOUT:
                 stats.ssl_handshake_timeout += 1
