@@ -71,6 +71,8 @@ class HttpConnectionManager:
         if config.protocol != codecs.HTTP1:
             self.mux = MuxServer(self, self.router, config, codecs.server_codec_factory(config))
         self.draining = False
+        self.drain_started = trio.Event()
+        self.drain_deadline: float | None = None
         self.migration: migration_mod.Migration = migration_mod.NO_MIGRATION
         self.tunnels: dict[relay_mod.Relay, str | None] = {}  # live tunnels and their upstream host
         # TLS termination: the handshake first, then ALPN (or the protocol) picks the codec.
@@ -95,9 +97,13 @@ class HttpConnectionManager:
 
     # ------------------------------------------------------------------ connection
 
-    def drain(self) -> None:
+    def drain(self, deadline: float | None = None) -> None:
         """Graceful stop: idle keep-alive connections close now; busy ones finish the request
-        in flight and answer it with `Connection: close` (Envoy's drain, for HTTP/1.1)."""
+        in flight and answer it with `Connection: close` (Envoy's drain, for HTTP/1.1).
+        `deadline`: when what is still open is cut (a WebSocket over TLS sends its Close
+        before it: http/tls_tunnel.py)."""
+        self.drain_deadline = deadline
+        self.drain_started.set()
         self.draining = True
         self.router.draining = True
         self.http1.drain()
