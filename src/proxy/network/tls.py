@@ -227,9 +227,10 @@ class ServerTls:
             "request": SSL.VERIFY_PEER,
             "require": SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
         }[config.client_certificate]
-        self.install(self.build(load_files(config)))
         # Certificates fetched or minted for names none of those serve (network/tls_dynamic.py).
         self.on_demand: Any = None
+        self.client_ca: tuple[x509.Certificate, ...] = ()
+        self.install(self.build(load_files(config)))
         if config.on_demand is not None:
             self.on_demand = _on_demand(config.on_demand, self._context_from_pem, stats, listener)
 
@@ -266,6 +267,8 @@ class ServerTls:
     def install(self, contexts: Contexts) -> None:
         """Serve new handshakes with `contexts` (open sessions keep the context they have)."""
         self.certificates = list(contexts.certificates)
+        if self.on_demand is not None and contexts.client_ca != self.client_ca:
+            self.on_demand.cache.clear()  # (their contexts verify clients by the old CAs)
         self.client_ca = contexts.client_ca  # (what certificates on demand verify clients by)
         self.exact = contexts.exact
         self.wildcard = contexts.wildcard
