@@ -467,3 +467,31 @@ async def test_rotation_under_wrk_load_loses_nothing(tmp_path, upstream, pki):
             assert "Socket errors" not in out and "Non-2xx" not in out, (name, out)
         stats = await listener_stats(admin)
         assert stats["ssl_certificate_rotated"] >= 3 and stats["ssl_certificate_rotation_failed"] == 0, stats
+
+
+async def test_a_resumed_session_keeps_its_client_certificate(tmp_path, upstream, pki):
+    admin = str(tmp_path / "admin.sock")
+    log = tmp_path / "access.log"
+    config = mtls_config(upstream, pki, admin)
+    config["listeners"][0]["access_log"] = [{"path": str(log), "format": "%downstream_peer_verified% %downstream_peer_subject%"}]
+    session = str(tmp_path / "session.pem")
+    async with running_proxy(config, tmp_path) as proxy:
+        for version in ("-tls1_2", "-tls1_3"):
+            host, port = proxy.address("http")
+            outputs = []
+            for resume in (["-sess_out", session], ["-sess_in", session]):
+                with trio.fail_after(15):
+                    done = await trio.run_process(
+                        ["openssl", "s_client", "-connect", f"{host}:{port}", "-ign_eof", version, *resume, *_args(pki, "-cert", pki.client_cert, "-key", pki.client_key)],
+                        stdin=b"GET /echo HTTP/1.0\r\nHost: b.example.com\r\n\r\n",
+                        capture_stdout=True,
+                        capture_stderr=True,
+                        check=False,
+                    )
+                outputs.append(done.stdout.decode("latin-1"))
+            assert "\nNew, " in outputs[0] and "\nReused, " in outputs[1], outputs[1]
+            assert "HTTP/1.1 200" in outputs[1], outputs[1]
+        with trio.fail_after(5):
+            while log.read_text().count("\n") < 4:
+                await trio.sleep(0.02)
+        assert log.read_text().splitlines() == ["SUCCESS CN=client one,O=Example\\, Inc."] * 4

@@ -29,6 +29,7 @@ log = get_logger("tls")
 
 # How long files must stay unchanged before they are read (a copy in progress).
 SETTLE = 0.2
+SETTLE_TRIES = 10
 
 Signature = tuple[Any, ...]
 
@@ -72,7 +73,7 @@ class CertificateWatcher:
         now = signature(self.paths)
         if now == self.seen:
             return
-        while True:
+        for _ in range(SETTLE_TRIES):  # (files that never stop changing are read all the same)
             await trio.sleep(SETTLE)
             again = signature(self.paths)
             if again == now:
