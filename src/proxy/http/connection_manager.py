@@ -26,7 +26,14 @@ from proxy.http.router import Router
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
 from proxy.network import tls_inspector
-from proxy.network.tls_io import HANDSHAKE_TIMEOUT, UNKNOWN_SERVER_NAME, TlsHandshakeFailed, accept_tls
+from proxy.network.tls_io import (
+    CLIENT_CERTIFICATE_REFUSED,
+    HANDSHAKE_TIMEOUT,
+    NO_CLIENT_CERTIFICATE,
+    UNKNOWN_SERVER_NAME,
+    TlsHandshakeFailed,
+    accept_tls,
+)
 from proxy.stats import ListenerStats
 from proxy.upgrade import migration as migration_mod
 from proxy.upstream.cluster import Cluster
@@ -41,6 +48,36 @@ WATCHDOG_TICK = 0.1
 # The HTTP/2 connection preface (RFC 9113 §3.4): on a `protocol: http` listener, a client that
 # starts with it speaks HTTP/2 (prior knowledge); any other first bytes are HTTP/1.1.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+# A refused handshake: how long, and how much, the client's further bytes are read and
+# dropped after the alert (see _linger).
+LINGER_TIME = 1.0
+LINGER_BYTES = 256 * 1024
+
+
+async def _linger(sock: socket.socket) -> None:
+    """After a fatal alert: end our side (FIN after the alert) and read what the client still
+    sends until it closes, briefly. Closing with its bytes unread would send a RST, and a RST
+    makes the client's kernel drop the alert unread. A TLS 1.3 client sends its certificate
+    with its request right behind (curl), so this is the common case for a refused one."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    left = LINGER_BYTES
+    with trio.move_on_after(LINGER_TIME):
+        while left > 0:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            left -= len(data)
 
 
 class HttpConnectionManager:
@@ -77,10 +114,17 @@ class HttpConnectionManager:
         self.tunnels: dict[relay_mod.Relay, str | None] = {}  # live tunnels and their upstream host
         # TLS termination: the handshake first, then ALPN (or the protocol) picks the codec.
         self.tls: Any = None
+        self.tls_watch: Any = None  # network.tls_watch.CertificateWatcher (rotation), with TLS
+        self.verify_clients = False
         if config.tls is not None:
-            from proxy.network.tls import ServerTls  # (pyOpenSSL only where a listener has TLS)
+            # (pyOpenSSL only where a listener has TLS)
+            from proxy.network import tls_watch
+            from proxy.network.tls import ServerTls, watched_paths
 
+            seen = tls_watch.signature(watched_paths(config.tls))  # before the files are read
             self.tls = ServerTls(config.tls, config.protocol, stats, self.name)
+            self.tls_watch = tls_watch.CertificateWatcher(self.name, self.tls, config.tls, stats, seen)
+            self.verify_clients = config.tls.client_certificate != "none"
             for cert in self.tls.certificates:
                 if cert.world_readable_key:  # (the path only: never the key)
                     log.warning("tls.key_readable_by_others", listener=self.name, key=cert.key_path)
@@ -164,9 +208,15 @@ class HttpConnectionManager:
                 stats.ssl_handshake_timeout += 1
             elif failed.reason == UNKNOWN_SERVER_NAME:
                 stats.ssl_sni_refused += 1
+            elif failed.reason == NO_CLIENT_CERTIFICATE:
+                stats.ssl_fail_verify_no_cert += 1
+            elif failed.reason.startswith(CLIENT_CERTIFICATE_REFUSED):
+                stats.ssl_fail_verify_error += 1
             else:
                 stats.ssl_connection_error += 1
             log.debug("tls.handshake_failed", listener=self.name, reason=failed.reason)
+            if failed.reason != HANDSHAKE_TIMEOUT:
+                await _linger(sock)
             self._close_unserved(sock)
             return
         except Exception as error:  # a bug of ours: it ends this connection, not the listener
@@ -175,6 +225,8 @@ class HttpConnectionManager:
             self._close_unserved(sock)
             return
         stats.ssl_handshake += 1
+        if self.verify_clients and not io.tls.presented_certificate:
+            stats.ssl_no_certificate += 1
         alpn = io.tls.alpn
         if self.mux is not None and (alpn == "h2" or (alpn is None and self.protocol == codecs.HTTP2)):
             await self.mux.connection(sock, peer, io=io, leftover=early)
