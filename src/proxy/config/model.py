@@ -158,6 +158,7 @@ class ListenerTls(_Model):
     max_version: Literal["1.2", "1.3"] = "1.3"
     ciphers: str | None = None  # TLS 1.2 cipher list, OpenSSL syntax; None: OpenSSL's default
     ciphersuites: str | None = None  # TLS 1.3 suites, `:`-separated; None: OpenSSL's default
+    groups: list[str] | None = None  # key exchange, in order (X25519, P-256, ...); None: OpenSSL's
     # An SNI no certificate names (or none at all): served the first certificate, or refused
     # with an unrecognized_name alert.
     unknown_server_name: Literal["default", "refuse"] = "default"

@@ -71,6 +71,14 @@ def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -
                     getattr(SSL.Context(SSL.TLS_SERVER_METHOD), setter)(value.encode())
                 except (SSL.Error, ValueError):
                     issues.add(("listeners", index, "tls", key), f"OpenSSL takes none of {value!r}")
+        groups = tls.get("groups")
+        if isinstance(groups, list) and groups and all(isinstance(g, str) for g in groups):
+            from proxy.network.tls import set_groups
+
+            try:
+                set_groups(SSL.Context(SSL.TLS_SERVER_METHOD), groups)
+            except ValueError as exc:
+                issues.add(("listeners", index, "tls", "groups"), str(exc))
         lo, hi = tls.get("min_version", "1.2"), tls.get("max_version", "1.3")
         if lo == "1.3" and hi == "1.2":
             issues.add(("listeners", index, "tls"), "min_version 1.3 is above max_version 1.2")

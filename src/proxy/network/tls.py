@@ -187,6 +187,21 @@ class Contexts:
     default: SSL.Context
 
 
+def set_groups(ctx: SSL.Context, groups: list[str]) -> None:
+    """The key exchange groups a context offers, in order (OpenSSL's names: X25519, P-256,
+    ...); ValueError if OpenSSL takes none of them. (pyOpenSSL has no call for the list: the
+    binding's SSL_CTX_set1_curves_list is the same function as set1_groups_list.)"""
+    if lib.SSL_CTX_set1_curves_list(ctx._context, ":".join(groups).encode()) != 1:
+        exception_from_error_queue_quietly()
+        raise ValueError(f"OpenSSL takes none of the groups {groups!r}")
+
+
+def exception_from_error_queue_quietly() -> None:
+    """Empty OpenSSL's error queue (a failed call leaves its reasons there for the next one)."""
+    while lib.ERR_get_error():
+        pass
+
+
 class _RefusedName(Exception):
     """Raised in the SNI callback to refuse the name: pyOpenSSL turns it into a fatal
     unrecognized_name alert, after handing it to sys.excepthook (quieted for this one)."""
@@ -289,6 +304,8 @@ class ServerTls:
             ctx.set_cipher_list(s.ciphers.encode())
         if s.ciphersuites:
             ctx.set_tls13_ciphersuites(s.ciphersuites.encode())
+        if s.groups:
+            set_groups(ctx, s.groups)
         seen: set[str] = set()
         for cert in certs:
             if cert.key_kind in seen:
