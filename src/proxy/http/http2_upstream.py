@@ -410,7 +410,7 @@ class H2HostPool:
             if self.open < self.max_connections:
                 self.connecting += 1
                 try:
-                    sock = await open_connection(self.host, self.cluster)
+                    io = await open_connection(self.host, self.cluster, "http2")
                 except ConnectFailed as exc:
                     self.connect_failure = exc
                     self.wake_all()  # those waiting for this connection fail with it
@@ -420,7 +420,7 @@ class H2HostPool:
                     raise
                 finally:
                     self.connecting -= 1
-                conn = H2Connection(self, SockIO(sock))
+                conn = H2Connection(self, io)
                 conn.codec.initiate()
                 self.connections.append(conn)
                 nursery = self.manager.nursery

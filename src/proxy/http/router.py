@@ -414,6 +414,7 @@ class Router:
             else:
                 upstream, reused = await pool.acquire(fresh)
         except ConnectFailed as exc:
+            info.upstream_transport_failure_reason = exc.reason
             host.stats.cx_connect_fail += 1
             cluster.stats.upstream_cx_connect_fail += 1
             connect_failed(host, cluster.name, exc.reason, self._now(), listener=self.name)

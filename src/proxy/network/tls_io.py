@@ -180,3 +180,48 @@ async def accept_tls(sock: socket.socket, server: Any) -> tuple[TlsIO, bytes]:
                     raise TlsHandshakeFailed(str(failed)) from None
                 return io, early
     raise TlsHandshakeFailed(HANDSHAKE_TIMEOUT)
+
+
+async def connect_tls(sock: socket.socket, client: Any, host: Any, protocol: str | None, deadline: float) -> tuple[TlsIO, bytes]:
+    """The client side of a handshake on a connected socket to `host`, by `deadline` (what is
+    left of the cluster's connect_timeout): the connection's TlsIO, and the plaintext that came
+    with the server's last flight (a server that speaks first). `client` is the cluster's
+    network.tls.ClientTls; `protocol` (http1, http2, None for bytes) picks the ALPN offer.
+    Raises TlsHandshakeFailed, counted by the cluster and with a key-free reason (the socket
+    is left for the caller to close)."""
+    # (Compiled: each `except ... as` name keeps one type in a function: `lost`, `failed`.)
+    try:
+        session = client.session(host, protocol)
+    except TlsError as failed:
+        raise TlsHandshakeFailed(f"TLS: {failed}") from None
+    io = TlsIO(sock, session)
+    with trio.move_on_at(deadline):
+        while True:
+            try:
+                done = session.handshake()
+            except TlsError as failed:
+                io._send_alert()  # the alert that says why, for the server's logs
+                raise TlsHandshakeFailed(client.failed(session, str(failed))) from None
+            out = session.outgoing()
+            if out:
+                try:
+                    await SockIO.send_all(io, out)
+                except ConnectionLost as lost:
+                    raise TlsHandshakeFailed(client.failed(session, f"connection lost: {lost}")) from None
+            if done:
+                refused = client.established(session)
+                if refused is not None:
+                    raise TlsHandshakeFailed(f"TLS: {refused}")
+                try:
+                    early = session.read()
+                except TlsError as failed:
+                    raise TlsHandshakeFailed(client.failed(session, str(failed))) from None
+                return io, early
+            try:
+                data = await SockIO.recv(io)  # (SockIO's: the bytes are the handshake's)
+            except ConnectionLost as lost:
+                raise TlsHandshakeFailed(client.failed(session, f"connection lost: {lost}")) from None
+            if not data:
+                raise TlsHandshakeFailed(client.failed(session, "closed during the handshake"))
+            session.receive(data)
+    raise TlsHandshakeFailed(client.failed(session, HANDSHAKE_TIMEOUT))
