@@ -302,7 +302,7 @@ class Http1ServerStream(ServerStream):
         except BaseException:
             upstream.io.close()
             raise
-        if conn.io.tls is not None:  # TLS: bytes must be opened and sealed, not spliced
+        if conn.io.tls is not None or upstream.io.tls is not None:  # TLS either side: opened and sealed, not spliced
             conn.keep_alive = False  # the tunnel is the rest of this connection
             await self._pump_tls_tunnel(upstream.io)
             return True
