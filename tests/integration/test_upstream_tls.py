@@ -344,22 +344,17 @@ async def test_http2_cluster_refuses_a_server_that_picks_http1(tmp_path, certs, 
         assert got.stdout.startswith(b"HTTP/1.1 502") and b"ALPN" in got.stdout, got.stdout
 
 
-async def test_tcp_listener_originates_tls(tmp_path, certs, nursery):
-    """Plaintext from the client, TLS to the upstream (openssl s_server echoing lines)."""
+async def _s_server(nursery: trio.Nursery, cert: tuple[str, str]) -> tuple[int, Any]:
+    """`openssl s_server -rev`: each line it gets over TLS comes back reversed."""
     import socket
+    import subprocess
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    cert, key = certs.good
-    s_server = await nursery.start(
-        lambda task_status: trio.run_process(
-            ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", cert, "-key", key, "-rev", "-quiet"],
-            stdin=subprocess_devnull(),
-            capture_stdout=True,
-            task_status=task_status,
-            check=False,
-        )
+    command = ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", cert[0], "-key", cert[1], "-rev", "-quiet"]
+    proc = await nursery.start(
+        lambda task_status: trio.run_process(command, stdin=subprocess.DEVNULL, capture_stdout=True, task_status=task_status, check=False)
     )
     with trio.fail_after(5):
         while True:
@@ -368,27 +363,73 @@ async def test_tcp_listener_originates_tls(tmp_path, certs, nursery):
                 break
             except OSError:
                 await trio.sleep(0.05)
+    return port, proc
+
+
+async def _line(stream: trio.SocketStream, line: bytes) -> bytes:
+    await stream.send_all(line)
+    got = b""
+    with trio.fail_after(5):
+        while b"\n" not in got:
+            chunk = await stream.receive_some(1000)
+            assert chunk, got
+            got += chunk
+    return got
+
+
+async def test_tcp_listener_originates_tls_and_drains_it_in_a_reload(tmp_path, certs, nursery):
+    """Plaintext from the client, TLS to the upstream. A reload does not move the connection
+    (OpenSSL holds its state): it goes on in the old worker, new ones go to the new worker, and
+    it is cut at the drain deadline."""
+    from tests.integration.test_upgrade import reload, stat
+
+    port, s_server = await _s_server(nursery, certs.good)
     admin = str(tmp_path / "admin.sock")
-    config = tcp_config([f"127.0.0.1:{port}"])
+    config = tcp_config([f"127.0.0.1:{port}"], drain_timeout="3s")
     config["clusters"][0]["tls"] = {"ca": certs.ca_path, "server_name": NAME}
     config["admin"] = {"socket": admin}
     try:
         async with running_proxy(config, tmp_path) as proxy:
             stream = await trio.open_tcp_stream(*proxy.address("tcp"))
-            await stream.send_all(b"hello upstream\n")
-            got = b""
+            assert await _line(stream, b"hello upstream\n") == b"maertspu olleh\n"  # -rev, over TLS
+            await trio.sleep(0.6)  # idle past the relay's park delay: a TLS relay must not park
+            assert await _line(stream, b"abc\n") == b"cba\n"
+            outcome: dict[str, Any] = {}
+
+            async def reload_now() -> None:
+                outcome.update(await reload(proxy))
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(reload_now)
+                await proxy.wait_log("event=reload.committed")
+                assert await _line(stream, b"still here\n") == b"ereh llits\n"  # in the old worker still
+            assert outcome.get("result") == "ok" and outcome.get("forced") == 1, outcome  # cut at the drain deadline
             with trio.fail_after(5):
-                while b"\n" not in got:
-                    got += await stream.receive_some(1000)
-            assert got == b"maertspu olleh\n"  # -rev: each line reversed, over TLS
+                assert await stream.receive_some(100) == b""
+            assert await stat(proxy, "listener.tcp.downstream_cx_migrated_out") == 0
             await stream.aclose()
-            stats = await cluster_stats(admin)
-            assert stats["ssl_handshake"] == 1, stats
+            # (s_server serves one connection at a time: the new worker's, now the old one is gone)
+            fresh = await trio.open_tcp_stream(*proxy.address("tcp"))
+            assert await _line(fresh, b"new\n") == b"wen\n"  # the new worker connects with TLS too
+            await fresh.aclose()
     finally:
         s_server.terminate()
 
 
-def subprocess_devnull() -> int:
-    import subprocess
-
-    return subprocess.DEVNULL
+async def test_tcp_listener_closes_the_client_when_the_upstream_name_does_not_verify(tmp_path, certs, nursery):
+    port, s_server = await _s_server(nursery, certs.wrong_name)
+    admin = str(tmp_path / "admin.sock")
+    config = tcp_config([f"127.0.0.1:{port}"], max_connect_attempts=2)
+    config["clusters"][0]["tls"] = {"ca": certs.ca_path, "server_name": NAME}
+    config["admin"] = {"socket": admin}
+    try:
+        async with running_proxy(config, tmp_path) as proxy:
+            stream = await trio.open_tcp_stream(*proxy.address("tcp"))
+            with trio.fail_after(5):
+                assert await stream.receive_some(100) == b""  # closed: no upstream would do
+            stats = await cluster_stats(admin)
+            assert stats["ssl_fail_verify_san"] == 2 and stats["upstream_cx_connect_fail"] == 2, stats
+            assert stats["upstream_cx_connect_attempts_exceeded"] == 1 and stats["upstream_cx_active"] == 0
+            assert "hostname mismatch" in proxy.log()
+    finally:
+        s_server.terminate()
