@@ -74,6 +74,16 @@ class TlsHttpServer:
 
             def do_GET(self) -> None:
                 conn = self.connection
+                if self.path == "/upgrade":  # 101, then every byte back upper-cased, over TLS
+                    self.send_response(101)
+                    self.send_header("connection", "upgrade")
+                    self.send_header("upgrade", "websocket")
+                    self.end_headers()
+                    self.wfile.flush()
+                    while data := conn.recv(4096):
+                        conn.sendall(data.upper())
+                    self.close_connection = True
+                    return
                 peer = conn.getpeercert() or {}
                 body = json.dumps(
                     {
@@ -185,6 +195,29 @@ async def test_tls13_session_reuse_and_pooled_connections(tmp_path, certs, serve
         assert [r["reused"] for r in results] == [False, True, True]
         stats = await cluster_stats(admin)
         assert stats["ssl_session_reused"] == 2, stats
+
+
+async def test_an_upgrade_tunnel_to_a_tls_upstream_is_copied_not_spliced(tmp_path, certs, servers):
+    server = servers(certs.good)
+    admin = str(tmp_path / "admin.sock")
+    async with running_proxy(tls_cluster_config(server.address, admin, ca=certs.ca_path, server_name=NAME), tmp_path) as proxy:
+        stream = await trio.open_tcp_stream(*proxy.address("http"))
+        await stream.send_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        got = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in got:
+                got += await stream.receive_some(1000)
+            assert got.startswith(b"HTTP/1.1 101"), got
+            for word in (b"ping", b"pong" * 5000):
+                await stream.send_all(word)
+                echoed = b""
+                while len(echoed) < len(word):
+                    echoed += await stream.receive_some(65536)
+                assert echoed == word.upper()
+        await stream.aclose()
 
 
 async def test_session_reuse_can_be_turned_off(tmp_path, certs, servers):
