@@ -188,6 +188,8 @@ async def test_tls13_session_reuse_and_pooled_connections(tmp_path, certs, serve
         a = await get_json(proxy)
         b = await get_json(proxy)
         assert a["version"] == "TLSv1.3" and a["conn"] == b["conn"]  # one pooled connection
+        await trio.sleep(1.2)  # idle long enough to be checked before reuse (pool.PEEK_AFTER_IDLE)
+        assert (await get_json(proxy))["conn"] == a["conn"]
         assert server.handshakes == 1
     config["clusters"][0]["max_requests_per_connection"] = 1
     async with running_proxy(config, tmp_path) as proxy:

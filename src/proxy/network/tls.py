@@ -10,6 +10,10 @@ first certificate of the list, or, with `unknown_server_name: refuse`, a handsha
 (alert `unrecognized_name`). Several certificates for one name (an RSA and an ECDSA one) go in
 one OpenSSL context, which keeps one per key type and serves each client the one its
 signature algorithms allow.
+
+The client side, to a cluster's hosts (`ClientTls`, at the end): the server's chain is verified
+and so is its name (X509_VERIFY_PARAM: the DNS name, or the IP address of a host given as one),
+ALPN offers what the connection speaks, and each host's last session is offered again.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Plaintext is encrypted as it is given, so what SockIO queues, coalesces per sche
 sends is ciphertext: a response's records go out with the pass's other sends, as plaintext
 does, with no task per record. Reads take what the socket has (up to 64 KiB, several records)
 and return all the plaintext it completes; a read that completes no record reads on.
-`bytes_received` and `bytes_sent` count bytes on the wire.
+`bytes_received` and `bytes_sent` count bytes on the wire. One class for both directions:
+`accept_tls` runs a listener's server handshake, `connect_tls` a cluster's client one.
 """
 
 from __future__ import annotations
@@ -115,6 +116,14 @@ class TlsIO(SockIO):
         except ConnectionLost:
             return
         self._add_later(sealed)
+
+    def peer_closed(self) -> bool:
+        """As SockIO's, for an idle pooled connection, except that records without plaintext
+        (a late session ticket, a key update) are taken in and are no reason to drop it."""
+        try:
+            return self.recv_ready() is not None  # (plaintext: unexpected; b"": closed)
+        except ConnectionLost:
+            return True
 
     def try_send(self, data: bytes) -> int:
         raise NotImplementedError("TlsIO sends whole records: use send_all or send_soon")
