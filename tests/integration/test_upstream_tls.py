@@ -369,6 +369,27 @@ async def test_http2_over_tls_with_alpn_h2(tmp_path, certs, nursery):
         nghttpd.terminate()
 
 
+async def test_downstream_protocol_offers_what_the_client_spoke(tmp_path, certs, nursery):
+    """`protocol: downstream`: an HTTP/2 client's request goes to the HTTP/2 pool (ALPN h2,
+    which nghttpd takes); an HTTP/1.1 client's to the HTTP/1.1 pool, whose requests nghttpd,
+    h2 only, cannot answer."""
+    address, nghttpd = await _nghttpd(nursery, certs, tmp_path)
+    admin = str(tmp_path / "admin.sock")
+    config = tls_cluster_config(address, admin, ca=certs.ca_path, server_name=NAME)
+    config["clusters"][0]["protocol"] = "downstream"
+    config["listeners"][0]["protocol"] = "http"  # HTTP/1.1 or h2c by the preface
+    try:
+        async with running_proxy(config, tmp_path) as proxy:
+            h2 = await curl("--http2-prior-knowledge", url(proxy, "/hello.txt"))
+            assert h2.returncode == 0 and h2.stdout == b"hello over h2\n", h2
+            h1 = await curl("-i", url(proxy, "/hello.txt"))
+            assert h1.stdout.startswith(b"HTTP/1.1 502"), h1.stdout
+            stats = await cluster_stats(admin)
+            assert stats["ssl_handshake"] == 2 and stats["upstream_cx_total"] == 2, stats  # one per pool
+    finally:
+        nghttpd.terminate()
+
+
 async def test_http2_cluster_refuses_a_server_that_picks_http1(tmp_path, certs, servers):
     server = servers(certs.good)  # ALPN: http/1.1 only; the proxy offers h2
     admin = str(tmp_path / "admin.sock")

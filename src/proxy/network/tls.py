@@ -379,8 +379,8 @@ class KeyPair:
     """A client certificate (its chain) and its key, checked to belong together."""
 
     cert_path: str
-    chain: tuple[crypto.X509, ...]
-    key: crypto.PKey
+    chain: tuple[x509.Certificate, ...]
+    key: Any  # a cryptography private key
 
 
 def load_key_pair(cert_path: str, key_path: str) -> KeyPair:
@@ -398,11 +398,7 @@ def load_key_pair(cert_path: str, key_path: str) -> KeyPair:
     _key_kind(key)
     if _public_der(key.public_key()) != _public_der(certs[0].public_key()):
         raise TlsConfigError(f"the key {key_path} does not belong to the certificate {cert_path}")
-    return KeyPair(
-        cert_path=cert_path,
-        chain=tuple(crypto.X509.from_cryptography(c) for c in certs),
-        key=crypto.PKey.from_cryptography_key(key),  # type: ignore[arg-type]
-    )
+    return KeyPair(cert_path=cert_path, chain=tuple(certs), key=key)
 
 
 def check_ca_bundle(path: str) -> None:
