@@ -489,3 +489,62 @@ async def test_tcp_listener_closes_the_client_when_the_upstream_name_does_not_ve
             assert "hostname mismatch" in proxy.log()
     finally:
         s_server.terminate()
+
+
+class BannerServer:
+    """A TLS server that speaks first (as SMTP does), then echoes; one thread per connection."""
+
+    def __init__(self, cert: tuple[str, str]) -> None:
+        import socket
+
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(*cert)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: Any) -> None:
+        try:
+            with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.sendall(b"220 banner.example.test ready\r\n")
+                while data := tls.recv(4096):
+                    tls.sendall(b"echo " + data)
+        except (ssl.SSLError, OSError):
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_tcp_to_a_tls_server_that_speaks_first(tmp_path, certs):
+    server = BannerServer(certs.good)
+    admin = str(tmp_path / "admin.sock")
+    config = tcp_config([server.address])
+    config["clusters"][0]["tls"] = {"ca": certs.ca_path, "server_name": NAME}
+    config["admin"] = {"socket": admin}
+    try:
+        async with running_proxy(config, tmp_path) as proxy:
+            for _ in range(2):  # the second resumes the session
+                stream = await trio.open_tcp_stream(*proxy.address("tcp"))
+                got = b""
+                with trio.fail_after(5):
+                    while not got.endswith(b"\r\n"):
+                        got += await stream.receive_some(1000)
+                assert got == b"220 banner.example.test ready\r\n"  # before the client said anything
+                assert await _line(stream, b"EHLO me\n") == b"echo EHLO me\n"
+                await stream.send_eof()  # half-close: close_notify to the server, which ends too
+                with trio.fail_after(5):
+                    assert await stream.receive_some(100) == b""
+                await stream.aclose()
+            stats = await cluster_stats(admin)
+            assert stats["ssl_handshake"] == 2 and stats["ssl_session_reused"] == 1, stats
+    finally:
+        server.close()

@@ -24,7 +24,7 @@ from proxy.network import relay as relay_mod
 from proxy.network import fds
 from proxy.network.connect import ConnectFailed, connect
 from proxy.network.fds import OutOfDescriptors
-from proxy.network.tls_io import TlsHandshakeFailed, connect_tls
+from proxy.network.tls_io import TlsError, TlsHandshakeFailed, connect_tls
 from proxy.network.tls_relay import TlsRelay
 from proxy.stats import ListenerStats
 from proxy.upgrade import migration as migration_mod
@@ -184,7 +184,15 @@ class TcpProxy:
             early = b""
             if cluster.tls is not None:
                 try:
-                    tls, early = await connect_tls(sock, cluster.tls, host, None, deadline)
+                    tls = await connect_tls(sock, cluster.tls, host, None, deadline)
+                    early = tls.tls.read()  # what came behind the handshake (a server that speaks first)
+                except TlsError as broken:
+                    trio.lowlevel.notify_closing(sock)
+                    sock.close()
+                    host.stats.cx_connect_fail += 1
+                    cstats.upstream_cx_connect_fail += 1
+                    connect_failed(host, cluster.name, f"TLS: {broken}", trio.current_time(), listener=self.name)
+                    continue
                 except TlsHandshakeFailed as failed:
                     trio.lowlevel.notify_closing(sock)
                     sock.close()

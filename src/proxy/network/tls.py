@@ -498,7 +498,10 @@ class ClientTls:
                 if not lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded)):
                     raise TlsError(f"cannot verify the name {name!r}")
             elif not host.address.is_unix:
-                packed = socket.inet_pton(host.address.family, host.address.host)
+                try:
+                    packed = socket.inet_pton(host.address.family, host.address.host.partition("%")[0])
+                except OSError:
+                    raise TlsError(f"cannot verify the address {host.address.host!r}: set server_name") from None
                 lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
         if self.reuse:
             previous = self.last.get(session.key)

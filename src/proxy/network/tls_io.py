@@ -191,13 +191,14 @@ async def accept_tls(sock: socket.socket, server: Any) -> tuple[TlsIO, bytes]:
     raise TlsHandshakeFailed(HANDSHAKE_TIMEOUT)
 
 
-async def connect_tls(sock: socket.socket, client: Any, host: Any, protocol: str | None, deadline: float) -> tuple[TlsIO, bytes]:
+async def connect_tls(sock: socket.socket, client: Any, host: Any, protocol: str | None, deadline: float) -> TlsIO:
     """The client side of a handshake on a connected socket to `host`, by `deadline` (what is
-    left of the cluster's connect_timeout): the connection's TlsIO, and the plaintext that came
-    with the server's last flight (a server that speaks first). `client` is the cluster's
+    left of the cluster's connect_timeout): the connection's TlsIO. `client` is the cluster's
     network.tls.ClientTls; `protocol` (http1, http2, None for bytes) picks the ALPN offer.
-    Raises TlsHandshakeFailed, counted by the cluster and with a key-free reason (the socket
-    is left for the caller to close)."""
+    Records that came behind the server's Finished (TLS 1.3 tickets, a server's first bytes:
+    an HTTP/2 SETTINGS) stay in the session, opened by the first recv with what follows them
+    (`io.tls.read()` takes them now). Raises TlsHandshakeFailed, counted by the cluster and
+    with a key-free reason (the socket is left for the caller to close)."""
     # (Compiled: each `except ... as` name keeps one type in a function: `lost`, `failed`.)
     try:
         session = client.session(host, protocol)
@@ -221,11 +222,7 @@ async def connect_tls(sock: socket.socket, client: Any, host: Any, protocol: str
                 refused = client.established(session)
                 if refused is not None:
                     raise TlsHandshakeFailed(f"TLS: {refused}")
-                try:
-                    early = session.read()
-                except TlsError as failed:
-                    raise TlsHandshakeFailed(client.failed(session, str(failed))) from None
-                return io, early
+                return io
             try:
                 data = await SockIO.recv(io)  # (SockIO's: the bytes are the handshake's)
             except ConnectionLost as lost:

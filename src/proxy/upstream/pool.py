@@ -58,7 +58,7 @@ async def open_connection(host: Host, cluster: Cluster, protocol: str) -> SockIO
         io = SockIO(sock)
     else:
         try:
-            io = (await connect_tls(sock, client, host, protocol, deadline))[0]  # (no early bytes from an HTTP server)
+            io = await connect_tls(sock, client, host, protocol, deadline)
         except TlsHandshakeFailed as failed:
             _close(sock)
             raise ConnectFailed(host, failed.reason) from None
