@@ -102,3 +102,10 @@ def test_config_shows_no_key(files) -> None:
     config = load({"ca": files["ca"], "cert": files["cert"], "key": files["key"]})
     tls = config_json(config)["clusters"][0]["tls"]
     assert tls["cert"] == files["cert"] and tls["key"] == "[redacted]"
+
+
+def test_auto_protocol_needs_tls() -> None:
+    text = json.dumps({"clusters": [{"name": "back", "protocol": "auto", "hosts": [{"address": "10.0.0.1:443"}]}]})
+    issues = issues_of(text, fmt="json")
+    assert [(i.path, i.message) for i in issues] == [("clusters[0].protocol", "protocol auto picks HTTP/2 or HTTP/1.1 by ALPN, which needs the cluster's tls")]
+    assert load({}).clusters[0].protocol == "http1"

@@ -90,8 +90,10 @@ def _untrusting_call(target: str) -> grpc.StatusCode:
 
 
 @pytest.mark.parametrize("listener_protocol", ["http2", "http"])
-@pytest.mark.parametrize("upstream_tls", [False, True], ids=["h2c-upstream", "tls-upstream"])
-async def test_grpc_over_tls_through_the_proxy(tmp_path, pki, listener_protocol, upstream_tls):
+@pytest.mark.parametrize("upstream", ["h2c", "tls", "tls-auto"])
+async def test_grpc_over_tls_through_the_proxy(tmp_path, pki, listener_protocol, upstream):
+    """`tls-auto`: the cluster's protocol is auto, and grpcio's ALPN pick (h2) decides."""
+    upstream_tls = upstream != "h2c"
     if upstream_tls:
         chain, key = pki.pems[UPSTREAM_NAME]
         server, address = _server(grpc.ssl_server_credentials([(key, chain)]))
@@ -105,6 +107,8 @@ async def test_grpc_over_tls_through_the_proxy(tmp_path, pki, listener_protocol,
         listener["tls"] = {"certificates": [{"cert": cert, "key": key_path}]}
         if upstream_tls:
             cfg["clusters"][0]["tls"] = {"ca": pki.ca_path, "server_name": UPSTREAM_NAME}
+        if upstream == "tls-auto":
+            cfg["clusters"][0]["protocol"] = "auto"
         async with running_proxy(cfg, tmp_path) as proxy:
             host, port = proxy.address("grpc")
             out = await trio.to_thread.run_sync(_tls_calls, f"{host}:{port}", pki.ca_pem)

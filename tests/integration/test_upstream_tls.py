@@ -390,6 +390,32 @@ async def test_downstream_protocol_offers_what_the_client_spoke(tmp_path, certs,
         nghttpd.terminate()
 
 
+async def test_auto_protocol_uses_what_each_host_picks_by_alpn(tmp_path, certs, servers, nursery):
+    """`protocol: auto`: the first connection to a host offers h2 and http/1.1; nghttpd picks
+    h2 (requests multiplexed on it), the stdlib server http/1.1 (pooled keep-alive)."""
+    h1 = servers(certs.good)
+    h2_address, nghttpd = await _nghttpd(nursery, certs, tmp_path)
+    admin = str(tmp_path / "admin.sock")
+    config = tls_cluster_config(h1.address, admin, ca=certs.ca_path, server_name=NAME)
+    config["clusters"][0]["protocol"] = "auto"
+    config["clusters"].append({"name": "h2", "protocol": "auto", "hosts": [{"address": h2_address}], "tls": {"ca": certs.ca_path, "server_name": NAME}})
+    config["routes"]["main"]["virtual_hosts"][0]["routes"].insert(0, {"match": {"prefix": "/hello.txt"}, "cluster": "h2"})
+    try:
+        async with running_proxy(config, tmp_path) as proxy:
+            first, second = await get_json(proxy), await get_json(proxy)
+            assert first["alpn"] == "http/1.1" and first["conn"] == second["conn"]  # learned, then pooled
+            host, port = proxy.address("http")
+            result = await trio.run_process(
+                ["h2load", "--h1", "-n", "200", "-c", "4", f"http://{host}:{port}/hello.txt"], capture_stdout=True, check=False
+            )
+            assert b"200 succeeded" in result.stdout and b"200 2xx" in result.stdout, result.stdout
+            stats = json.loads(await admin_get(admin, "/stats"))
+            assert stats["cluster.h2.http2_rx_goaway"] == 0 and stats["cluster.h2.upstream_rq_total"] == 200
+            assert stats["cluster.h2.upstream_cx_total"] <= 4, stats["cluster.h2.upstream_cx_total"]  # streams share connections
+    finally:
+        nghttpd.terminate()
+
+
 async def test_http2_cluster_refuses_a_server_that_picks_http1(tmp_path, certs, servers):
     server = servers(certs.good)  # ALPN: http/1.1 only; the proxy offers h2
     admin = str(tmp_path / "admin.sock")

@@ -69,8 +69,9 @@ class Cluster(_Model):
     max_requests_per_connection: PositiveInt | None = None
     idle_timeout: PositiveDuration = PositiveDuration(60.0)  # an unused pooled connection is closed after this
     # What the proxy speaks to the hosts: HTTP/1.1, HTTP/2 (prior-knowledge h2c, multiplexed),
-    # or whatever the client spoke (Envoy's USE_DOWNSTREAM_PROTOCOL).
-    protocol: Literal["http1", "http2", "downstream"] = "http1"
+    # whatever the client spoke (Envoy's USE_DOWNSTREAM_PROTOCOL), or, over TLS, what each
+    # host picks by ALPN from h2 and http/1.1 on its first connection (`auto`).
+    protocol: Literal["http1", "http2", "downstream", "auto"] = "http1"
     http2: ClusterHttp2Options = ClusterHttp2Options()
     tls: ClusterTls | None = None  # TLS to the hosts (within connect_timeout: TCP and handshake)
 

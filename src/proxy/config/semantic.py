@@ -76,6 +76,9 @@ def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -
 def _cluster_tls(clusters: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
     """TLS to the hosts: the files load (a CA bundle, a client key that is its certificate's),
     OpenSSL takes the ciphers, and every host has a name to verify."""
+    for index, cluster in clusters:
+        if cluster.get("protocol") == "auto" and not isinstance(cluster.get("tls"), dict):
+            issues.add(("clusters", index, "protocol"), "protocol auto picks HTTP/2 or HTTP/1.1 by ALPN, which needs the cluster's tls")
     with_tls = [(index, cluster, cluster["tls"]) for index, cluster in clusters if isinstance(cluster.get("tls"), dict)]
     if not with_tls:
         return  # (and pyOpenSSL stays unimported)
@@ -135,7 +138,7 @@ def _cluster_http2(clusters: list[tuple[int, dict[str, Any]]], issues: Issues) -
         elif interval is not None and timeout is None:
             issues.add(path + ("keepalive_interval",), "keepalive_interval needs a keepalive_timeout (how long to wait for the PING's answer)")
         if (interval is not None or timeout is not None) and cluster.get("protocol", "http1") == "http1":
-            issues.add(path, "HTTP/2 keepalive needs the cluster's protocol to be http2 or downstream (HTTP/1.1 connections have no PING)")
+            issues.add(path, "HTTP/2 keepalive needs the cluster's protocol to be http2 or downstream, or auto (HTTP/1.1 connections have no PING)")
 
 
 def _items(value: Any) -> list[tuple[int, dict[str, Any]]]:

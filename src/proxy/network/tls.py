@@ -410,7 +410,7 @@ def check_ca_bundle(path: str) -> None:
 
 
 # What an HTTP connection to a cluster offers when its tls names no alpn (and accepts back).
-CLIENT_ALPN = {"http1": ("http/1.1",), "http2": ("h2",)}
+CLIENT_ALPN = {"http1": ("http/1.1",), "http2": ("h2",), "auto": ("h2", "http/1.1")}
 
 # Failures are counted by kind: ssl_fail_verify_san (the chain is good, the name is not the
 # certificate's), ssl_fail_verify_error (the chain: expired, unknown CA, self-signed...), and
@@ -518,7 +518,7 @@ class ClientTls:
         chosen = session.alpn
         if expected is not None and chosen is not None and chosen not in expected:
             self.stats.ssl_connection_error += 1
-            return f"the server chose ALPN {chosen!r}; this connection speaks {expected[0]}"
+            return f"the server chose ALPN {chosen!r}; this connection speaks {' or '.join(expected)}"
         stats = self.stats
         stats.ssl_handshake += 1
         if lib.SSL_session_reused(session._ssl):

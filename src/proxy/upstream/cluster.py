@@ -20,7 +20,7 @@ class Cluster:
         self.balancer = make_balancer(config.lb, self.hosts)
         self.stats = ClusterStats()
         self.connect_timeout = float(config.connect_timeout)
-        self.protocol = config.protocol  # the upstream side: http1 | http2 | downstream
+        self.protocol = config.protocol  # the upstream side: http1 | http2 | downstream | auto
         # TLS to the hosts: a network.tls.ClientTls (pyOpenSSL only where a cluster has TLS).
         self.tls: Any = None
         if config.tls is not None:

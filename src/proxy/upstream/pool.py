@@ -144,6 +144,14 @@ class HostPool:
             await wait_for_room(self, f"{self.open} connections open")
             fresh = False
 
+    def adopt(self, io: SockIO) -> None:
+        """A new connection on `io` (open_connection's, counted) joins the idle ones."""
+        self.open += 1
+        conn = Http1Upstream(io, self.host, self)
+        conn.idle_since = self._now()
+        self.idle.append(conn)
+        self._wake()
+
     def release(self, conn: Http1Upstream, reusable: bool) -> None:
         conn.requests += 1
         # Bytes of the last request still queued (send_soon; an upstream that answered early, e.g.
@@ -219,6 +227,19 @@ class PoolManager:
 
             pool = self.h2_pools[host] = H2HostPool(host, cluster, self)
         return pool
+
+    async def learn(self, host: Host, cluster: Cluster) -> None:
+        """`protocol: auto`: open a first connection to `host` offering h2 and http/1.1 by ALPN;
+        the server's pick (none: HTTP/1.1) is the host's protocol from now on, and that pool
+        takes the connection. Raises ConnectFailed."""
+        io = await open_connection(host, cluster, "auto")
+        tls = io.tls
+        if tls is not None and tls.alpn == "h2":
+            host.protocol = "http2"
+            self.h2_pool(host, cluster).adopt(io)
+        else:
+            host.protocol = "http1"
+            self.pool(host, cluster).adopt(io)
 
     async def run_sweeper(self) -> None:
         async with trio.open_nursery() as nursery:
