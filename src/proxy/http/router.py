@@ -412,7 +412,7 @@ class Router:
         host = cluster.balancer.choose()
         if host is None:
             raise _UpstreamFailure("connect-failure", flags.NO_HEALTHY_UPSTREAM, "no healthy upstream")
-        protocol = cluster.protocol
+        protocol: str = cluster.protocol
         try:
             if protocol == "auto":
                 if host.protocol is None:
