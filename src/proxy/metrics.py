@@ -81,7 +81,7 @@ _HELP: dict[str, str] = {
     "ssl_handshake": "TLS handshakes completed.",
     "ssl_connection_error": "TLS handshakes that failed.",
     "ssl_session_reused": "TLS handshakes to a host that resumed its last session.",
-    "ssl_fail_verify_error": "TLS handshakes to a host whose certificate chain did not verify.",
+    "ssl_fail_verify_error": "TLS handshakes refused because the peer's certificate chain did not verify.",
     "ssl_fail_verify_san": "TLS handshakes to a host whose certificate is not for the name (or address) verified.",
     # HTTP/2, both
     "http2_rx_goaway": "HTTP/2 GOAWAY frames received.",

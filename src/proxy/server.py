@@ -252,6 +252,14 @@ class Worker:
             return lambda: nursery.start_soon(handler.adopt_tunnel, socks[0], socks[1], state)
         return lambda: nursery.start_soon(handler.adopt, socks[0], socks[1], state)
 
+    def certificate_errors(self) -> list[dict[str, Any]] | None:
+        """Listeners whose changed TLS files could not be used (their old ones serve on);
+        None when no listener has TLS."""
+        watchers = [hcm.tls_watch for hcm in self.http_managers if hcm.tls_watch is not None]
+        if not watchers:
+            return None
+        return [w.error for w in watchers if w.error is not None]
+
     def active_connections(self) -> int:
         return sum(lr.stats.downstream_cx_active for lr in self.listeners)
 
@@ -291,6 +299,8 @@ class Worker:
             )
             assert self._root is not None
             self._root.start_soon(hcm.run_watchdog)
+            if hcm.tls_watch is not None:
+                self._root.start_soon(hcm.tls_watch.run, name=f"tls_watch:{lc.name}")
             self.http_managers.append(hcm)
             return hcm
         raise ValueError(f"listener {lc.name}: unsupported protocol {lc.protocol}")
@@ -303,8 +313,10 @@ class Worker:
         self._resume.set()
         if self._accept_scope is not None:
             self._accept_scope.cancel()
+        # (the same deadline _serve sets on the connection nursery, give or take a checkpoint)
+        deadline = trio.current_time() + float(self.config.runtime.drain_timeout)
         for hcm in self.http_managers:
-            hcm.drain()
+            hcm.drain(deadline)
 
     def stop_now(self) -> None:
         self.state = "stopping"

@@ -152,6 +152,20 @@ class ListenerStats(_Stats):
         "ssl_connection_error",  # a bad ClientHello, no shared version or cipher, an alert
         "ssl_handshake_timeout",  # no finished handshake within the listener's handshake_timeout
         "ssl_sni_refused",  # a name no certificate serves, with unknown_server_name: refuse
+        # certificates on demand (tls.on_demand): minted, fetched from the provider, its failures,
+        # names served from the cache, and names dropped from it (least recently used first)
+        "ssl_dynamic_minted",
+        "ssl_provider_fetched",
+        "ssl_provider_error",
+        "ssl_dynamic_cache_hit",
+        "ssl_dynamic_cache_evicted",
+        # mutual TLS (client_certificate: request | require)
+        "ssl_fail_verify_no_cert",  # require: the client sent no certificate
+        "ssl_fail_verify_error",  # the client's certificate did not verify against client_ca
+        "ssl_no_certificate",  # request: handshakes done without a client certificate
+        # certificate rotation (tls.watch_interval): files changed on disk and re-read
+        "ssl_certificate_rotated",  # a new set of files now serves new handshakes
+        "ssl_certificate_rotation_failed",  # a new set that cannot be used (the old one serves on)
     )
     # parked: idle connections waiting without a task (proxy.network.parking), among the active
     GAUGES = ("downstream_cx_active", "downstream_cx_parked", "downstream_rq_active")

@@ -7,7 +7,8 @@ path they were given; `proxy run --daemon` makes that absolute before it detache
 
 The paths, every path-valued field of the model (`proxy.config.model`):
   listeners[].access_log[].path   except "stdout" and "stderr"
-  listeners[].tls.certificates[].cert and .key
+  listeners[].tls.certificates[].cert and .key, listeners[].tls.client_ca
+  listeners[].tls.on_demand.issuer.cert and .key
   clusters[].tls.ca, .cert and .key
   diagnostics.directory
   admin.socket                    so `proxy ctl -c FILE` finds the socket from anywhere
@@ -43,6 +44,12 @@ def resolve(raw: Any, base_dir: str) -> None:
             for cert in _dicts(tls.get("certificates")):
                 _resolve_key(cert, "cert", base_dir)
                 _resolve_key(cert, "key", base_dir)
+            on_demand = tls.get("on_demand")
+            issuer = on_demand.get("issuer") if isinstance(on_demand, dict) else None
+            if isinstance(issuer, dict):
+                _resolve_key(issuer, "cert", base_dir)
+                _resolve_key(issuer, "key", base_dir)
+            _resolve_key(tls, "client_ca", base_dir)
     for cluster in _dicts(raw.get("clusters")):
         tls = cluster.get("tls")
         if isinstance(tls, dict):

@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy.config.semantic_routes import check_routes
 from proxy.config.errors import Issues, PathTuple, format_path
-from proxy.config.values import Address
+from proxy.config.values import Address, Duration
 from proxy.http import codecs
 
 
@@ -30,6 +30,7 @@ def check(raw: Any, issues: Issues) -> None:
     _listener_clusters(listeners, cluster_names, issues)
     _listener_addresses(listeners, raw.get("admin"), issues)
     _listener_tls(listeners, issues)
+    _listener_xfcc(listeners, issues)
     _host_addresses(clusters, issues)
     _cluster_http2(clusters, issues)
     _cluster_tls(clusters, issues)
@@ -51,8 +52,11 @@ def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -
         if protocol not in ("http1", "http2", "http"):
             issues.add(("listeners", index, "tls"), f"TLS termination is for http1, http2 and http listeners, not {protocol!r}")
         certificates = _items(tls.get("certificates"))
-        if not certificates and isinstance(tls.get("certificates"), list):
-            issues.add(("listeners", index, "tls", "certificates"), "give at least one certificate")
+        on_demand = tls.get("on_demand")
+        if not certificates and not isinstance(on_demand, dict):
+            issues.add(("listeners", index, "tls", "certificates"), "give at least one certificate (or on_demand)")
+        if isinstance(on_demand, dict):
+            _tls_on_demand(("listeners", index, "tls", "on_demand"), on_demand, issues)
         for j, cert in certificates:
             if not isinstance(cert.get("cert"), str) or not isinstance(cert.get("key"), str):
                 continue  # the structural check reports it
@@ -68,9 +72,85 @@ def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -
                     getattr(SSL.Context(SSL.TLS_SERVER_METHOD), setter)(value.encode())
                 except (SSL.Error, ValueError):
                     issues.add(("listeners", index, "tls", key), f"OpenSSL takes none of {value!r}")
+        groups = tls.get("groups")
+        if isinstance(groups, list) and groups and all(isinstance(g, str) for g in groups):
+            from proxy.network.tls import set_groups
+
+            try:
+                set_groups(SSL.Context(SSL.TLS_SERVER_METHOD), groups)
+            except ValueError as exc:
+                issues.add(("listeners", index, "tls", "groups"), str(exc))
         lo, hi = tls.get("min_version", "1.2"), tls.get("max_version", "1.3")
         if lo == "1.3" and hi == "1.2":
             issues.add(("listeners", index, "tls"), "min_version 1.3 is above max_version 1.2")
+        _client_certificates(index, tls, issues)
+
+
+def _client_certificates(index: int, tls: dict[str, Any], issues: Issues) -> None:
+    """client_ca goes with client_certificate request or require, and loads."""
+    from proxy.network.tls import TlsConfigError, load_client_ca
+
+    mode = tls.get("client_certificate", "none")
+    ca = tls.get("client_ca")
+    if mode in ("request", "require"):
+        if ca is None:
+            issues.add(("listeners", index, "tls", "client_ca"), f"client_certificate: {mode} needs client_ca (a PEM bundle of the CAs client certificates chain to)")
+        elif isinstance(ca, str):
+            try:
+                load_client_ca(ca)
+            except TlsConfigError as exc:
+                issues.add(("listeners", index, "tls", "client_ca"), str(exc))
+    elif mode == "none":
+        for key in ("client_ca", "verify_depth"):
+            if tls.get(key) is not None:
+                issues.add(("listeners", index, "tls", key), f"{key} applies only with client_certificate: request or require")
+
+
+def _listener_xfcc(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
+    """Envoy's rule: set_current_client_cert_details only where the proxy sets an XFCC."""
+    for index, listener in listeners:
+        http = listener.get("http")
+        if not isinstance(http, dict) or not isinstance(http.get("set_current_client_cert_details"), dict):
+            continue
+        mode = http.get("forward_client_cert_details", "sanitize")
+        if any(v is True for v in http["set_current_client_cert_details"].values()) and mode not in ("append_forward", "sanitize_set"):
+            issues.add(
+                ("listeners", index, "http", "set_current_client_cert_details"),
+                f"applies only with forward_client_cert_details append_forward or sanitize_set, not {mode!r}",
+            )
+
+
+def _tls_on_demand(path: tuple[Any, ...], on_demand: dict[str, Any], issues: Issues) -> None:
+    """A provider that loads, an issuer that is a CA with its own key, and a cache that expires
+    before what it holds does."""
+    from proxy import plugins
+    from proxy.network import tls_dynamic
+    from proxy.network.tls import TlsConfigError, load_issuer
+
+    provider, issuer = on_demand.get("provider"), on_demand.get("issuer")
+    if provider is None and issuer is None:
+        issues.add(path, "give a provider, an issuer, or both")
+    if isinstance(provider, dict) and isinstance(provider.get("type"), str):
+        target = plugins.split_target(provider["type"])
+        if target is None:
+            issues.add(path + ("provider", "type"), f"{provider['type']!r} is not package.module:Class")
+        else:
+            try:
+                plugins.load_class(*target, tls_dynamic.CertificateProvider, f"certificate provider {provider['type']!r}", "a CertificateProvider subclass")
+            except plugins.PluginError as exc:
+                issues.add(path + ("provider", "type"), str(exc))
+    if isinstance(issuer, dict) and isinstance(issuer.get("cert"), str) and isinstance(issuer.get("key"), str):
+        try:
+            load_issuer(issuer["cert"], issuer["key"])
+        except TlsConfigError as exc:
+            issues.add(path + ("issuer",), str(exc))
+    try:
+        lifetime = Duration.parse(on_demand.get("lifetime", "24h"))
+        cache_lifetime = Duration.parse(on_demand.get("cache_lifetime", "1h"))
+    except (TypeError, ValueError):
+        return  # (the structural check reports it)
+    if cache_lifetime > lifetime:
+        issues.add(path + ("cache_lifetime",), "longer than the certificates' lifetime: the cache would serve expired ones")
 
 
 def _cluster_tls(clusters: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:

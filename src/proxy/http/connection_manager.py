@@ -25,7 +25,15 @@ from proxy.http.multiplex import MuxServer
 from proxy.http.router import Router
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
-from proxy.network.tls_io import HANDSHAKE_TIMEOUT, UNKNOWN_SERVER_NAME, TlsHandshakeFailed, accept_tls
+from proxy.network import tls_inspector
+from proxy.network.tls_io import (
+    CLIENT_CERTIFICATE_REFUSED,
+    HANDSHAKE_TIMEOUT,
+    NO_CLIENT_CERTIFICATE,
+    UNKNOWN_SERVER_NAME,
+    TlsHandshakeFailed,
+    accept_tls,
+)
 from proxy.stats import ListenerStats
 from proxy.upgrade import migration as migration_mod
 from proxy.upstream.cluster import Cluster
@@ -40,6 +48,36 @@ WATCHDOG_TICK = 0.1
 # The HTTP/2 connection preface (RFC 9113 §3.4): on a `protocol: http` listener, a client that
 # starts with it speaks HTTP/2 (prior knowledge); any other first bytes are HTTP/1.1.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+# A refused handshake: how long, and how much, the client's further bytes are read and
+# dropped after the alert (see _linger).
+LINGER_TIME = 1.0
+LINGER_BYTES = 256 * 1024
+
+
+async def _linger(sock: socket.socket) -> None:
+    """After a fatal alert: end our side (FIN after the alert) and read what the client still
+    sends until it closes, briefly. Closing with its bytes unread would send a RST, and a RST
+    makes the client's kernel drop the alert unread. A TLS 1.3 client sends its certificate
+    with its request right behind (curl), so this is the common case for a refused one."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    left = LINGER_BYTES
+    with trio.move_on_after(LINGER_TIME):
+        while left > 0:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            left -= len(data)
 
 
 class HttpConnectionManager:
@@ -70,14 +108,23 @@ class HttpConnectionManager:
         if config.protocol != codecs.HTTP1:
             self.mux = MuxServer(self, self.router, config, codecs.server_codec_factory(config))
         self.draining = False
+        self.drain_started = trio.Event()
+        self.drain_deadline: float | None = None
         self.migration: migration_mod.Migration = migration_mod.NO_MIGRATION
         self.tunnels: dict[relay_mod.Relay, str | None] = {}  # live tunnels and their upstream host
         # TLS termination: the handshake first, then ALPN (or the protocol) picks the codec.
         self.tls: Any = None
+        self.tls_watch: Any = None  # network.tls_watch.CertificateWatcher (rotation), with TLS
+        self.verify_clients = False
         if config.tls is not None:
-            from proxy.network.tls import ServerTls  # (pyOpenSSL only where a listener has TLS)
+            # (pyOpenSSL only where a listener has TLS)
+            from proxy.network import tls_watch
+            from proxy.network.tls import ServerTls, watched_paths
 
-            self.tls = ServerTls(config.tls, config.protocol)
+            seen = tls_watch.signature(watched_paths(config.tls))  # before the files are read
+            self.tls = ServerTls(config.tls, config.protocol, stats, self.name)
+            self.tls_watch = tls_watch.CertificateWatcher(self.name, self.tls, config.tls, stats, seen)
+            self.verify_clients = config.tls.client_certificate != "none"
             for cert in self.tls.certificates:
                 if cert.world_readable_key:  # (the path only: never the key)
                     log.warning("tls.key_readable_by_others", listener=self.name, key=cert.key_path)
@@ -94,9 +141,13 @@ class HttpConnectionManager:
 
     # ------------------------------------------------------------------ connection
 
-    def drain(self) -> None:
+    def drain(self, deadline: float | None = None) -> None:
         """Graceful stop: idle keep-alive connections close now; busy ones finish the request
-        in flight and answer it with `Connection: close` (Envoy's drain, for HTTP/1.1)."""
+        in flight and answer it with `Connection: close` (Envoy's drain, for HTTP/1.1).
+        `deadline`: when what is still open is cut (a WebSocket over TLS sends its Close
+        before it: http/tls_tunnel.py)."""
+        self.drain_deadline = deadline
+        self.drain_started.set()
         self.draining = True
         self.router.draining = True
         self.http1.drain()
@@ -135,16 +186,37 @@ class HttpConnectionManager:
         stats = self.stats
         tls = self.tls
         assert tls is not None
+        initial = b""
+        timeout = tls.handshake_timeout
         try:
-            io, early = await accept_tls(sock, tls)
+            if tls.on_demand is not None:
+                # The name before the handshake: a certificate for it may have to be fetched or
+                # minted first, which the SNI callback (inside OpenSSL) cannot wait for.
+                started = trio.current_time()
+                inspection = await tls_inspector.inspect(sock, timeout)
+                if inspection.outcome == tls_inspector.TIMEOUT:
+                    raise TlsHandshakeFailed(HANDSHAKE_TIMEOUT)
+                if inspection.outcome == tls_inspector.CLOSED:
+                    raise TlsHandshakeFailed("closed during the handshake")
+                timeout = max(0.0, timeout - (trio.current_time() - started))  # (a mint's wait is ours, not the client's)
+                if inspection.hello is not None:
+                    await tls.prepare(inspection.hello.server_name)
+                initial = inspection.data  # (not TLS, or bad: OpenSSL's alert says so)
+            io, early = await accept_tls(sock, tls, initial, timeout)
         except TlsHandshakeFailed as failed:
             if failed.reason == HANDSHAKE_TIMEOUT:
                 stats.ssl_handshake_timeout += 1
             elif failed.reason == UNKNOWN_SERVER_NAME:
                 stats.ssl_sni_refused += 1
+            elif failed.reason == NO_CLIENT_CERTIFICATE:
+                stats.ssl_fail_verify_no_cert += 1
+            elif failed.reason.startswith(CLIENT_CERTIFICATE_REFUSED):
+                stats.ssl_fail_verify_error += 1
             else:
                 stats.ssl_connection_error += 1
             log.debug("tls.handshake_failed", listener=self.name, reason=failed.reason)
+            if failed.reason != HANDSHAKE_TIMEOUT:
+                await _linger(sock)
             self._close_unserved(sock)
             return
         except Exception as error:  # a bug of ours: it ends this connection, not the listener
@@ -153,6 +225,8 @@ class HttpConnectionManager:
             self._close_unserved(sock)
             return
         stats.ssl_handshake += 1
+        if self.verify_clients and not io.tls.presented_certificate:
+            stats.ssl_no_certificate += 1
         alpn = io.tls.alpn
         if self.mux is not None and (alpn == "h2" or (alpn is None and self.protocol == codecs.HTTP2)):
             await self.mux.connection(sock, peer, io=io, leftover=early)

@@ -29,6 +29,8 @@ class TlsError(Exception):
 # is OpenSSL's own, short and key-free.
 HANDSHAKE_TIMEOUT = "handshake timeout"
 UNKNOWN_SERVER_NAME = "unknown server name"
+NO_CLIENT_CERTIFICATE = "no client certificate"  # `client_certificate: require`
+CLIENT_CERTIFICATE_REFUSED = "client certificate refused"  # then ": " and OpenSSL's verify error
 
 
 class TlsHandshakeFailed(Exception):
@@ -153,24 +155,28 @@ class TlsIO(SockIO):
         SockIO.close(self)
 
 
-async def accept_tls(sock: socket.socket, server: Any) -> tuple[TlsIO, bytes]:
-    """The server side of a handshake on an accepted socket, within the listener's
-    handshake_timeout: the connection's TlsIO, and the plaintext that came with the client's
-    last handshake flight (a request sent right behind its Finished). Raises
+async def accept_tls(sock: socket.socket, server: Any, initial: bytes = b"", timeout: float = -1.0) -> tuple[TlsIO, bytes]:
+    """The server side of a handshake on an accepted socket, within `timeout` (by default the
+    listener's handshake_timeout): the connection's TlsIO, and the plaintext that came with the
+    client's last handshake flight (a request sent right behind its Finished). `initial`: bytes
+    already read off the socket (the TLS inspector's), the handshake's first. Raises
     TlsHandshakeFailed (the socket is left for the caller to close). `server` is the
     listener's network.tls.ServerTls."""
     session = server.session()
     io = TlsIO(sock, session)
+    data = initial
     # (Compiled: each `except ... as` name keeps one type in a function: `lost`, `failed`.)
-    with trio.move_on_after(server.handshake_timeout):
+    with trio.move_on_after(server.handshake_timeout if timeout < 0 else timeout):
         while True:
-            try:
-                data = await SockIO.recv(io)  # (SockIO's: the bytes are the handshake's)
-            except ConnectionLost as lost:
-                raise TlsHandshakeFailed(f"connection lost: {lost}") from None
             if not data:
-                raise TlsHandshakeFailed("closed during the handshake")
+                try:
+                    data = await SockIO.recv(io)  # (SockIO's: the bytes are the handshake's)
+                except ConnectionLost as lost:
+                    raise TlsHandshakeFailed(f"connection lost: {lost}") from None
+                if not data:
+                    raise TlsHandshakeFailed("closed during the handshake")
             session.receive(data)
+            data = b""
             try:
                 done = session.handshake()
             except TlsError as failed:
