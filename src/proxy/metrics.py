@@ -77,6 +77,12 @@ _HELP: dict[str, str] = {
     "upstream_rq_reset": "Upstream HTTP requests reset.",
     "upstream_cx_reused_closed": "Reused keep-alive upstream connections that closed before answering.",
     "upstream_cx_keepalive_timeout": "Upstream HTTP/2 connections closed because a keepalive PING went unanswered.",
+    # TLS (listeners' from clients, clusters' to their hosts)
+    "ssl_handshake": "TLS handshakes completed.",
+    "ssl_connection_error": "TLS handshakes that failed.",
+    "ssl_session_reused": "TLS handshakes to a host that resumed its last session.",
+    "ssl_fail_verify_error": "TLS handshakes refused because the peer's certificate chain did not verify.",
+    "ssl_fail_verify_san": "TLS handshakes to a host whose certificate is not for the name (or address) verified.",
     # HTTP/2, both
     "http2_rx_goaway": "HTTP/2 GOAWAY frames received.",
     "http2_tx_goaway": "HTTP/2 GOAWAY frames sent.",

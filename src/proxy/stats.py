@@ -196,6 +196,12 @@ class ClusterStats(_Stats):
         "upstream_rq_reset",
         "upstream_cx_reused_closed",  # a reused keep-alive connection closed before answering
         "upstream_cx_keepalive_timeout",  # HTTP/2: closed for a PING unanswered (http2.keepalive_*)
+        # TLS to the hosts (clusters[].tls); every failed handshake is also a connect failure
+        "ssl_handshake",
+        "ssl_session_reused",  # a handshake that resumed the host's last session
+        "ssl_connection_error",  # every failed handshake, the two below included
+        "ssl_fail_verify_error",  # the chain did not verify (expired, unknown CA, ...)
+        "ssl_fail_verify_san",  # the certificate is not for the host's name (or IP address)
         *HTTP2_COUNTERS,
     )
     GAUGES = ("upstream_cx_active", "upstream_rq_active")

@@ -301,6 +301,7 @@ _ATTRIBUTES = (
     "upstream_host",
     "upstream_local_address",
     "request_id",
+    "upstream_transport_failure_reason",  # why the upstream connect failed (TLS: the verify error)
 )
 
 for _name in _ATTRIBUTES:

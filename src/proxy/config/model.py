@@ -35,6 +35,27 @@ class ClusterHttp2Options(_Model):
     keepalive_timeout: PositiveDuration | None = None
 
 
+class ClusterTls(_Model):
+    """TLS to a cluster's hosts (proxy.network.tls.ClientTls): the server's chain and its name
+    are verified unless `verify: false`; the last session per host is offered again."""
+
+    ca: str | None = None  # PEM bundle of trusted CAs; None: the system's trust store
+    verify: bool = True  # false: any certificate is accepted (a warning at start)
+    # SNI, and the name the certificate must carry; by default the host's address when it is a
+    # DNS name (an IP address is then verified against the certificate's IP addresses).
+    server_name: str | None = None
+    # Offered by ALPN; by default what the connection speaks (http1: http/1.1, http2: h2,
+    # downstream: the client's protocol). An HTTP connection refuses a server's other pick.
+    alpn: list[str] | None = None
+    cert: str | None = None  # a client certificate (PEM, the chain after it), for mTLS
+    key: str | None = None  # its private key (unencrypted PEM)
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    max_version: Literal["1.2", "1.3"] = "1.3"
+    ciphers: str | None = None  # TLS 1.2 cipher list, OpenSSL syntax
+    ciphersuites: str | None = None  # TLS 1.3 suites, `:`-separated
+    session_reuse: bool = True  # offer the last session of a host on its next connection
+
+
 class Cluster(_Model):
     name: Name
     hosts: Annotated[list[Host], msgspec.Meta(min_length=1)]
@@ -48,9 +69,11 @@ class Cluster(_Model):
     max_requests_per_connection: PositiveInt | None = None
     idle_timeout: PositiveDuration = PositiveDuration(60.0)  # an unused pooled connection is closed after this
     # What the proxy speaks to the hosts: HTTP/1.1, HTTP/2 (prior-knowledge h2c, multiplexed),
-    # or whatever the client spoke (Envoy's USE_DOWNSTREAM_PROTOCOL).
-    protocol: Literal["http1", "http2", "downstream"] = "http1"
+    # whatever the client spoke (Envoy's USE_DOWNSTREAM_PROTOCOL), or, over TLS, what each
+    # host picks by ALPN from h2 and http/1.1 on its first connection (`auto`).
+    protocol: Literal["http1", "http2", "downstream", "auto"] = "http1"
     http2: ClusterHttp2Options = ClusterHttp2Options()
+    tls: ClusterTls | None = None  # TLS to the hosts (within connect_timeout: TCP and handshake)
 
 
 class ClientCertDetails(_Model):

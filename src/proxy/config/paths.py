@@ -9,6 +9,7 @@ The paths, every path-valued field of the model (`proxy.config.model`):
   listeners[].access_log[].path   except "stdout" and "stderr"
   listeners[].tls.certificates[].cert and .key, listeners[].tls.client_ca
   listeners[].tls.on_demand.issuer.cert and .key
+  clusters[].tls.ca, .cert and .key
   diagnostics.directory
   admin.socket                    so `proxy ctl -c FILE` finds the socket from anywhere
 Listener and host addresses are not here: a `unix:` address must be absolute already.
@@ -49,6 +50,11 @@ def resolve(raw: Any, base_dir: str) -> None:
                 _resolve_key(issuer, "cert", base_dir)
                 _resolve_key(issuer, "key", base_dir)
             _resolve_key(tls, "client_ca", base_dir)
+    for cluster in _dicts(raw.get("clusters")):
+        tls = cluster.get("tls")
+        if isinstance(tls, dict):
+            for key in ("ca", "cert", "key"):
+                _resolve_key(tls, key, base_dir)
     for key, field in (("diagnostics", "directory"), ("admin", "socket")):
         section = raw.get(key)
         if isinstance(section, dict):

@@ -33,6 +33,7 @@ def check(raw: Any, issues: Issues) -> None:
     _listener_xfcc(listeners, issues)
     _host_addresses(clusters, issues)
     _cluster_http2(clusters, issues)
+    _cluster_tls(clusters, issues)
     _admin(raw.get("admin"), issues)
     check_routes(raw, issues)
 
@@ -152,6 +153,57 @@ def _tls_on_demand(path: tuple[Any, ...], on_demand: dict[str, Any], issues: Iss
         issues.add(path + ("cache_lifetime",), "longer than the certificates' lifetime: the cache would serve expired ones")
 
 
+def _cluster_tls(clusters: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
+    """TLS to the hosts: the files load (a CA bundle, a client key that is its certificate's),
+    OpenSSL takes the ciphers, and every host has a name to verify."""
+    for index, cluster in clusters:
+        if cluster.get("protocol") == "auto" and not isinstance(cluster.get("tls"), dict):
+            issues.add(("clusters", index, "protocol"), "protocol auto picks HTTP/2 or HTTP/1.1 by ALPN, which needs the cluster's tls")
+    with_tls = [(index, cluster, cluster["tls"]) for index, cluster in clusters if isinstance(cluster.get("tls"), dict)]
+    if not with_tls:
+        return  # (and pyOpenSSL stays unimported)
+    from OpenSSL import SSL
+
+    from proxy.network.tls import TlsConfigError, check_ca_bundle, load_key_pair
+
+    for index, cluster, tls in with_tls:
+        path = ("clusters", index, "tls")
+        ca = tls.get("ca")
+        if isinstance(ca, str):
+            try:
+                check_ca_bundle(ca)
+            except TlsConfigError as exc:
+                issues.add(path + ("ca",), str(exc))
+        cert, key = tls.get("cert"), tls.get("key")
+        if isinstance(cert, str) and isinstance(key, str):
+            try:
+                load_key_pair(cert, key)
+            except TlsConfigError as exc:
+                issues.add(path, str(exc))
+        elif isinstance(cert, str) or isinstance(key, str):
+            issues.add(path, "a client certificate needs both 'cert' and 'key'")
+        for name, setter in (("ciphers", "set_cipher_list"), ("ciphersuites", "set_tls13_ciphersuites")):
+            value = tls.get(name)
+            if isinstance(value, str):
+                try:
+                    getattr(SSL.Context(SSL.TLS_CLIENT_METHOD), setter)(value.encode())
+                except (SSL.Error, ValueError):
+                    issues.add(path + (name,), f"OpenSSL takes none of {value!r}")
+        if tls.get("min_version", "1.2") == "1.3" and tls.get("max_version", "1.3") == "1.2":
+            issues.add(path, "min_version 1.3 is above max_version 1.2")
+        alpn = tls.get("alpn")
+        if isinstance(alpn, list) and any(not isinstance(p, str) or not p or len(p) > 255 for p in alpn):
+            issues.add(path + ("alpn",), "ALPN protocol names are 1 to 255 characters")
+        if tls.get("verify", True) is True and not tls.get("server_name"):
+            for host_index, host in _items(cluster.get("hosts")):
+                address = _address(host.get("address"))
+                if address is not None and address.is_unix:
+                    issues.add(
+                        ("clusters", index, "hosts", host_index, "address"),
+                        "a unix host has no name to verify its certificate against: set tls.server_name (or tls.verify: false)",
+                    )
+
+
 def _cluster_http2(clusters: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
     """Keepalive takes both durations (a PING without a deadline detects nothing, a deadline
     without PINGs has nothing to time), and only HTTP/2 connections have it."""
@@ -166,7 +218,7 @@ def _cluster_http2(clusters: list[tuple[int, dict[str, Any]]], issues: Issues) -
         elif interval is not None and timeout is None:
             issues.add(path + ("keepalive_interval",), "keepalive_interval needs a keepalive_timeout (how long to wait for the PING's answer)")
         if (interval is not None or timeout is not None) and cluster.get("protocol", "http1") == "http1":
-            issues.add(path, "HTTP/2 keepalive needs the cluster's protocol to be http2 or downstream (HTTP/1.1 connections have no PING)")
+            issues.add(path, "HTTP/2 keepalive needs the cluster's protocol to be http2 or downstream, or auto (HTTP/1.1 connections have no PING)")
 
 
 def _items(value: Any) -> list[tuple[int, dict[str, Any]]]:

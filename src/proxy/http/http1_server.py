@@ -302,7 +302,7 @@ class Http1ServerStream(ServerStream):
         except BaseException:
             upstream.io.close()
             raise
-        if conn.io.tls is not None:  # TLS: bytes must be opened and sealed, not spliced
+        if conn.io.tls is not None or upstream.io.tls is not None:  # TLS either side: opened and sealed, not spliced
             conn.keep_alive = False  # the tunnel is the rest of this connection
             upgrade = http1.header_value(self.request.headers, b"upgrade")
             websocket = response.status == 101 and upgrade is not None and b"websocket" in upgrade.lower()

@@ -410,7 +410,7 @@ class H2HostPool:
             if self.open < self.max_connections:
                 self.connecting += 1
                 try:
-                    sock = await open_connection(self.host, self.cluster)
+                    io = await open_connection(self.host, self.cluster, "http2")
                 except ConnectFailed as exc:
                     self.connect_failure = exc
                     self.wake_all()  # those waiting for this connection fail with it
@@ -420,19 +420,23 @@ class H2HostPool:
                     raise
                 finally:
                     self.connecting -= 1
-                conn = H2Connection(self, SockIO(sock))
-                conn.codec.initiate()
-                self.connections.append(conn)
-                nursery = self.manager.nursery
-                if nursery is None:  # pragma: no cover - the pool manager runs in every worker
-                    raise RuntimeError("HTTP/2 pools need the pool manager's nursery")
-                nursery.start_soon(conn.run)
-                if self.keepalive is not None:
-                    nursery.start_soon(conn.keepalive, *self.keepalive)
-                self.wake_all()  # a new connection has room for those waiting for it
-                return H2UpstreamRequest(conn), False
+                return H2UpstreamRequest(self.adopt(io)), False
             await wait_for_room(self, f"{self.open} HTTP/2 connections full")
             fresh = False
+
+    def adopt(self, io: SockIO) -> H2Connection:
+        """A new connection on `io` (open_connection's, counted): start it and its tasks."""
+        conn = H2Connection(self, io)
+        conn.codec.initiate()
+        self.connections.append(conn)
+        nursery = self.manager.nursery
+        if nursery is None:  # pragma: no cover - the pool manager runs in every worker
+            raise RuntimeError("HTTP/2 pools need the pool manager's nursery")
+        nursery.start_soon(conn.run)
+        if self.keepalive is not None:
+            nursery.start_soon(conn.keepalive, *self.keepalive)
+        self.wake_all()  # a new connection has room for those waiting for it
+        return conn
 
     def stream_done(self, conn: H2Connection) -> None:
         if not conn.streams:

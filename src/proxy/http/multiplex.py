@@ -221,10 +221,7 @@ class MuxServerStream(ServerStream):
                             await io.send_all(event.data)
                     else:  # END_STREAM: the client is done sending
                         await io.flush()
-                        try:
-                            io.sock.shutdown(socket.SHUT_WR)
-                        except OSError:
-                            pass
+                        io.shutdown_write()  # (a TLS upstream: close_notify first)
                         return
 
             async def upstream_to_client() -> None:

@@ -224,7 +224,9 @@ class Router:
 
         protocol = cluster.protocol
         h2_upstream = protocol == "http2" or (protocol == "downstream" and stream.info.protocol == "HTTP/2")
-        up_head, grpc_timeout = self._upstream_head(stream, match, host, path, query, upgrade, h2_upstream)
+        # (auto: the host, and so its protocol, is not chosen yet; `TE: trailers` goes on, as
+        # HTTP/2 needs it for gRPC and HTTP/1.1 allows it)
+        up_head, grpc_timeout = self._upstream_head(stream, match, host, path, query, upgrade, h2_upstream, protocol == "auto")
         try:
             await self._forward(stream, cluster, route, up_head, upgrade, grpc_timeout)
         except _LocalReplyRaised as raised:  # a body filter answered locally
@@ -312,7 +314,15 @@ class Router:
         return None
 
     def _upstream_head(
-        self, stream: ServerStream, match: Any, host: bytes, path: bytes, query: bytes, upgrade: bytes | None, h2_upstream: bool
+        self,
+        stream: ServerStream,
+        match: Any,
+        host: bytes,
+        path: bytes,
+        query: bytes,
+        upgrade: bytes | None,
+        h2_upstream: bool,
+        keep_te: bool = False,
     ) -> tuple[RequestHead, bytes | None]:
         """The request as the upstream gets it, built in one pass over the client's headers:
         hop-by-hop fields (and those Connection names) dropped, Expect dropped (the proxy
@@ -343,7 +353,7 @@ class Router:
         for field in head.headers:
             lname = field[0].lower()
             if lname in drop:
-                if h2_upstream and lname == b"te" and field[1].strip().lower() == b"trailers":
+                if (h2_upstream or keep_te) and lname == b"te" and field[1].strip().lower() == b"trailers":
                     headers.append((b"te", b"trailers"))  # HTTP/2 carries it (RFC 9113 §8.2.2): gRPC needs it
                 continue
             if lname == b"host":
@@ -434,18 +444,23 @@ class Router:
         host = cluster.balancer.choose()
         if host is None:
             raise _UpstreamFailure("connect-failure", flags.NO_HEALTHY_UPSTREAM, "no healthy upstream")
-        protocol = cluster.protocol
-        if protocol == "http1" or (protocol == "downstream" and stream.info.protocol != "HTTP/2"):
-            pool: Any = self.pools.pool(host, cluster)
-        else:
-            pool = self.pools.h2_pool(host, cluster)
+        protocol: str = cluster.protocol
         try:
+            if protocol == "auto":
+                if host.protocol is None:
+                    await self.pools.learn(host, cluster)  # (its first connection, by ALPN)
+                protocol = host.protocol or "http1"
+            if protocol == "http1" or (protocol == "downstream" and stream.info.protocol != "HTTP/2"):
+                pool: Any = self.pools.pool(host, cluster)
+            else:
+                pool = self.pools.h2_pool(host, cluster)
             upstream = None if fresh else pool.take_idle()
             if upstream is not None:
                 reused = True
             else:
                 upstream, reused = await pool.acquire(fresh)
         except ConnectFailed as exc:
+            info.upstream_transport_failure_reason = exc.reason
             host.stats.cx_connect_fail += 1
             cluster.stats.upstream_cx_connect_fail += 1
             connect_failed(host, cluster.name, exc.reason, self._now(), listener=self.name)

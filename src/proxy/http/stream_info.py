@@ -60,6 +60,7 @@ class StreamInfo:
         "filter_state",
         "grpc_status",
         "tls",
+        "upstream_transport_failure_reason",
     )
 
     def __init__(self, request: Any, listener: str, remote: str, local: str) -> None:
@@ -86,6 +87,8 @@ class StreamInfo:
         self.filter_state: dict[str, Any] | None = None  # per-request scratch space for filters
         self.grpc_status: int | None = None  # a gRPC call's status (proxy.http.grpc)
         self.tls: Any = None  # the client connection's network.tls.TlsSession, over TLS
+        # Why the last upstream connect failed (a refused connect, a TLS handshake or verify error)
+        self.upstream_transport_failure_reason = ""
 
     def add_flag(self, flag: str) -> None:
         if self.flags is None:

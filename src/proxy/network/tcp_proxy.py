@@ -24,6 +24,8 @@ from proxy.network import relay as relay_mod
 from proxy.network import fds
 from proxy.network.connect import ConnectFailed, connect
 from proxy.network.fds import OutOfDescriptors
+from proxy.network.tls_io import TlsError, TlsHandshakeFailed, connect_tls
+from proxy.network.tls_relay import TlsRelay
 from proxy.stats import ListenerStats
 from proxy.upgrade import migration as migration_mod
 from proxy.upstream.cluster import Cluster
@@ -52,7 +54,8 @@ class TcpProxy:
         self.splice = config.relay != "copy" and relay_mod.HAVE_SPLICE
         self.tcp = not config.address.is_unix
         self.migration: migration_mod.Migration = migration_mod.NO_MIGRATION
-        self.relays: dict[relay_mod.Relay, Host | None] = {}  # live relays, for a migration
+        # live relays, for a migration (a TlsRelay declines to move: it drains here)
+        self.relays: dict[Any, Host | None] = {}
 
     async def handle(self, down: socket.socket, peer: Any) -> None:
         """Entry point per accepted connection. Never raises: a failing connection is counted and
@@ -64,13 +67,17 @@ class TcpProxy:
         try:
             if self.tcp:
                 relay_mod.tune_tcp_socket(down, self.splice)
-            up, host = await self._connect_upstream(peer)
+            up, host, tls, early = await self._connect_upstream(peer)
             if up is None:
                 stats.downstream_cx_no_upstream += 1
                 return
-            relay = relay_mod.Relay(
-                down, up, splice=self.splice, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host), stats=stats
-            )
+            relay: Any
+            if tls is not None:  # TLS to the host: copied, sealed and opened here
+                relay = TlsRelay(down, tls, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host), early=early)
+            else:
+                relay = relay_mod.Relay(
+                    down, up, splice=self.splice, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host), stats=stats
+                )
             owned_by_relay = True
             self.relays[relay] = host
             if self.migration.active:
@@ -144,7 +151,9 @@ class TcpProxy:
             relay.stop(self._handover(host))
         await relay.run(self.nursery)
 
-    async def _connect_upstream(self, peer: Any) -> tuple[socket.socket | None, Host | None]:
+    async def _connect_upstream(self, peer: Any) -> tuple[socket.socket | None, Host | None, Any, bytes]:
+        """A connected socket to a host (the next on failure), its TlsIO when the cluster has
+        TLS (a failed handshake is a failed connect), and the plaintext that came with it."""
         cluster = self.cluster
         cstats = cluster.stats
         tried: list[Host] = []
@@ -152,12 +161,13 @@ class TcpProxy:
             host = cluster.balancer.choose(tried) or cluster.balancer.choose()
             if host is None:
                 log.warning("upstream.no_host", listener=self.name, cluster=cluster.name)
-                return None, None
+                return None, None, None, b""
             tried.append(host)
             cstats.upstream_cx_total += 1
             host.stats.cx_total += 1
+            deadline = trio.current_time() + cluster.connect_timeout
             try:
-                sock = await connect(host, cluster.connect_timeout, self.splice)
+                sock = await connect(host, cluster.connect_timeout, self.splice and cluster.tls is None)
             except OutOfDescriptors:
                 cstats.upstream_cx_total -= 1  # no connection was begun after all
                 host.stats.cx_total -= 1
@@ -170,19 +180,43 @@ class TcpProxy:
                     cstats.upstream_cx_connect_fail += 1
                 connect_failed(host, cluster.name, exc.reason, trio.current_time(), listener=self.name)
                 continue
+            tls: Any = None
+            early = b""
+            if cluster.tls is not None:
+                try:
+                    tls = await connect_tls(sock, cluster.tls, host, None, deadline)
+                    early = tls.tls.read()  # what came behind the handshake (a server that speaks first)
+                except TlsError as broken:
+                    trio.lowlevel.notify_closing(sock)
+                    sock.close()
+                    host.stats.cx_connect_fail += 1
+                    cstats.upstream_cx_connect_fail += 1
+                    connect_failed(host, cluster.name, f"TLS: {broken}", trio.current_time(), listener=self.name)
+                    continue
+                except TlsHandshakeFailed as failed:
+                    trio.lowlevel.notify_closing(sock)
+                    sock.close()
+                    host.stats.cx_connect_fail += 1
+                    cstats.upstream_cx_connect_fail += 1
+                    connect_failed(host, cluster.name, failed.reason, trio.current_time(), listener=self.name)
+                    continue
+                except BaseException:
+                    trio.lowlevel.notify_closing(sock)
+                    sock.close()
+                    raise
             cstats.upstream_cx_active += 1
             host.stats.cx_active += 1
-            return sock, host
+            return sock, host, tls, early
         cstats.upstream_cx_connect_attempts_exceeded += 1
         log.warning("upstream.all_attempts_failed", listener=self.name, cluster=cluster.name, peer=_peer(peer), attempts=len(tried))
-        return None, None
+        return None, None, None, b""
 
     def _relay_closed(self, host: Host | None) -> Any:
         stats = self.stats
         cstats = self.cluster.stats
         relays = self.relays
 
-        def closed(relay: relay_mod.Relay) -> None:
+        def closed(relay: Any) -> None:  # a Relay or a TlsRelay
             relays.pop(relay, None)
             relay_mod.count_downstream_close(stats, relay)
             cstats.upstream_cx_active -= 1

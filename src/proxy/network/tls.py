@@ -20,11 +20,16 @@ parsed once per connection on first use.
 Rotation. The files are read by `load_files`; `ServerTls.build` makes contexts of what was
 read and `ServerTls.install` swaps them in at once: new handshakes take the new ones, open
 connections keep theirs (network/tls_watch.py decides when).
+
+The client side, to a cluster's hosts (`ClientTls`, at the end): the server's chain is verified
+and so is its name (X509_VERIFY_PARAM: the DNS name, or the IP address of a host given as one),
+ALPN offers what the connection speaks, and each host's last session is offered again.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import sys
 from dataclasses import dataclass, replace
@@ -673,3 +678,193 @@ def _sans(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
     except x509.ExtensionNotFound:
         return (), ()
     return tuple(san.get_values_for_type(x509.UniformResourceIdentifier)), tuple(san.get_values_for_type(x509.DNSName))
+
+
+# ------------------------------------------------------------------ the client side (clusters)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A client certificate (its chain) and its key, checked to belong together."""
+
+    cert_path: str
+    chain: tuple[x509.Certificate, ...]
+    key: Any  # a cryptography private key
+
+
+def load_key_pair(cert_path: str, key_path: str) -> KeyPair:
+    """Read a client certificate chain and its key; TlsConfigError never quotes the key. (A
+    client certificate needs no DNS name, unlike load_certificate's.)"""
+    pem = _read(cert_path, "certificate")
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise TlsConfigError(f"{cert_path} holds no PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(_read(key_path, "private key"), password=None)
+    except (ValueError, TypeError):
+        raise TlsConfigError(f"{key_path} holds no unencrypted PEM private key") from None
+    _key_kind(key)
+    if _public_der(key.public_key()) != _public_der(certs[0].public_key()):
+        raise TlsConfigError(f"the key {key_path} does not belong to the certificate {cert_path}")
+    return KeyPair(cert_path=cert_path, chain=tuple(certs), key=key)
+
+
+def check_ca_bundle(path: str) -> None:
+    """A CA bundle that is readable and holds at least one PEM certificate."""
+    try:
+        x509.load_pem_x509_certificates(_read(path, "CA bundle"))
+    except ValueError:
+        raise TlsConfigError(f"{path} holds no PEM certificate") from None
+
+
+# What an HTTP connection to a cluster offers when its tls names no alpn (and accepts back).
+CLIENT_ALPN = {"http1": ("http/1.1",), "http2": ("h2",), "auto": ("h2", "http/1.1")}
+
+# Failures are counted by kind: ssl_fail_verify_san (the chain is good, the name is not the
+# certificate's), ssl_fail_verify_error (the chain: expired, unknown CA, self-signed...), and
+# all of them, with any other (an alert, no shared version or cipher), ssl_connection_error.
+_NAME_MISMATCH = (lib.X509_V_ERR_HOSTNAME_MISMATCH, lib.X509_V_ERR_IP_ADDRESS_MISMATCH)
+
+
+def verify_off_warning(cluster: str) -> None:
+    from proxy.log import get_logger
+
+    get_logger("upstream").warning("cluster.tls_verify_off", cluster=cluster, note="the hosts' certificates are not verified")
+
+
+class ClientTls:
+    """A cluster's TLS to its hosts: one client context (trust, client certificate, versions,
+    ciphers), the name each host is verified as, and the last session of each host, offered
+    again on its next connection. `session(host, alpn)` starts one connection's handshake;
+    `established` checks and counts it, `failed` counts a failure and says why."""
+
+    def __init__(self, config: Any, cluster: str, stats: Any) -> None:
+        self.cluster = cluster
+        self.stats = stats
+        self.verify = config.verify
+        self.server_name = config.server_name
+        self.alpn = tuple(config.alpn) if config.alpn is not None else None
+        self.reuse = config.session_reuse
+        self.last: dict[tuple[str, str | None], TlsSession] = {}  # per host: its last connection's
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_min_proto_version(VERSIONS[config.min_version])
+        ctx.set_max_proto_version(VERSIONS[config.max_version])
+        ctx.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION)
+        if config.ciphers:
+            ctx.set_cipher_list(config.ciphers.encode())
+        if config.ciphersuites:
+            ctx.set_tls13_ciphersuites(config.ciphersuites.encode())
+        if config.verify:
+            if config.ca:
+                check_ca_bundle(config.ca)
+                ctx.load_verify_locations(config.ca)
+            else:
+                ctx.set_default_verify_paths()
+            ctx.set_verify(SSL.VERIFY_PEER)
+        else:
+            ctx.set_verify(SSL.VERIFY_NONE)
+            verify_off_warning(cluster)
+        if config.cert and config.key:
+            pair = load_key_pair(config.cert, config.key)
+            ctx.use_certificate(pair.chain[0])
+            ctx.use_privatekey(pair.key)
+            for extra in pair.chain[1:]:
+                ctx.add_extra_chain_cert(extra)
+            ctx.check_privatekey()
+        self.context = ctx
+
+    def name_for(self, host: Any) -> str | None:
+        """SNI and the verified name: the configured one, else a DNS host's own."""
+        if self.server_name:
+            return self.server_name
+        address = host.address
+        if address.is_unix or address.family != socket.AF_UNSPEC:
+            return None
+        return address.host.rstrip(".")
+
+    def offered(self, protocol: str | None) -> tuple[str, ...]:
+        if self.alpn is not None:
+            return self.alpn
+        return CLIENT_ALPN.get(protocol or "", ())
+
+    def session(self, host: Any, protocol: str | None) -> ClientSession:
+        """A client session for a new connection to `host`; `protocol` (http1, http2, None for
+        bytes) picks the default ALPN offer."""
+        name = self.name_for(host)
+        session = ClientSession(self.context, (str(host.address), name), protocol)
+        conn = session.conn
+        if name:
+            conn.set_tlsext_host_name(name.encode("idna"))
+        offer = self.offered(protocol)
+        if offer:
+            conn.set_alpn_protos([p.encode() for p in offer])
+        if self.verify:
+            param = lib.SSL_get0_param(session._ssl)
+            if name:
+                lib.X509_VERIFY_PARAM_set_hostflags(param, lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
+                encoded = name.encode("idna")
+                if not lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded)):
+                    raise TlsError(f"cannot verify the name {name!r}")
+            elif not host.address.is_unix:
+                try:
+                    packed = socket.inet_pton(host.address.family, host.address.host.partition("%")[0])
+                except OSError:
+                    raise TlsError(f"cannot verify the address {host.address.host!r}: set server_name") from None
+                lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed))
+        if self.reuse:
+            previous = self.last.get(session.key)
+            if previous is not None:
+                saved = previous.conn.get_session()
+                if saved is not None:
+                    conn.set_session(saved)
+        return session
+
+    def established(self, session: ClientSession) -> str | None:
+        """The handshake is done: refuse a protocol the connection does not speak (the
+        reason), else count it and keep the session for the host's next connection."""
+        expected = CLIENT_ALPN.get(session.protocol or "")
+        chosen = session.alpn
+        if expected is not None and chosen is not None and chosen not in expected:
+            self.stats.ssl_connection_error += 1
+            return f"the server chose ALPN {chosen!r}; this connection speaks {' or '.join(expected)}"
+        stats = self.stats
+        stats.ssl_handshake += 1
+        if lib.SSL_session_reused(session._ssl):
+            stats.ssl_session_reused += 1
+        if self.reuse:
+            self.last[session.key] = session
+        return None
+
+    def failed(self, session: ClientSession, reason: str) -> str:
+        """The failure, counted by kind: a certificate that did not verify says why
+        (OpenSSL's verify result: "certificate has expired", "hostname mismatch")."""
+        stats = self.stats
+        stats.ssl_connection_error += 1
+        self.last.pop(session.key, None)  # (a failed host's session is not offered again)
+        code = lib.SSL_get_verify_result(session._ssl) if self.verify else 0
+        if code != 0:
+            detail = ffi.string(lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
+            if code in _NAME_MISMATCH:
+                stats.ssl_fail_verify_san += 1
+                return f"TLS: certificate verify failed: {detail} (expected {session.key[1] or session.key[0]})"
+            stats.ssl_fail_verify_error += 1
+            return f"TLS: certificate verify failed: {detail}"
+        return f"TLS: {reason}"
+
+
+class ClientSession(TlsSession):
+    """The client side of a TlsSession: connect state; `key` (address, name) finds the
+    host's last session; `protocol` is what the connection will speak."""
+
+    __slots__ = ("key", "protocol")
+
+    def __init__(self, ctx: SSL.Context, key: tuple[str, str | None], protocol: str | None) -> None:
+        super().__init__(ctx)
+        self.conn.set_connect_state()
+        self.key = key
+        self.protocol = protocol
+
+    @property
+    def reused(self) -> bool:
+        return bool(lib.SSL_session_reused(self._ssl))

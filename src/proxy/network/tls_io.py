@@ -4,7 +4,8 @@ Plaintext is encrypted as it is given, so what SockIO queues, coalesces per sche
 sends is ciphertext: a response's records go out with the pass's other sends, as plaintext
 does, with no task per record. Reads take what the socket has (up to 64 KiB, several records)
 and return all the plaintext it completes; a read that completes no record reads on.
-`bytes_received` and `bytes_sent` count bytes on the wire.
+`bytes_received` and `bytes_sent` count bytes on the wire. One class for both directions:
+`accept_tls` runs a listener's server handshake, `connect_tls` a cluster's client one.
 """
 
 from __future__ import annotations
@@ -118,6 +119,14 @@ class TlsIO(SockIO):
             return
         self._add_later(sealed)
 
+    def peer_closed(self) -> bool:
+        """As SockIO's, for an idle pooled connection, except that records without plaintext
+        (a late session ticket, a key update) are taken in and are no reason to drop it."""
+        try:
+            return self.recv_ready() is not None  # (plaintext: unexpected; b"": closed)
+        except ConnectionLost:
+            return True
+
     def try_send(self, data: bytes) -> int:
         raise NotImplementedError("TlsIO sends whole records: use send_all or send_soon")
 
@@ -186,3 +195,45 @@ async def accept_tls(sock: socket.socket, server: Any, initial: bytes = b"", tim
                     raise TlsHandshakeFailed(str(failed)) from None
                 return io, early
     raise TlsHandshakeFailed(HANDSHAKE_TIMEOUT)
+
+
+async def connect_tls(sock: socket.socket, client: Any, host: Any, protocol: str | None, deadline: float) -> TlsIO:
+    """The client side of a handshake on a connected socket to `host`, by `deadline` (what is
+    left of the cluster's connect_timeout): the connection's TlsIO. `client` is the cluster's
+    network.tls.ClientTls; `protocol` (http1, http2, None for bytes) picks the ALPN offer.
+    Records that came behind the server's Finished (TLS 1.3 tickets, a server's first bytes:
+    an HTTP/2 SETTINGS) stay in the session, opened by the first recv with what follows them
+    (`io.tls.read()` takes them now). Raises TlsHandshakeFailed, counted by the cluster and
+    with a key-free reason (the socket is left for the caller to close)."""
+    # (Compiled: each `except ... as` name keeps one type in a function: `lost`, `failed`.)
+    try:
+        session = client.session(host, protocol)
+    except TlsError as failed:
+        raise TlsHandshakeFailed(f"TLS: {failed}") from None
+    io = TlsIO(sock, session)
+    with trio.move_on_at(deadline):
+        while True:
+            try:
+                done = session.handshake()
+            except TlsError as failed:
+                io._send_alert()  # the alert that says why, for the server's logs
+                raise TlsHandshakeFailed(client.failed(session, str(failed))) from None
+            out = session.outgoing()
+            if out:
+                try:
+                    await SockIO.send_all(io, out)
+                except ConnectionLost as lost:
+                    raise TlsHandshakeFailed(client.failed(session, f"connection lost: {lost}")) from None
+            if done:
+                refused = client.established(session)
+                if refused is not None:
+                    raise TlsHandshakeFailed(f"TLS: {refused}")
+                return io
+            try:
+                data = await SockIO.recv(io)  # (SockIO's: the bytes are the handshake's)
+            except ConnectionLost as lost:
+                raise TlsHandshakeFailed(client.failed(session, f"connection lost: {lost}")) from None
+            if not data:
+                raise TlsHandshakeFailed(client.failed(session, "closed during the handshake"))
+            session.receive(data)
+    raise TlsHandshakeFailed(client.failed(session, HANDSHAKE_TIMEOUT))

@@ -8,7 +8,7 @@ from proxy.log import Throttle
 
 
 class Host:
-    __slots__ = ("address", "weight", "metadata", "enabled", "healthy", "stats", "current_weight", "connect_log")
+    __slots__ = ("address", "weight", "metadata", "enabled", "healthy", "stats", "current_weight", "connect_log", "protocol")
 
     def __init__(self, address: Address, weight: int = 1, metadata: dict[str, str] | None = None) -> None:
         self.address = address
@@ -19,6 +19,9 @@ class Host:
         self.stats = HostStats()
         self.current_weight = 0  # smooth weighted round robin state, owned by the balancer
         self.connect_log = Throttle()  # failed connects: one warning per interval (connect_log)
+        # A `protocol: auto` cluster's host: what its first connection chose by ALPN (http1 or
+        # http2); None until then (proxy.upstream.pool.PoolManager.learn).
+        self.protocol: str | None = None
 
     @property
     def available(self) -> bool:

@@ -25,8 +25,9 @@ import trio
 from proxy.clock import clock_reader
 from proxy.http.http1_upstream import Http1Upstream
 from proxy.log import get_logger
-from proxy.network.connect import connect
+from proxy.network.connect import ConnectFailed, connect
 from proxy.network.sockio import SockIO
+from proxy.network.tls_io import TlsHandshakeFailed, connect_tls
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.host import Host
 
@@ -43,16 +44,38 @@ class PoolOverflow(Exception):
     pass
 
 
-async def open_connection(host: Host, cluster: Cluster) -> socket.socket:
-    """A new connection to `host` for a pool (HTTP/1 or HTTP/2), counted on the cluster and
-    the host. Raises ConnectFailed."""
-    sock = await connect(host, cluster.connect_timeout)
+async def open_connection(host: Host, cluster: Cluster, protocol: str) -> SockIO:
+    """A new connection to `host` for a pool that speaks `protocol` (http1, http2), counted on
+    the cluster and the host: a SockIO, or a TlsIO once the handshake is done when the cluster
+    has TLS (TCP connect and handshake within connect_timeout). Raises ConnectFailed (a failed
+    handshake too: a connect failure for the router, its reason kept)."""
+    timeout = cluster.connect_timeout
+    deadline = trio.current_time() + timeout
+    sock = await connect(host, timeout)
+    io: SockIO
+    client = cluster.tls
+    if client is None:
+        io = SockIO(sock)
+    else:
+        try:
+            io = await connect_tls(sock, client, host, protocol, deadline)
+        except TlsHandshakeFailed as failed:
+            _close(sock)
+            raise ConnectFailed(host, failed.reason) from None
+        except BaseException:
+            _close(sock)
+            raise
     stats = cluster.stats
     stats.upstream_cx_total += 1
     stats.upstream_cx_active += 1
     host.stats.cx_total += 1
     host.stats.cx_active += 1
-    return sock
+    return io
+
+
+def _close(sock: socket.socket) -> None:
+    trio.lowlevel.notify_closing(sock)
+    sock.close()
 
 
 async def wait_for_room(pool: Any, state: str) -> None:
@@ -112,14 +135,22 @@ class HostPool:
             if self.open < self.max_connections:
                 self.open += 1
                 try:
-                    sock = await open_connection(self.host, self.cluster)
+                    io = await open_connection(self.host, self.cluster, "http1")
                 except BaseException:
                     self.open -= 1
                     self._wake()
                     raise
-                return Http1Upstream(SockIO(sock), self.host, self), False
+                return Http1Upstream(io, self.host, self), False
             await wait_for_room(self, f"{self.open} connections open")
             fresh = False
+
+    def adopt(self, io: SockIO) -> None:
+        """A new connection on `io` (open_connection's, counted) joins the idle ones."""
+        self.open += 1
+        conn = Http1Upstream(io, self.host, self)
+        conn.idle_since = self._now()
+        self.idle.append(conn)
+        self._wake()
 
     def release(self, conn: Http1Upstream, reusable: bool) -> None:
         conn.requests += 1
@@ -196,6 +227,19 @@ class PoolManager:
 
             pool = self.h2_pools[host] = H2HostPool(host, cluster, self)
         return pool
+
+    async def learn(self, host: Host, cluster: Cluster) -> None:
+        """`protocol: auto`: open a first connection to `host` offering h2 and http/1.1 by ALPN;
+        the server's pick (none: HTTP/1.1) is the host's protocol from now on, and that pool
+        takes the connection. Raises ConnectFailed."""
+        io = await open_connection(host, cluster, "auto")
+        tls = io.tls
+        if tls is not None and tls.alpn == "h2":
+            host.protocol = "http2"
+            self.h2_pool(host, cluster).adopt(io)
+        else:
+            host.protocol = "http1"
+            self.pool(host, cluster).adopt(io)
 
     async def run_sweeper(self) -> None:
         async with trio.open_nursery() as nursery:
