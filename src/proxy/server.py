@@ -243,6 +243,13 @@ class Worker:
         protocol = next(lr for lr in self.listeners if lr.config.name == listener).config.protocol
         if (kind == "tcp") != (protocol == "tcp"):
             return None
+        chooser = getattr(handler, "handler_for_state", None)
+        if chooser is not None:  # filter chains: the chain the state names
+            handler = chooser(state)
+            if handler is None:
+                return None
+        elif state.get("chain") is not None:
+            return None  # its chain is gone (the listener has none now): it finishes where it is
         if kind == "http1":
             return lambda: nursery.start_soon(handler.adopt, socks[0], state)
         if kind == "http2":
@@ -278,14 +285,36 @@ class Worker:
 
     def _handler_for(self, lr: ListenerRuntime, connection_nursery: trio.Nursery) -> Any:
         lc = lr.config
+        if not lc.filter_chains:
+            return self._chain_handler(lr, lc, connection_nursery)
+        # Filter chains: a handler per chain, from the listener's config with the chain's
+        # fields applied, behind a dispatcher that picks one per connection.
+        import msgspec
+
+        from proxy.network.chain_dispatch import ChainDispatcher
+
+        base = msgspec.structs.replace(lc, filter_chains=[])
+        chains = []
+        for name, chain in zip(lc.chain_names(), lc.filter_chains):
+            config = msgspec.structs.replace(
+                base, cluster=chain.cluster or lc.cluster, route=chain.route or lc.route, tls=chain.tls or lc.tls
+            )
+            chains.append((name, self._chain_handler(lr, config, connection_nursery)))
+        has_default = lc.cluster is not None if lc.protocol == "tcp" else lc.route is not None
+        default = self._chain_handler(lr, base, connection_nursery) if has_default else None
+        return ChainDispatcher(lc, chains, default, lr.stats)
+
+    def _chain_handler(self, lr: ListenerRuntime, lc: Any, connection_nursery: trio.Nursery) -> Any:
+        """The handler of a listener's connections (or of one of its filter chains')."""
         if lc.protocol == "tcp":
             return TcpProxy(lc, self.clusters[lc.cluster], lr.stats, connection_nursery)
         if lc.protocol != "tcp":  # http1, or a multiplexed codec (proxy.http.codecs)
             from proxy.http.access_log import AccessLogger
             from proxy.http.connection_manager import HttpConnectionManager
 
-            logs = [AccessLogger(a.path, a.format) for a in lc.access_log]
-            self.access_logs[lc.name] = logs
+            logs = self.access_logs.get(lc.name)
+            if logs is None:  # (one set per listener, shared by its chains)
+                logs = self.access_logs[lc.name] = [AccessLogger(a.path, a.format) for a in lc.access_log]
             hcm = HttpConnectionManager(
                 lc, self.route_tables[lc.route], self.clusters, self.pools, self.filter_chains[lc.name], logs, lr.stats, connection_nursery
             )

@@ -152,6 +152,18 @@ class ListenerStats(_Stats):
         "ssl_connection_error",  # a bad ClientHello, no shared version or cipher, an alert
         "ssl_handshake_timeout",  # no finished handshake within the listener's handshake_timeout
         "ssl_sni_refused",  # a name no certificate serves, with unknown_server_name: refuse
+        # Filter chains (network/chain_dispatch): the TLS inspector's finds (Envoy's
+        # tls_inspector.*), first bytes that did not come within inspect_timeout (Envoy's
+        # downstream_pre_cx_timeout), and connections no chain matched, closed
+        "tls_inspector_tls_found",
+        "tls_inspector_tls_not_found",  # plaintext
+        "tls_inspector_sni_found",
+        "tls_inspector_sni_not_found",
+        "tls_inspector_alpn_found",
+        "tls_inspector_alpn_not_found",
+        "tls_inspector_client_hello_bad",  # a handshake record that is no ClientHello, or too long
+        "downstream_pre_cx_timeout",
+        "no_filter_chain_match",
     )
     # parked: idle connections waiting without a task (proxy.network.parking), among the active
     GAUGES = ("downstream_cx_active", "downstream_cx_parked", "downstream_rq_active")

@@ -7,7 +7,7 @@ path they were given; `proxy run --daemon` makes that absolute before it detache
 
 The paths, every path-valued field of the model (`proxy.config.model`):
   listeners[].access_log[].path   except "stdout" and "stderr"
-  listeners[].tls.certificates[].cert and .key
+  listeners[].tls.certificates[].cert and .key (and listeners[].filter_chains[].tls's)
   diagnostics.directory
   admin.socket                    so `proxy ctl -c FILE` finds the socket from anywhere
 Listener and host addresses are not here: a `unix:` address must be absolute already.
@@ -37,11 +37,11 @@ def resolve(raw: Any, base_dir: str) -> None:
         for log in _dicts(listener.get("access_log")):
             if log.get("path") not in STREAMS:
                 _resolve_key(log, "path", base_dir)
-        tls = listener.get("tls")
-        if isinstance(tls, dict):
-            for cert in _dicts(tls.get("certificates")):
-                _resolve_key(cert, "cert", base_dir)
-                _resolve_key(cert, "key", base_dir)
+        for tls in [listener.get("tls")] + [c.get("tls") for c in _dicts(listener.get("filter_chains"))]:
+            if isinstance(tls, dict):
+                for cert in _dicts(tls.get("certificates")):
+                    _resolve_key(cert, "cert", base_dir)
+                    _resolve_key(cert, "key", base_dir)
     for key, field in (("diagnostics", "directory"), ("admin", "socket")):
         section = raw.get(key)
         if isinstance(section, dict):

@@ -13,6 +13,7 @@ import ipaddress
 import socket
 from typing import Any
 
+from proxy.config.semantic_chains import check_chains
 from proxy.config.semantic_routes import check_routes
 from proxy.config.errors import Issues, PathTuple, format_path
 from proxy.config.values import Address
@@ -30,6 +31,7 @@ def check(raw: Any, issues: Issues) -> None:
     _listener_clusters(listeners, cluster_names, issues)
     _listener_addresses(listeners, raw.get("admin"), issues)
     _listener_tls(listeners, issues)
+    check_chains(listeners, cluster_names, raw.get("routes"), issues)
     _host_addresses(clusters, issues)
     _cluster_http2(clusters, issues)
     _admin(raw.get("admin"), issues)
@@ -37,21 +39,28 @@ def check(raw: Any, issues: Issues) -> None:
 
 
 def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
-    """Every certificate loads, its key is its own, and TLS sits on a protocol that has it."""
-    with_tls = [(index, listener, listener["tls"]) for index, listener in listeners if isinstance(listener.get("tls"), dict)]
+    """Every certificate loads, its key is its own, and TLS sits on a protocol that has it
+    (the listener's `tls`, and its filter chains')."""
+    with_tls: list[tuple[PathTuple, dict[str, Any], dict[str, Any]]] = []
+    for index, listener in listeners:
+        if isinstance(listener.get("tls"), dict):
+            with_tls.append((("listeners", index, "tls"), listener, listener["tls"]))
+        for j, chain in _items(listener.get("filter_chains")):
+            if isinstance(chain.get("tls"), dict):
+                with_tls.append((("listeners", index, "filter_chains", j, "tls"), listener, chain["tls"]))
     if not with_tls:
         return  # (and pyOpenSSL, ~10 MB of RSS, stays unimported)
     from OpenSSL import SSL
 
     from proxy.network.tls import TlsConfigError, load_certificate
 
-    for index, listener, tls in with_tls:
+    for base, listener, tls in with_tls:
         protocol = listener.get("protocol")
-        if protocol not in ("http1", "http2", "http"):
-            issues.add(("listeners", index, "tls"), f"TLS termination is for http1, http2 and http listeners, not {protocol!r}")
+        if protocol not in ("tcp", "http1", "http2", "http"):
+            issues.add(base, f"TLS termination is for tcp, http1, http2 and http listeners, not {protocol!r}")
         certificates = _items(tls.get("certificates"))
         if not certificates and isinstance(tls.get("certificates"), list):
-            issues.add(("listeners", index, "tls", "certificates"), "give at least one certificate")
+            issues.add(base + ("certificates",), "give at least one certificate")
         for j, cert in certificates:
             if not isinstance(cert.get("cert"), str) or not isinstance(cert.get("key"), str):
                 continue  # the structural check reports it
@@ -59,17 +68,17 @@ def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -
             try:
                 load_certificate(cert["cert"], cert["key"], names if isinstance(names, list) else None)
             except TlsConfigError as exc:
-                issues.add(("listeners", index, "tls", "certificates", j), str(exc))
+                issues.add(base + ("certificates", j), str(exc))
         for key, setter in (("ciphers", "set_cipher_list"), ("ciphersuites", "set_tls13_ciphersuites")):
             value = tls.get(key)
             if isinstance(value, str):
                 try:
                     getattr(SSL.Context(SSL.TLS_SERVER_METHOD), setter)(value.encode())
                 except (SSL.Error, ValueError):
-                    issues.add(("listeners", index, "tls", key), f"OpenSSL takes none of {value!r}")
+                    issues.add(base + (key,), f"OpenSSL takes none of {value!r}")
         lo, hi = tls.get("min_version", "1.2"), tls.get("max_version", "1.3")
         if lo == "1.3" and hi == "1.2":
-            issues.add(("listeners", index, "tls"), "min_version 1.3 is above max_version 1.2")
+            issues.add(base, "min_version 1.3 is above max_version 1.2")
 
 
 def _cluster_http2(clusters: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
@@ -117,9 +126,9 @@ def _listener_clusters(listeners: list[tuple[int, dict[str, Any]]], clusters: li
         protocol = listener.get("protocol")
         if isinstance(protocol, str) and not codecs.is_known(protocol):
             issues.add(("listeners", index, "protocol"), f"unknown protocol {protocol!r}; use {', '.join(codecs.names())} or 'package.module:Codec'")
-        elif isinstance(protocol, str) and protocol != "tcp" and listener.get("route") is None:
+        elif isinstance(protocol, str) and protocol != "tcp" and listener.get("route") is None and not listener.get("filter_chains"):
             issues.add(("listeners", index), f"an {protocol} listener needs a 'route' (a route table name)")
-        if protocol == "tcp" and cluster is None:
+        if protocol == "tcp" and cluster is None and not listener.get("filter_chains"):
             issues.add(("listeners", index), "a tcp listener needs a 'cluster'")
         elif isinstance(cluster, str) and cluster not in clusters:
             if clusters:

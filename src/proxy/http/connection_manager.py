@@ -131,12 +131,46 @@ class HttpConnectionManager:
         else:
             await self.mux.connection(sock, peer)  # type: ignore[union-attr]
 
-    async def _handle_tls(self, sock: socket.socket, peer: Any) -> None:
+    async def serve(self, sock: socket.socket, peer: Any, first: bytes) -> None:
+        """A connection of this manager's filter chain (network/chain_dispatch: inspected and
+        counted already); `first`: the bytes read, served first (the TLS session's, or the
+        HTTP codec's)."""
+        if self.tls is not None:
+            await self._handle_tls(sock, peer, first)
+        elif self.detect:
+            h2, first = await self._read_h2_preface(sock, first)
+            if h2:
+                await self.mux.connection(sock, peer, leftover=first)  # type: ignore[union-attr]
+            else:
+                await self.http1.connection(sock, peer, leftover=first, accepted=False)
+        elif self.mux is not None:
+            await self.mux.connection(sock, peer, leftover=first)
+        else:
+            await self.http1.connection(sock, peer, leftover=first, accepted=False)
+
+    async def _read_h2_preface(self, sock: socket.socket, first: bytes) -> tuple[bool, bytes]:
+        """`_speaks_h2` for bytes read already: whether they start the HTTP/2 preface, and all
+        the bytes read (more are read, and consumed, while they are a part of one)."""
+        with trio.move_on_after(self.header_timeout):
+            while H2_PREFACE.startswith(first[: len(H2_PREFACE)]) and len(first) < len(H2_PREFACE):
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    more = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    break
+                if not more:
+                    break
+                first += more
+        return first.startswith(H2_PREFACE), first
+
+    async def _handle_tls(self, sock: socket.socket, peer: Any, first: bytes = b"") -> None:
         stats = self.stats
         tls = self.tls
         assert tls is not None
         try:
-            io, early = await accept_tls(sock, tls)
+            io, early = await accept_tls(sock, tls, first)
         except TlsHandshakeFailed as failed:
             if failed.reason == HANDSHAKE_TIMEOUT:
                 stats.ssl_handshake_timeout += 1

@@ -144,24 +144,29 @@ class TlsIO(SockIO):
         SockIO.close(self)
 
 
-async def accept_tls(sock: socket.socket, server: Any) -> tuple[TlsIO, bytes]:
+async def accept_tls(sock: socket.socket, server: Any, initial: bytes = b"") -> tuple[TlsIO, bytes]:
     """The server side of a handshake on an accepted socket, within the listener's
     handshake_timeout: the connection's TlsIO, and the plaintext that came with the client's
     last handshake flight (a request sent right behind its Finished). Raises
     TlsHandshakeFailed (the socket is left for the caller to close). `server` is the
-    listener's network.tls.ServerTls."""
+    listener's network.tls.ServerTls; `initial`: bytes read from the socket already (by the
+    TLS inspector, network/tls_inspector.py), the session's first input."""
     session = server.session()
     io = TlsIO(sock, session)
+    io.bytes_received = len(initial)
+    data = initial
     # (Compiled: each `except ... as` name keeps one type in a function: `lost`, `failed`.)
     with trio.move_on_after(server.handshake_timeout):
         while True:
-            try:
-                data = await SockIO.recv(io)  # (SockIO's: the bytes are the handshake's)
-            except ConnectionLost as lost:
-                raise TlsHandshakeFailed(f"connection lost: {lost}") from None
             if not data:
-                raise TlsHandshakeFailed("closed during the handshake")
+                try:
+                    data = await SockIO.recv(io)  # (SockIO's: the bytes are the handshake's)
+                except ConnectionLost as lost:
+                    raise TlsHandshakeFailed(f"connection lost: {lost}") from None
+                if not data:
+                    raise TlsHandshakeFailed("closed during the handshake")
             session.receive(data)
+            data = b""
             try:
                 done = session.handshake()
             except TlsError as failed:

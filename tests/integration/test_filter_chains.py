@@ -1,0 +1,250 @@
+"""Filter chains through a real `proxy run`: TLS passthrough routed by the ClientHello's SNI and
+ALPN to TLS backends (the client sees the backend's own certificate: nothing terminated), TLS
+terminated on a tcp listener, route tables by server name on one HTTP listener, and TLS and
+plaintext on one port; with real peers (Python's ssl, openssl s_client, curl) and a hot
+upgrade in the middle of a passthrough connection. Certificates from trustme."""
+
+from __future__ import annotations
+
+import functools
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trustme
+
+from tests.integration.harness import admin_get, connect, echo_handler, read_all, running_proxy, start_server
+from tests.integration.test_upgrade import RUNTIME, assert_ok, reload, stat
+
+NAMES = {"a": ["a.example.com"], "b": ["*.b.example.com"], "c": ["c.example.com"], "h2": ["a.example.com"]}
+
+
+class Pki:
+    """A test CA and a certificate (files in `dir`, and the trustme objects) per backend."""
+
+    def __init__(self, dir: Path) -> None:
+        self.ca = trustme.CA()
+        self.dir = dir
+        self.ca_path = str(dir / "ca.pem")
+        self.ca.cert_pem.write_to_path(self.ca_path)
+        self.leaf: dict[str, trustme.LeafCert] = {}
+        for name, names in NAMES.items():
+            cert = self.leaf[name] = self.ca.issue_cert(*names)
+            cert.private_key_pem.write_to_path(str(dir / f"{name}.key"))
+            cert.cert_chain_pems[0].write_to_path(str(dir / f"{name}.pem"))
+
+    def tls(self, name: str, **extra: Any) -> dict[str, Any]:
+        return {"certificates": [{"cert": str(self.dir / f"{name}.pem"), "key": str(self.dir / f"{name}.key")}], **extra}
+
+    def serial(self, name: str) -> int:
+        from cryptography import x509
+
+        return x509.load_pem_x509_certificate(self.leaf[name].cert_chain_pems[0].bytes()).serial_number
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    (tmp_path / "pki").mkdir()
+    return Pki(tmp_path / "pki")
+
+
+async def tls_backend(nursery: trio.Nursery, pki: Pki, name: str) -> str:
+    """A TLS echo server (Python's ssl, OpenSSL underneath) with certificate `name`; it
+    answers the ALPN it agreed on first, as `alpn=PROTO\\n`, then echoes."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    pki.leaf[name].configure_cert(ctx)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+
+    async def serve(stream: trio.SSLStream) -> None:
+        try:
+            await stream.do_handshake()
+            await stream.send_all(f"alpn={stream.selected_alpn_protocol()}\n".encode())
+            async for data in stream:
+                await stream.send_all(data)
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    listeners = await nursery.start(functools.partial(trio.serve_ssl_over_tcp, serve, 0, ctx, host="127.0.0.1"))
+    return f"127.0.0.1:{listeners[0].transport_listener.socket.getsockname()[1]}"
+
+
+async def tls_client(
+    address: Any, name: str | None, pki: Pki, alpn: list[str] | None = None, check_name: bool = True
+) -> tuple[trio.SSLStream, str]:
+    """A verified TLS connection (the certificate must be valid for `name`, with `check_name`)
+    and its first line."""
+    ctx = ssl.create_default_context(cafile=pki.ca_path)
+    if name is None or not check_name:
+        ctx.check_hostname = False
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    stream = trio.SSLStream(await connect(address), ctx, server_hostname=name)
+    with trio.fail_after(5):
+        await stream.do_handshake()
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await stream.receive_some(1)
+    return stream, line.decode().strip()
+
+
+def served_serial(stream: trio.SSLStream) -> int:
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(stream.getpeercert(binary_form=True)).serial_number
+
+
+async def echo(stream: trio.abc.Stream, message: bytes) -> None:
+    await stream.send_all(message)
+    got = b""
+    with trio.fail_after(5):
+        while len(got) < len(message):
+            got += await stream.receive_some(65536)
+    assert got == message
+
+
+def passthrough_config(tmp_path: Path, backends: dict[str, str], **listener: Any) -> dict[str, Any]:
+    return {
+        "logging": {"level": "info"},
+        "admin": {"socket": str(tmp_path / "admin.sock")},
+        "runtime": dict(RUNTIME),
+        "listeners": [
+            {
+                "name": "edge",
+                "address": "127.0.0.1:0",
+                "protocol": "tcp",
+                "filter_chains": [
+                    {"name": "a", "match": {"server_names": ["a.example.com"]}, "cluster": "a"},
+                    {"name": "b", "match": {"server_names": ["*.b.example.com"]}, "cluster": "b"},
+                ],
+                **listener,
+            }
+        ],
+        "clusters": [{"name": name, "connect_timeout": "1s", "hosts": [{"address": address}]} for name, address in backends.items()],
+    }
+
+
+async def listener_stats(tmp_path: Path, listener: str = "edge") -> dict[str, int]:
+    prefix = f"listener.{listener}."
+    raw = json.loads(await admin_get(str(tmp_path / "admin.sock"), "/stats"))
+    return {k.removeprefix(prefix): v for k, v in raw.items() if k.startswith(prefix)}
+
+
+# ---------------------------------------------------------------- 1. passthrough
+
+
+async def test_passthrough_routes_by_sni_and_the_client_sees_the_backends_certificate(tmp_path, nursery, pki):
+    from cryptography import x509
+
+    backends = {name: await tls_backend(nursery, pki, name) for name in ("a", "b", "c")}
+    config = passthrough_config(tmp_path, backends, cluster="c")  # c: the fallback
+    async with running_proxy(config, tmp_path) as proxy:
+        address = proxy.address("edge")
+        for name, backend in (("a.example.com", "a"), ("x.b.example.com", "b"), ("y.x.b.example.com", "b")):
+            # (a chain's wildcard covers any depth; a certificate's, one label)
+            stream, _ = await tls_client(address, name, pki, check_name=name != "y.x.b.example.com")
+            assert served_serial(stream) == pki.serial(backend), name  # the backend's own certificate
+            await echo(stream, b"hello " * 1000)
+            await echo(stream, b"x" * 300_000)  # many records, both ways
+            await stream.aclose()
+        # b.example.com itself is not under *.b.example.com; no SNI at all: both to the fallback
+        for name in ("c.example.com", None):
+            stream, _ = await tls_client(address, name, pki)
+            assert served_serial(stream) == pki.serial("c")
+            await echo(stream, b"to the fallback")
+            await stream.aclose()
+        # openssl s_client agrees: the certificate it is served is the backend's
+        host, port = address
+        result = await trio.run_process(
+            ["openssl", "s_client", "-connect", f"{host}:{port}", "-servername", "z.b.example.com", "-CAfile", pki.ca_path],
+            stdin=b"",
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        out = result.stdout.decode("latin-1")
+        assert "Verify return code: 0 (ok)" in out, out
+        pem = out[out.index("-----BEGIN CERTIFICATE-----") : out.index("-----END CERTIFICATE-----") + 25]
+        assert x509.load_pem_x509_certificate(pem.encode()).serial_number == pki.serial("b")
+        stats = await listener_stats(tmp_path)
+        assert stats["tls_inspector_tls_found"] == 6, stats
+        assert stats["tls_inspector_sni_found"] == 5 and stats["tls_inspector_sni_not_found"] == 1, stats
+        assert stats["no_filter_chain_match"] == 0 and stats["ssl_handshake"] == 0, stats  # nothing terminated
+        assert "Traceback" not in proxy.log()
+
+
+async def test_alpn_picks_the_chain_among_those_of_one_name(tmp_path, nursery, pki):
+    backends = {"h2": await tls_backend(nursery, pki, "h2"), "a": await tls_backend(nursery, pki, "a")}
+    config = passthrough_config(tmp_path, backends)
+    config["listeners"][0]["filter_chains"] = [
+        {"name": "h2", "match": {"server_names": ["a.example.com"], "alpn": ["h2"]}, "cluster": "h2"},
+        {"name": "other", "match": {"server_names": ["a.example.com"]}, "cluster": "a"},
+    ]
+    async with running_proxy(config, tmp_path) as proxy:
+        address = proxy.address("edge")
+        stream, line = await tls_client(address, "a.example.com", pki, alpn=["http/1.1", "h2"])
+        assert served_serial(stream) == pki.serial("h2") and line == "alpn=h2"
+        await stream.aclose()
+        stream, line = await tls_client(address, "a.example.com", pki, alpn=["http/1.1"])
+        assert served_serial(stream) == pki.serial("a") and line == "alpn=http/1.1"
+        await stream.aclose()
+        stats = await listener_stats(tmp_path)
+        assert stats["tls_inspector_alpn_found"] == 2 and stats["tls_inspector_alpn_not_found"] == 0, stats
+
+
+async def test_no_match_plaintext_silence_and_garbage_are_closed_counted_and_spare_the_rest(tmp_path, nursery, pki):
+    backends = {name: await tls_backend(nursery, pki, name) for name in ("a", "b")}
+    config = passthrough_config(tmp_path, backends, inspect_timeout="500ms")  # no fallback cluster
+    async with running_proxy(config, tmp_path) as proxy:
+        address = proxy.address("edge")
+        silent = await connect(address)
+        unknown = ssl.create_default_context(cafile=pki.ca_path)
+        with pytest.raises((trio.BrokenResourceError, ssl.SSLError)):
+            stream = trio.SSLStream(await connect(address), unknown, server_hostname="nobody.example.org")
+            with trio.fail_after(5):
+                await stream.do_handshake()
+        plain = await connect(address)  # a plaintext client on a passthrough-only port
+        await plain.send_all(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+        assert await read_all(plain) == b""
+        bad = await connect(address)
+        await bad.send_all(b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00")  # a handshake record, not a ClientHello
+        assert await read_all(bad) == b""
+        stream, _ = await tls_client(address, "a.example.com", pki)  # others are served all along
+        await echo(stream, b"still here")
+        with trio.fail_after(5):
+            assert await read_all(silent) == b""  # inspect_timeout
+        stats = await listener_stats(tmp_path)
+        assert stats["no_filter_chain_match"] == 2, stats  # the unknown name and the plaintext client
+        assert stats["tls_inspector_tls_not_found"] == 1 and stats["tls_inspector_client_hello_bad"] == 1, stats
+        assert stats["downstream_pre_cx_timeout"] == 1, stats
+        await stream.aclose()
+        assert "Traceback" not in proxy.log()
+
+
+async def test_a_passthrough_connection_survives_a_hot_upgrade_with_bytes_both_ways(tmp_path, nursery, pki):
+    backends = {name: await tls_backend(nursery, pki, name) for name in ("a", "b")}
+    async with running_proxy(passthrough_config(tmp_path, backends), tmp_path) as proxy:
+        address = proxy.address("edge")
+        streams = []
+        for name, backend in (("a.example.com", "a"), ("q.b.example.com", "b")):
+            stream, _ = await tls_client(address, name, pki)
+            assert served_serial(stream) == pki.serial(backend)
+            await echo(stream, b"before " * 5000)
+            streams.append(stream)
+        await trio.sleep(0.6)  # one of them idle long enough to be parked
+        for _ in range(2):
+            outcome = await reload(proxy)
+            assert_ok(outcome)
+            assert (outcome.get("migrated") or {}).get("tcp", 0) == 2, outcome
+            for stream in streams:
+                await echo(stream, b"after " * 5000)  # the same TLS session, end to end
+            # adopted into each one's chain: its cluster (not the other's) holds it now
+            assert await stat(proxy, "cluster.a.upstream_cx_active") == 1
+            assert await stat(proxy, "cluster.b.upstream_cx_active") == 1
+        assert await stat(proxy, "listener.edge.downstream_cx_migrated_in") >= 2
+        for stream in streams:
+            await stream.aclose()
+        assert "adopt_failed" not in proxy.log()
