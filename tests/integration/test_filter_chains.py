@@ -248,3 +248,102 @@ async def test_a_passthrough_connection_survives_a_hot_upgrade_with_bytes_both_w
         for stream in streams:
             await stream.aclose()
         assert "adopt_failed" not in proxy.log()
+
+
+# ---------------------------------------------------------------- 2. TLS terminated on tcp listeners
+
+
+def terminating_config(tmp_path: Path, pki: Pki, upstream: str, **listener: Any) -> dict[str, Any]:
+    return {
+        "logging": {"level": "info"},
+        "admin": {"socket": str(tmp_path / "admin.sock")},
+        "runtime": {**RUNTIME, "drain_timeout": "2s"},
+        "listeners": [{"name": "edge", "address": "127.0.0.1:0", "protocol": "tcp", "cluster": "plain", "tls": pki.tls("c"), **listener}],
+        "clusters": [{"name": "plain", "connect_timeout": "1s", "hosts": [{"address": upstream}]}],
+    }
+
+
+async def plain_tls_client(address: Any, name: str, pki: Pki) -> trio.SSLStream:
+    stream = trio.SSLStream(await connect(address), ssl.create_default_context(cafile=pki.ca_path), server_hostname=name)
+    with trio.fail_after(5):
+        await stream.do_handshake()
+    return stream
+
+
+async def test_a_tls_terminating_tcp_listener_relays_plaintext_to_its_upstream(tmp_path, nursery, pki):
+    seen: list[bytes] = []
+
+    async def recording_echo(stream: trio.SocketStream) -> None:
+        async for data in stream:
+            seen.append(data)
+            await stream.send_all(data)
+        await stream.send_eof()
+
+    upstream = await start_server(nursery, recording_echo)
+    async with running_proxy(terminating_config(tmp_path, pki, upstream), tmp_path) as proxy:
+        address = proxy.address("edge")
+        stream = await plain_tls_client(address, "c.example.com", pki)
+        assert served_serial(stream) == pki.serial("c")  # the proxy's certificate: terminated here
+        await echo(stream, b"hello over TLS")
+        await echo(stream, bytes(range(256)) * 4000)  # ~1 MB: many records each way
+        assert b"".join(seen).startswith(b"hello over TLS")  # the upstream got plaintext
+        await stream.aclose()  # close_notify: the upstream sees the end and closes back
+        with trio.fail_after(5):
+            while (await listener_stats(tmp_path))["downstream_cx_active"]:
+                await trio.sleep(0.05)
+        stats = await listener_stats(tmp_path)
+        assert stats["ssl_handshake"] == 1 and stats["downstream_cx_destroy"] == 1, stats
+        assert stats["downstream_rx_bytes_total"] > 1_000_000, stats
+        plain = await connect(address)  # plaintext at a TLS port: an alert, then the close
+        await plain.send_all(b"GET / HTTP/1.1\r\n\r\n")
+        assert not (await read_all(plain)).startswith(b"HTTP")
+        assert (await listener_stats(tmp_path))["ssl_connection_error"] == 1
+        assert "Traceback" not in proxy.log()
+
+
+async def test_one_tcp_listener_passes_one_name_through_and_terminates_another(tmp_path, nursery, pki):
+    backend = await tls_backend(nursery, pki, "a")
+    upstream = await start_server(nursery, echo_handler)
+    config = terminating_config(tmp_path, pki, upstream)
+    listener = config["listeners"][0]
+    del listener["tls"]
+    listener["filter_chains"] = [
+        {"name": "pass", "match": {"server_names": ["a.example.com"]}, "cluster": "tls-backend"},
+        {"name": "end", "match": {"server_names": ["c.example.com"]}, "tls": pki.tls("c")},  # the listener's cluster
+    ]
+    config["clusters"].append({"name": "tls-backend", "hosts": [{"address": backend}]})
+    async with running_proxy(config, tmp_path) as proxy:
+        address = proxy.address("edge")
+        passed, line = await tls_client(address, "a.example.com", pki)
+        assert served_serial(passed) == pki.serial("a") and line == "alpn=None"
+        ended = await plain_tls_client(address, "c.example.com", pki)
+        assert served_serial(ended) == pki.serial("c")
+        await echo(passed, b"through")
+        await echo(ended, b"terminated")
+        await passed.aclose()
+        await ended.aclose()
+
+
+async def test_terminated_tls_on_tcp_drains_in_a_hot_upgrade(tmp_path, nursery, pki):
+    upstream = await start_server(nursery, echo_handler)
+    async with running_proxy(terminating_config(tmp_path, pki, upstream), tmp_path) as proxy:
+        address = proxy.address("edge")
+        stream = await plain_tls_client(address, "c.example.com", pki)
+        await echo(stream, b"before")
+        outcome: dict[str, Any] = {}
+
+        async def reload_now() -> None:
+            outcome.update(await reload(proxy))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(reload_now)
+            await trio.sleep(1)  # the old generation drains: this connection still works there
+            await echo(stream, b"during the drain")
+            fresh = await plain_tls_client(address, "c.example.com", pki)  # the new one serves new ones
+            await echo(fresh, b"new generation")
+        assert_ok(outcome)
+        assert (outcome.get("migrated") or {}).get("tcp", 0) == 0 and outcome.get("forced") == 1, outcome
+        with trio.fail_after(5):  # cut at drain_timeout, as a TLS HTTP connection would be
+            assert await read_all(stream) == b""
+        await echo(fresh, b"still")
+        await fresh.aclose()
