@@ -347,3 +347,92 @@ async def test_terminated_tls_on_tcp_drains_in_a_hot_upgrade(tmp_path, nursery, 
             assert await read_all(stream) == b""
         await echo(fresh, b"still")
         await fresh.aclose()
+
+
+# ---------------------------------------------------------------- 3. HTTP listeners; 4. TLS and plaintext on one port
+
+
+def answer(body: str) -> dict[str, Any]:
+    return {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": body}}]}]}
+
+
+def http_chains_config(tmp_path: Path, chains: list[dict[str, Any]], protocol: str = "http", **listener: Any) -> dict[str, Any]:
+    return {
+        "logging": {"level": "info"},
+        "admin": {"socket": str(tmp_path / "admin.sock")},
+        "runtime": dict(RUNTIME),
+        "listeners": [{"name": "edge", "address": "127.0.0.1:0", "protocol": protocol, "filter_chains": chains, **listener}],
+        "routes": {"table_a": answer("table a\n"), "table_c": answer("table c\n"), "plain": answer("plain\n")},
+    }
+
+
+def at(proxy: Any, scheme: str, name: str, path: str = "/") -> list[str]:
+    host, port = proxy.address("edge")
+    return ["--resolve", f"{name}:{port}:{host}", f"{scheme}://{name}:{port}{path}"]
+
+
+async def test_two_server_names_two_route_tables_and_two_certificates_on_one_http_listener(tmp_path, pki):
+    from tests.integration.test_http_proxy import curl
+
+    chains = [
+        {"name": "a", "match": {"server_names": ["a.example.com"]}, "route": "table_a", "tls": pki.tls("a")},
+        {"name": "c", "match": {"server_names": ["c.example.com"]}, "route": "table_c", "tls": pki.tls("c", min_version="1.3")},
+    ]
+    async with running_proxy(http_chains_config(tmp_path, chains), tmp_path) as proxy:
+        for name, body in (("a.example.com", b"table a\n"), ("c.example.com", b"table c\n")):
+            for version in ("--http2", "--http1.1"):  # curl checks the certificate is for `name`
+                got = await curl(version, "--cacert", pki.ca_path, "-w", "%{http_version}", *at(proxy, "https", name))
+                assert got.returncode == 0, got.stderr
+                assert got.stdout == body + (b"2" if version == "--http2" else b"1.1"), got.stdout
+        old = await curl("--tlsv1.2", "--tls-max", "1.2", "--cacert", pki.ca_path, *at(proxy, "https", "c.example.com"))
+        assert old.returncode != 0  # chain c's own settings: TLS 1.3 only
+        older = await curl("--tlsv1.2", "--tls-max", "1.2", "--cacert", pki.ca_path, *at(proxy, "https", "a.example.com"))
+        assert older.returncode == 0 and older.stdout == b"table a\n"
+        unknown = await curl("-k", *at(proxy, "https", "nobody.example.org"))  # no chain, no listener route
+        assert unknown.returncode != 0
+        stats = await listener_stats(tmp_path)
+        assert stats["ssl_handshake"] == 5 and stats["no_filter_chain_match"] == 1, stats
+        assert stats["downstream_rq_2xx"] == 5, stats
+
+
+async def test_curl_http_and_https_on_one_port(tmp_path, pki):
+    from tests.integration.test_http_proxy import curl
+
+    chains = [
+        {"name": "plain", "match": {"transport": "plaintext"}, "route": "plain"},
+        {"name": "tls", "match": {"transport": "tls"}, "route": "table_a", "tls": pki.tls("a")},
+    ]
+    async with running_proxy(http_chains_config(tmp_path, chains), tmp_path) as proxy:
+        cases = [
+            ("http", [], b"plain\n1.1"),
+            ("http", ["--http2-prior-knowledge"], b"plain\n2"),  # h2c: the preface after the inspector's bytes
+            ("https", ["--http2"], b"table a\n2"),
+            ("https", ["--http1.1"], b"table a\n1.1"),
+        ]
+        for scheme, extra, expected in cases:
+            got = await curl(*extra, "--cacert", pki.ca_path, "-w", "%{http_version}", *at(proxy, scheme, "a.example.com"))
+            assert got.returncode == 0, got.stderr
+            assert got.stdout == expected, (scheme, extra, got.stdout)
+        stats = await listener_stats(tmp_path)
+        assert stats["tls_inspector_tls_found"] == 2 and stats["tls_inspector_tls_not_found"] == 2, stats
+
+
+async def test_a_plaintext_http_connection_of_a_chain_moves_in_a_hot_upgrade(tmp_path, pki):
+    from tests.integration.test_upgrade import read_response
+
+    chains = [
+        {"name": "plain", "match": {"transport": "plaintext"}, "route": "plain"},
+        {"name": "tls", "match": {"transport": "tls"}, "route": "table_a", "tls": pki.tls("a")},
+    ]
+    async with running_proxy(http_chains_config(tmp_path, chains, protocol="http1"), tmp_path) as proxy:
+        stream = await connect(proxy.address("edge"))
+        buffer = bytearray()
+        for round in range(3):
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+            status, body = await read_response(stream, buffer)
+            assert (status, body) == (200, b"plain\n"), round
+            if round < 2:
+                outcome = await reload(proxy)
+                assert_ok(outcome)
+                assert (outcome.get("migrated") or {}).get("http1", 0) == 1, outcome
+        await stream.aclose()
