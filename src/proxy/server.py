@@ -296,9 +296,9 @@ class Worker:
         base = msgspec.structs.replace(lc, filter_chains=[])
         chains = []
         for name, chain in zip(lc.chain_names(), lc.filter_chains):
-            config = msgspec.structs.replace(
-                base, cluster=chain.cluster or lc.cluster, route=chain.route or lc.route, tls=chain.tls or lc.tls
-            )
+            # (a plaintext chain has no TLS to terminate: the listener's tls is not for it)
+            tls = chain.tls or (lc.tls if chain.match.transport != "plaintext" else None)
+            config = msgspec.structs.replace(base, cluster=chain.cluster or lc.cluster, route=chain.route or lc.route, tls=tls)
             chains.append((name, self._chain_handler(lr, config, connection_nursery)))
         has_default = lc.cluster is not None if lc.protocol == "tcp" else lc.route is not None
         default = self._chain_handler(lr, base, connection_nursery) if has_default else None

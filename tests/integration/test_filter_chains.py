@@ -395,14 +395,20 @@ async def test_two_server_names_two_route_tables_and_two_certificates_on_one_htt
         assert stats["downstream_rq_2xx"] == 5, stats
 
 
-async def test_curl_http_and_https_on_one_port(tmp_path, pki):
+@pytest.mark.parametrize("tls_on", ["chain", "listener"])
+async def test_curl_http_and_https_on_one_port(tmp_path, pki, tls_on):
     from tests.integration.test_http_proxy import curl
 
     chains = [
-        {"name": "plain", "match": {"transport": "plaintext"}, "route": "plain"},
-        {"name": "tls", "match": {"transport": "tls"}, "route": "table_a", "tls": pki.tls("a")},
+        {"name": "plain", "match": {"transport": "plaintext"}, "route": "plain"},  # (never the listener's tls)
+        {"name": "tls", "match": {"transport": "tls"}, "route": "table_a"},
     ]
-    async with running_proxy(http_chains_config(tmp_path, chains), tmp_path) as proxy:
+    listener: dict[str, Any] = {}
+    if tls_on == "chain":
+        chains[1]["tls"] = pki.tls("a")
+    else:
+        listener["tls"] = pki.tls("a")
+    async with running_proxy(http_chains_config(tmp_path, chains, **listener), tmp_path) as proxy:
         cases = [
             ("http", [], b"plain\n1.1"),
             ("http", ["--http2-prior-knowledge"], b"plain\n2"),  # h2c: the preface after the inspector's bytes

@@ -97,3 +97,9 @@ def test_every_chain_error_with_its_path() -> None:
     assert "listeners[0].filter_chains[0].route: unknown route table 'missing'" in http
     empty_twice = _errors(_config([{"cluster": "c"}, {"name": "other", "cluster": "c"}]))
     assert "listeners[0].filter_chains[1].match: the same match as listeners[0].filter_chains[0] (any server name" in empty_twice
+
+
+def test_an_http_chain_for_tls_connections_needs_tls_to_terminate() -> None:
+    text = _errors(_config([{"match": {"server_names": ["a.example.com"]}, "route": "r"}], protocol="http1"))
+    assert "listeners[0].filter_chains[0]: this chain of an HTTP listener matches TLS connections: it needs a 'tls'" in text
+    load_text(_config([{"match": {"transport": "plaintext"}, "route": "r"}], protocol="http1"), fmt="json")  # fine: plaintext

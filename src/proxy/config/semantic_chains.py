@@ -38,6 +38,9 @@ def check_chains(listeners: list[tuple[int, dict[str, Any]]], clusters: list[str
             _fields(path, chain, listener, tcp, clusters, tables, issues)
             match = chain.get("match", {})
             if isinstance(match, dict):
+                takes_tls = match.get("transport") == "tls" or bool(match.get("server_names")) or bool(match.get("alpn"))
+                if not tcp and takes_tls and chain.get("tls") is None and listener.get("tls") is None:
+                    issues.add(path, "this chain of an HTTP listener matches TLS connections: it needs a 'tls' (or the listener's) to terminate them")
                 if match.get("transport") == "plaintext" and chain.get("tls") is not None:
                     issues.add(path + ("tls",), "this chain matches plaintext connections only: it has no TLS to terminate")
                 for key in _match(path + ("match",), match, issues):

@@ -136,8 +136,10 @@ class HttpConnectionManager:
         counted already); `first`: the bytes read, served first (the TLS session's, or the
         HTTP codec's)."""
         if self.tls is not None:
-            await self._handle_tls(sock, peer, first)
-        elif self.detect:
+            await self._handle_tls(sock, peer, first)  # (its TlsIO counts `first` as received)
+            return
+        self.stats.downstream_rx_bytes_total += len(first)  # (read by the inspector, not the codec's SockIO)
+        if self.detect:
             h2, first = await self._read_h2_preface(sock, first)
             if h2:
                 await self.mux.connection(sock, peer, leftover=first)  # type: ignore[union-attr]

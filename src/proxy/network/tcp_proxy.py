@@ -84,6 +84,8 @@ class TcpProxy:
         if not counted:
             stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
+        if first:
+            stats.downstream_rx_bytes_total += len(first)  # (read by the inspector, not the relay)
         owned_by_relay = False
         try:
             if self.tcp:
