@@ -442,3 +442,55 @@ async def test_a_plaintext_http_connection_of_a_chain_moves_in_a_hot_upgrade(tmp
                 assert_ok(outcome)
                 assert (outcome.get("migrated") or {}).get("http1", 0) == 1, outcome
         await stream.aclose()
+
+
+async def test_an_h2c_connection_of_a_chain_moves_in_a_hot_upgrade_with_its_codec(tmp_path, pki):
+    from tests.integration.test_http2_upgrade import H2Client
+
+    chains = [
+        {"name": "plain", "match": {"transport": "plaintext"}, "route": "plain"},
+        {"name": "tls", "match": {"transport": "tls"}, "route": "table_a", "tls": pki.tls("a")},
+    ]
+    async with running_proxy(http_chains_config(tmp_path, chains, protocol="http"), tmp_path) as proxy:
+        client = await H2Client.open(proxy.address("edge"))
+        for round in range(3):
+            status, _, body = await client.get("/", [(b"x-indexed", b"the same value each time")])
+            assert (status, body) == (200, b"plain\n"), round
+            if round < 2:
+                outcome = await reload(proxy)
+                assert_ok(outcome)
+                assert (outcome.get("migrated") or {}).get("http2", 0) == 1, outcome
+        assert client.goaways == 0
+        await client.stream.aclose()
+
+
+async def test_a_reload_that_removes_a_chain_leaves_its_connections_to_finish_in_the_old_generation(tmp_path, nursery, pki):
+    import yaml
+
+    backends = {name: await tls_backend(nursery, pki, name) for name in ("a", "b")}
+    config = passthrough_config(tmp_path, backends)
+    config["runtime"]["drain_timeout"] = "3s"
+    async with running_proxy(config, tmp_path) as proxy:
+        address = proxy.address("edge")
+        kept, _ = await tls_client(address, "a.example.com", pki)
+        dropped, _ = await tls_client(address, "x.b.example.com", pki)
+        config["listeners"][0]["filter_chains"].pop()  # chain b is gone
+        proxy.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        outcome: dict[str, Any] = {}
+
+        async def reload_now() -> None:
+            outcome.update(await reload(proxy))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(reload_now)
+            await trio.sleep(1)
+            await echo(dropped, b"still served by the old generation")  # refused, so it stays there
+            await echo(kept, b"moved")
+        assert_ok(outcome)
+        assert (outcome.get("migrated") or {}).get("tcp", 0) == 1 and outcome.get("forced") == 1, outcome
+        await echo(kept, b"in the new generation")
+        with trio.fail_after(5):
+            assert await read_all(dropped) == b""  # ended at the old generation's drain_timeout
+        with pytest.raises((trio.BrokenResourceError, ssl.SSLError)):  # no chain for it now
+            await tls_client(address, "x.b.example.com", pki)
+        await kept.aclose()
