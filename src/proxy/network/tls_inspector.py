@@ -16,6 +16,10 @@ import trio
 from proxy.network import client_hello as hello_mod
 from proxy.network.client_hello import BadClientHello, ClientHello, NotTls
 
+# What a ClientHello may take on the wire: the message, and its record headers (a 64 KiB hello
+# needs 4 records at least; one fragmented much finer than that is refused as too long).
+READ_LIMIT = hello_mod.MAX_CLIENT_HELLO + 4 + 64 * 5
+
 TLS = "tls"
 PLAINTEXT = "plaintext"
 BAD = "bad"  # a handshake record that is not a ClientHello we can read
@@ -41,7 +45,7 @@ async def inspect(sock: socket.socket, timeout: float) -> Inspection:
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
-                chunk = sock.recv(hello_mod.MAX_CLIENT_HELLO + 5 - len(data))
+                chunk = sock.recv(READ_LIMIT - len(data))
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as exc:
@@ -57,6 +61,6 @@ async def inspect(sock: socket.socket, timeout: float) -> Inspection:
                 return Inspection(BAD, None, data, str(exc))
             if hello is not None:
                 return Inspection(TLS, hello, data)
-            if len(data) > hello_mod.MAX_CLIENT_HELLO + 5:
+            if len(data) >= READ_LIMIT:  # (and never a recv of 0 bytes, which would read as a close)
                 return Inspection(BAD, None, data, "ClientHello too long")
     return Inspection(TIMEOUT, None, data)
