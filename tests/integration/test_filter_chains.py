@@ -169,6 +169,8 @@ async def test_passthrough_routes_by_sni_and_the_client_sees_the_backends_certif
         assert "Verify return code: 0 (ok)" in out, out
         pem = out[out.index("-----BEGIN CERTIFICATE-----") : out.index("-----END CERTIFICATE-----") + 25]
         assert x509.load_pem_x509_certificate(pem.encode()).serial_number == pki.serial("b")
+        listed = json.loads(await admin_get(str(tmp_path / "admin.sock"), "/listeners"))
+        assert listed[0]["filter_chains"] == ["a", "b"]
         stats = await listener_stats(tmp_path)
         assert stats["tls_inspector_tls_found"] == 6, stats
         assert stats["tls_inspector_sni_found"] == 5 and stats["tls_inspector_sni_not_found"] == 1, stats
