@@ -332,8 +332,10 @@ class Worker:
         self._resume.set()
         if self._accept_scope is not None:
             self._accept_scope.cancel()
+        # (the same deadline _serve sets on the connection nursery, give or take a checkpoint)
+        deadline = trio.current_time() + float(self.config.runtime.drain_timeout)
         for hcm in self.http_managers:
-            hcm.drain()
+            hcm.drain(deadline)
 
     def stop_now(self) -> None:
         self.state = "stopping"

@@ -152,6 +152,13 @@ class ListenerStats(_Stats):
         "ssl_connection_error",  # a bad ClientHello, no shared version or cipher, an alert
         "ssl_handshake_timeout",  # no finished handshake within the listener's handshake_timeout
         "ssl_sni_refused",  # a name no certificate serves, with unknown_server_name: refuse
+        # certificates on demand (tls.on_demand): minted, fetched from the provider, its failures,
+        # names served from the cache, and names dropped from it (least recently used first)
+        "ssl_dynamic_minted",
+        "ssl_provider_fetched",
+        "ssl_provider_error",
+        "ssl_dynamic_cache_hit",
+        "ssl_dynamic_cache_evicted",
         # Filter chains (network/chain_dispatch): the TLS inspector's finds (Envoy's
         # tls_inspector.*), first bytes that did not come within inspect_timeout (Envoy's
         # downstream_pre_cx_timeout), and connections no chain matched, closed

@@ -496,3 +496,27 @@ async def test_a_reload_that_removes_a_chain_leaves_its_connections_to_finish_in
         with pytest.raises((trio.BrokenResourceError, ssl.SSLError)):  # no chain for it now
             await tls_client(address, "x.b.example.com", pki)
         await kept.aclose()
+
+
+@pytest.mark.parametrize("where", ["chain", "listener"])
+async def test_certificates_on_demand_on_a_tcp_listener_and_a_chain(tmp_path, nursery, pki, where):
+    """The chain's inspection already read the ClientHello: the certificate is minted from it,
+    not from a second read (which would wait for bytes the client never sends)."""
+    upstream = await start_server(nursery, echo_handler)
+    issuer_key = tmp_path / "issuer.key"
+    pki.ca.private_key_pem.write_to_path(str(issuer_key))
+    tls = {"on_demand": {"issuer": {"cert": pki.ca_path, "key": str(issuer_key)}, "server_names": ["*.apps.example.com"]}, "handshake_timeout": "2s"}
+    config = terminating_config(tmp_path, pki, upstream)
+    listener = config["listeners"][0]
+    if where == "chain":
+        del listener["tls"]
+        listener["filter_chains"] = [{"match": {"server_names": ["*.apps.example.com"]}, "tls": tls}]
+    else:
+        listener["tls"] = tls
+    async with running_proxy(config, tmp_path) as proxy:
+        with trio.fail_after(5):
+            stream = await plain_tls_client(proxy.address("edge"), "x.apps.example.com", pki)  # verified: minted for the name
+        await echo(stream, b"minted")
+        await stream.aclose()
+        stats = await listener_stats(tmp_path)
+        assert stats["ssl_dynamic_minted"] == 1 and stats["ssl_handshake"] == 1, stats

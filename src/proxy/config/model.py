@@ -106,10 +106,34 @@ class TlsCertificate(_Model):
     server_names: list[str] | None = None
 
 
+class TlsIssuer(_Model):
+    cert: str  # PEM: a CA certificate (basicConstraints CA:TRUE)
+    key: str  # PEM: its private key (RSA or ECDSA)
+
+
+class TlsProvider(_Model):
+    type: str  # "package.module:Class", a proxy.network.tls_dynamic.CertificateProvider
+    config: dict[str, Any] = {}
+
+
+class TlsOnDemand(_Model):
+    """Certificates for names no configured certificate serves (proxy.network.tls_dynamic):
+    asked of the provider first, then minted by the issuer; cached per name."""
+
+    provider: TlsProvider | None = None
+    issuer: TlsIssuer | None = None
+    key_type: Literal["ecdsa-p256", "rsa-2048"] = "ecdsa-p256"  # of minted certificates
+    lifetime: PositiveDuration = PositiveDuration(86400.0)  # a minted certificate's validity
+    # Only these names get one (exact, or `*.example.com` for one label under it); None: any.
+    server_names: list[str] | None = None
+    cache_size: PositiveInt = 1000  # names kept, least recently used dropped first
+    cache_lifetime: PositiveDuration = PositiveDuration(3600.0)  # then fetched or minted anew
+
+
 class ListenerTls(_Model):
     """TLS termination (proxy.network.tls): certificates chosen by the ClientHello's SNI."""
 
-    certificates: list[TlsCertificate]
+    certificates: list[TlsCertificate] = []  # at least one, unless on_demand serves every name
     # Offered by ALPN, in order of preference; by default what the protocol speaks
     # (http1: http/1.1; http2: h2; http: h2, http/1.1).
     alpn: list[str] | None = None
@@ -121,6 +145,7 @@ class ListenerTls(_Model):
     # with an unrecognized_name alert.
     unknown_server_name: Literal["default", "refuse"] = "default"
     handshake_timeout: PositiveDuration = PositiveDuration(10.0)
+    on_demand: TlsOnDemand | None = None
 
 
 class FilterChainMatch(_Model):

@@ -7,7 +7,9 @@ path they were given; `proxy run --daemon` makes that absolute before it detache
 
 The paths, every path-valued field of the model (`proxy.config.model`):
   listeners[].access_log[].path   except "stdout" and "stderr"
-  listeners[].tls.certificates[].cert and .key (and listeners[].filter_chains[].tls's)
+  listeners[].tls.certificates[].cert and .key
+  listeners[].tls.on_demand.issuer.cert and .key
+  (and the same in listeners[].filter_chains[].tls)
   diagnostics.directory
   admin.socket                    so `proxy ctl -c FILE` finds the socket from anywhere
 Listener and host addresses are not here: a `unix:` address must be absolute already.
@@ -38,10 +40,16 @@ def resolve(raw: Any, base_dir: str) -> None:
             if log.get("path") not in STREAMS:
                 _resolve_key(log, "path", base_dir)
         for tls in [listener.get("tls")] + [c.get("tls") for c in _dicts(listener.get("filter_chains"))]:
-            if isinstance(tls, dict):
-                for cert in _dicts(tls.get("certificates")):
-                    _resolve_key(cert, "cert", base_dir)
-                    _resolve_key(cert, "key", base_dir)
+            if not isinstance(tls, dict):
+                continue
+            for cert in _dicts(tls.get("certificates")):
+                _resolve_key(cert, "cert", base_dir)
+                _resolve_key(cert, "key", base_dir)
+            on_demand = tls.get("on_demand")
+            issuer = on_demand.get("issuer") if isinstance(on_demand, dict) else None
+            if isinstance(issuer, dict):
+                _resolve_key(issuer, "cert", base_dir)
+                _resolve_key(issuer, "key", base_dir)
     for key, field in (("diagnostics", "directory"), ("admin", "socket")):
         section = raw.get(key)
         if isinstance(section, dict):

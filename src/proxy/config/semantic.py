@@ -16,7 +16,7 @@ from typing import Any
 from proxy.config.semantic_chains import check_chains
 from proxy.config.semantic_routes import check_routes
 from proxy.config.errors import Issues, PathTuple, format_path
-from proxy.config.values import Address
+from proxy.config.values import Address, Duration
 from proxy.http import codecs
 
 
@@ -59,8 +59,11 @@ def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -
         if protocol not in ("tcp", "http1", "http2", "http"):
             issues.add(base, f"TLS termination is for tcp, http1, http2 and http listeners, not {protocol!r}")
         certificates = _items(tls.get("certificates"))
-        if not certificates and isinstance(tls.get("certificates"), list):
-            issues.add(base + ("certificates",), "give at least one certificate")
+        on_demand = tls.get("on_demand")
+        if not certificates and not isinstance(on_demand, dict):
+            issues.add(base + ("certificates",), "give at least one certificate (or on_demand)")
+        if isinstance(on_demand, dict):
+            _tls_on_demand(base + ("on_demand",), on_demand, issues)
         for j, cert in certificates:
             if not isinstance(cert.get("cert"), str) or not isinstance(cert.get("key"), str):
                 continue  # the structural check reports it
@@ -79,6 +82,39 @@ def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -
         lo, hi = tls.get("min_version", "1.2"), tls.get("max_version", "1.3")
         if lo == "1.3" and hi == "1.2":
             issues.add(base, "min_version 1.3 is above max_version 1.2")
+
+
+def _tls_on_demand(path: tuple[Any, ...], on_demand: dict[str, Any], issues: Issues) -> None:
+    """A provider that loads, an issuer that is a CA with its own key, and a cache that expires
+    before what it holds does."""
+    from proxy import plugins
+    from proxy.network import tls_dynamic
+    from proxy.network.tls import TlsConfigError, load_issuer
+
+    provider, issuer = on_demand.get("provider"), on_demand.get("issuer")
+    if provider is None and issuer is None:
+        issues.add(path, "give a provider, an issuer, or both")
+    if isinstance(provider, dict) and isinstance(provider.get("type"), str):
+        target = plugins.split_target(provider["type"])
+        if target is None:
+            issues.add(path + ("provider", "type"), f"{provider['type']!r} is not package.module:Class")
+        else:
+            try:
+                plugins.load_class(*target, tls_dynamic.CertificateProvider, f"certificate provider {provider['type']!r}", "a CertificateProvider subclass")
+            except plugins.PluginError as exc:
+                issues.add(path + ("provider", "type"), str(exc))
+    if isinstance(issuer, dict) and isinstance(issuer.get("cert"), str) and isinstance(issuer.get("key"), str):
+        try:
+            load_issuer(issuer["cert"], issuer["key"])
+        except TlsConfigError as exc:
+            issues.add(path + ("issuer",), str(exc))
+    try:
+        lifetime = Duration.parse(on_demand.get("lifetime", "24h"))
+        cache_lifetime = Duration.parse(on_demand.get("cache_lifetime", "1h"))
+    except (TypeError, ValueError):
+        return  # (the structural check reports it)
+    if cache_lifetime > lifetime:
+        issues.add(path + ("cache_lifetime",), "longer than the certificates' lifetime: the cache would serve expired ones")
 
 
 def _cluster_http2(clusters: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:

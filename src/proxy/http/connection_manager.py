@@ -25,6 +25,7 @@ from proxy.http.multiplex import MuxServer
 from proxy.http.router import Router
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
+from proxy.network import tls_inspector
 from proxy.network.tls_io import HANDSHAKE_TIMEOUT, UNKNOWN_SERVER_NAME, TlsHandshakeFailed, accept_tls
 from proxy.stats import ListenerStats
 from proxy.upgrade import migration as migration_mod
@@ -70,6 +71,8 @@ class HttpConnectionManager:
         if config.protocol != codecs.HTTP1:
             self.mux = MuxServer(self, self.router, config, codecs.server_codec_factory(config))
         self.draining = False
+        self.drain_started = trio.Event()
+        self.drain_deadline: float | None = None
         self.migration: migration_mod.Migration = migration_mod.NO_MIGRATION
         self.tunnels: dict[relay_mod.Relay, str | None] = {}  # live tunnels and their upstream host
         # TLS termination: the handshake first, then ALPN (or the protocol) picks the codec.
@@ -77,7 +80,7 @@ class HttpConnectionManager:
         if config.tls is not None:
             from proxy.network.tls import ServerTls  # (pyOpenSSL only where a listener has TLS)
 
-            self.tls = ServerTls(config.tls, config.protocol)
+            self.tls = ServerTls(config.tls, config.protocol, stats, self.name)
             for cert in self.tls.certificates:
                 if cert.world_readable_key:  # (the path only: never the key)
                     log.warning("tls.key_readable_by_others", listener=self.name, key=cert.key_path)
@@ -94,9 +97,13 @@ class HttpConnectionManager:
 
     # ------------------------------------------------------------------ connection
 
-    def drain(self) -> None:
+    def drain(self, deadline: float | None = None) -> None:
         """Graceful stop: idle keep-alive connections close now; busy ones finish the request
-        in flight and answer it with `Connection: close` (Envoy's drain, for HTTP/1.1)."""
+        in flight and answer it with `Connection: close` (Envoy's drain, for HTTP/1.1).
+        `deadline`: when what is still open is cut (a WebSocket over TLS sends its Close
+        before it: http/tls_tunnel.py)."""
+        self.drain_deadline = deadline
+        self.drain_started.set()
         self.draining = True
         self.router.draining = True
         self.http1.drain()
@@ -171,8 +178,15 @@ class HttpConnectionManager:
         stats = self.stats
         tls = self.tls
         assert tls is not None
+        timeout = tls.handshake_timeout
         try:
-            io, early = await accept_tls(sock, tls, first)
+            if tls.on_demand is not None:
+                # The name before the handshake: a certificate for it may have to be fetched or
+                # minted first, which the SNI callback (inside OpenSSL) cannot wait for.
+                initial, timeout = await tls_inspector.prepare_handshake(sock, tls, first)
+            else:
+                initial = first
+            io, early = await accept_tls(sock, tls, initial, timeout)
         except TlsHandshakeFailed as failed:
             if failed.reason == HANDSHAKE_TIMEOUT:
                 stats.ssl_handshake_timeout += 1

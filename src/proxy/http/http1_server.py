@@ -38,7 +38,7 @@ from proxy.http.router import Abort, Router
 from proxy.http.codec_io import local_address_of, peer_names, send_batch
 from proxy.http.stream import ServerStream, UpstreamRequest
 from proxy.http.stream_info import StreamInfo
-from proxy.http.stream_tunnel import pump_upstream_stream, run_both, websocket_accept
+from proxy.http.stream_tunnel import pump_upstream_stream, websocket_accept
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
 from proxy.network.edge_epoll import wait_readable as _wait_readable
@@ -304,41 +304,31 @@ class Http1ServerStream(ServerStream):
             raise
         if conn.io.tls is not None:  # TLS: bytes must be opened and sealed, not spliced
             conn.keep_alive = False  # the tunnel is the rest of this connection
-            await self._pump_tls_tunnel(upstream.io)
+            upgrade = http1.header_value(self.request.headers, b"upgrade")
+            websocket = response.status == 101 and upgrade is not None and b"websocket" in upgrade.lower()
+            await self._pump_tls_tunnel(upstream.io, websocket)
             return True
         self.server.start_relay(conn.io.sock, upstream.io.sock, str(upstream.host.address))
         conn.tunnel = True
         conn.keep_alive = False
         return True
 
-    async def _pump_tls_tunnel(self, up: SockIO) -> None:
-        """A tunnel whose client side is TLS: this request's task copies both ways (each
-        direction's end half-closes the other side) until both have ended. No bytes either way
-        for the listener's idle_timeout ends it, as the watchdog cancels the connection."""
-        down = self.conn.io
-        now = self.server._now
-        idle = self.server.idle_timeout
+    async def _pump_tls_tunnel(self, up: SockIO, websocket: bool) -> None:
+        """A tunnel whose client side is TLS: this request's task copies both ways
+        (http/tls_tunnel.py; a WebSocket gets its Close before a drain's deadline). No bytes
+        either way for the listener's idle_timeout ends it, as the watchdog cancels the
+        connection."""
+        from proxy.http.tls_tunnel import pump_tls_tunnel
 
-        async def copy(src: SockIO, dst: SockIO) -> None:
-            while True:
-                try:
-                    data = await src.recv()
-                except ConnectionLost:
-                    data = b""
-                self.set_deadline(now() + idle)
-                if not data:
-                    dst.shutdown_write()
-                    return
-                try:
-                    await dst.send_all(data)
-                except ConnectionLost:
-                    return
+        server = self.server
+        now = server._now
+        idle = server.idle_timeout
 
-        self.set_deadline(now() + idle)
-        try:
-            await run_both(lambda: copy(up, down), lambda: copy(down, up))
-        finally:
-            up.close()
+        def touch() -> None:
+            self.set_deadline(now() + idle)
+
+        touch()
+        await pump_tls_tunnel(self.conn.io, up, server.manager, touch, websocket)
 
     async def _tunnel_to_stream(self, upstream: Any, response: ResponseHead) -> None:
         """The upstream is a stream of an HTTP/2 connection (a CONNECT, or a WebSocket as an

@@ -27,7 +27,7 @@ import trio
 from proxy.config.model import Listener as ListenerConfig
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
-from proxy.network import fds
+from proxy.network import fds, tls_inspector
 from proxy.network.connect import ConnectFailed, connect
 from proxy.network.fds import OutOfDescriptors
 from proxy.network.sockio import ConnectionLost, SockIO
@@ -65,7 +65,7 @@ class TcpProxy:
         if config.tls is not None:
             from proxy.network.tls import ServerTls  # (pyOpenSSL only where a listener has TLS)
 
-            self.tls = ServerTls(config.tls, config.protocol)
+            self.tls = ServerTls(config.tls, config.protocol, stats, self.name)
             for cert in self.tls.certificates:
                 if cert.world_readable_key:  # (the path only: never the key)
                     log.warning("tls.key_readable_by_others", listener=self.name, key=cert.key_path)
@@ -136,7 +136,10 @@ class TcpProxy:
             if self.tcp:
                 relay_mod.tune_tcp_socket(down, False)
             try:
-                io, early = await accept_tls(down, self.tls, first)
+                initial, timeout = first, self.tls.handshake_timeout
+                if self.tls.on_demand is not None:  # (the name's certificate first: see connection_manager)
+                    initial, timeout = await tls_inspector.prepare_handshake(down, self.tls, first)
+                io, early = await accept_tls(down, self.tls, initial, timeout)
             except TlsHandshakeFailed as failed:
                 _count_handshake_failure(stats, failed.reason)
                 log.debug("tls.handshake_failed", listener=self.name, reason=failed.reason)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from cryptography import x509
@@ -84,11 +84,26 @@ def load_certificate(cert_path: str, key_path: str, server_names: list[str] | No
     """Read and check a certificate chain and its key; TlsConfigError says what is wrong
     without quoting the key."""
     pem = _read(cert_path, "certificate")
+    key_pem = _read(key_path, "private key")
+    try:
+        mode = os.stat(key_path).st_mode
+    except OSError:
+        mode = 0
+    loaded = certificate_from_pem(pem, key_pem, cert_path, key_path, server_names)
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        loaded = replace(loaded, world_readable_key=True)
+    return loaded
+
+
+def certificate_from_pem(
+    pem: bytes, key_pem: bytes, cert_path: str, key_path: str, server_names: list[str] | None = None
+) -> LoadedCertificate:
+    """Check a PEM certificate chain and its PEM key (from files, a provider or a mint; the
+    paths only name them in errors)."""
     try:
         certs = x509.load_pem_x509_certificates(pem)
     except ValueError:
         raise TlsConfigError(f"{cert_path} holds no PEM certificate") from None
-    key_pem = _read(key_path, "private key")
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):
@@ -100,10 +115,6 @@ def load_certificate(cert_path: str, key_path: str, server_names: list[str] | No
     names = tuple(n.lower() for n in server_names) if server_names else certificate_names(certs[0])
     if not names:
         raise TlsConfigError(f"{cert_path} names no DNS name (no subjectAltName, no CN): give server_names")
-    try:
-        mode = os.stat(key_path).st_mode
-    except OSError:
-        mode = 0
     return LoadedCertificate(
         cert_path=cert_path,
         key_path=key_path,
@@ -111,7 +122,7 @@ def load_certificate(cert_path: str, key_path: str, server_names: list[str] | No
         names=names,
         chain=tuple(crypto.X509.from_cryptography(c) for c in certs),
         key=crypto.PKey.from_cryptography_key(key),  # type: ignore[arg-type]
-        world_readable_key=bool(mode & (stat.S_IRGRP | stat.S_IROTH)),
+        world_readable_key=False,
     )
 
 
@@ -145,9 +156,9 @@ class ServerTls:
     """A listener's TLS: its contexts, one per distinct set of certificates a name selects,
     and the SNI and ALPN choices. `session()` starts the TLS of one accepted connection."""
 
-    def __init__(self, config: Any, protocol: str) -> None:
+    def __init__(self, config: Any, protocol: str, stats: Any = None, listener: str = "") -> None:
         self.certificates = [load_certificate(c.cert, c.key, c.server_names) for c in config.certificates]
-        self.refuse_unknown = config.unknown_server_name == "refuse"
+        self.refuse_unknown = config.unknown_server_name == "refuse" or not self.certificates
         self.alpn = [p.encode() for p in (config.alpn if config.alpn is not None else DEFAULT_ALPN.get(protocol, []))]
         self.handshake_timeout = float(config.handshake_timeout)
         self._settings = config
@@ -167,10 +178,21 @@ class ServerTls:
                 self.wildcard[name[2:]] = ctx
             else:
                 self.exact[name] = ctx
-        # The first certificate's: for a name no certificate serves, and where every
-        # handshake starts, with the SNI callback that moves it to its name's context.
-        self.default = contexts.get((0,)) or self._context([self.certificates[0]])
+        # Where every handshake starts, with the SNI callback that moves it to its name's
+        # context: the first certificate's (also served to a name no certificate serves), or,
+        # with no certificates (all on demand), one without a certificate.
+        if self.certificates:
+            self.default = contexts.get((0,)) or self._context([self.certificates[0]])
+        else:
+            self.default = self._context([])
         self.default.set_tlsext_servername_callback(self._on_server_name)
+        # Certificates fetched or minted for names none of those serve (network/tls_dynamic.py).
+        self.on_demand: Any = None
+        if config.on_demand is not None:
+            self.on_demand = _on_demand(config.on_demand, self._context_from_pem, stats, listener)
+
+    def _context_from_pem(self, chain: bytes, key: bytes, source: str) -> SSL.Context:
+        return self._context([certificate_from_pem(chain, key, source, source)])
 
     def _context(self, certs: list[LoadedCertificate]) -> SSL.Context:
         s = self._settings
@@ -198,19 +220,36 @@ class ServerTls:
             ctx.set_alpn_select_callback(self._select_alpn)
         return ctx
 
+    def configured(self, name: str) -> SSL.Context | None:
+        """The context of the configured certificates that serve `name` (lower case, no
+        trailing dot): exact, then the wildcard one label up; None if none does."""
+        ctx = self.exact.get(name)
+        if ctx is not None:
+            return ctx
+        parent = _wildcard_parent(name)
+        if parent is not None:
+            return self.wildcard.get(parent)
+        return None
+
     def context_for(self, server_name: str | None) -> SSL.Context | None:
         """The context for a ClientHello's SNI (None: refuse the handshake)."""
         if server_name:
             name = server_name.lower().rstrip(".")
-            ctx = self.exact.get(name)
+            ctx = self.configured(name)
             if ctx is not None:
                 return ctx
-            parent = _wildcard_parent(name)
-            if parent is not None:
-                ctx = self.wildcard.get(parent)
+            if self.on_demand is not None:
+                ctx = self.on_demand.cached(name)
                 if ctx is not None:
                     return ctx
         return None if self.refuse_unknown else self.default
+
+    async def prepare(self, server_name: str | None) -> None:
+        """Before the handshake: fetch or mint the certificate for a name that no configured
+        one serves, so the SNI callback finds it (network/tls_dynamic.py)."""
+        on_demand = self.on_demand
+        if on_demand is not None and server_name and self.configured(server_name) is None:
+            await on_demand.resolve(server_name)
 
     def _on_server_name(self, conn: SSL.Connection) -> None:
         raw = conn.get_servername()
@@ -230,6 +269,58 @@ class ServerTls:
 
     def session(self) -> TlsSession:
         return TlsSession(self.default)
+
+
+def _on_demand(config: Any, build_context: Any, stats: Any, listener: str) -> Any:
+    """The listener's OnDemandCertificates from its `tls.on_demand` settings."""
+    from proxy import plugins
+    from proxy.network import tls_dynamic
+
+    provider = None
+    if config.provider is not None:
+        target = plugins.split_target(config.provider.type)
+        if target is None:
+            raise TlsConfigError(f"certificate provider {config.provider.type!r}: give package.module:Class")
+        try:
+            cls = plugins.load_class(*target, tls_dynamic.CertificateProvider, f"certificate provider {config.provider.type!r}", "a CertificateProvider subclass")
+        except plugins.PluginError as exc:
+            raise TlsConfigError(str(exc)) from None
+        provider = cls(dict(config.provider.config))
+    issuer = None
+    if config.issuer is not None:
+        issuer = load_issuer(config.issuer.cert, config.issuer.key)
+    return tls_dynamic.OnDemandCertificates(
+        build_context=build_context,
+        stats=stats,
+        listener=listener,
+        provider=provider,
+        issuer=issuer,
+        key_type=config.key_type,
+        lifetime=float(config.lifetime),
+        cache_size=config.cache_size,
+        cache_lifetime=float(config.cache_lifetime),
+        server_names=config.server_names,
+    )
+
+
+def load_issuer(cert_path: str, key_path: str) -> Any:
+    """The issuing CA for minted certificates: a CA certificate and its own key."""
+    from proxy.network import tls_dynamic
+
+    pem = _read(cert_path, "issuer certificate")
+    key_pem = _read(key_path, "issuer key")
+    certificate_from_pem(pem, key_pem, cert_path, key_path, ["issuer"])  # (parses; the key is its own)
+    issuer = tls_dynamic.Issuer(pem, key_pem)
+    try:
+        constraints = issuer.cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        is_ca = constraints.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise TlsConfigError(f"{cert_path} is not a CA certificate (basicConstraints CA:TRUE): it cannot issue")
+    if not isinstance(issuer.key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise TlsConfigError(f"the issuer key {key_path} is neither RSA nor ECDSA")
+    return issuer
 
 
 # The per-record calls go to OpenSSL through pyOpenSSL's own cffi bindings: pyOpenSSL's

@@ -144,19 +144,19 @@ class TlsIO(SockIO):
         SockIO.close(self)
 
 
-async def accept_tls(sock: socket.socket, server: Any, initial: bytes = b"") -> tuple[TlsIO, bytes]:
-    """The server side of a handshake on an accepted socket, within the listener's
-    handshake_timeout: the connection's TlsIO, and the plaintext that came with the client's
-    last handshake flight (a request sent right behind its Finished). Raises
+async def accept_tls(sock: socket.socket, server: Any, initial: bytes = b"", timeout: float = -1.0) -> tuple[TlsIO, bytes]:
+    """The server side of a handshake on an accepted socket, within `timeout` (by default the
+    listener's handshake_timeout): the connection's TlsIO, and the plaintext that came with the
+    client's last handshake flight (a request sent right behind its Finished). `initial`: bytes
+    already read off the socket (the TLS inspector's), the handshake's first. Raises
     TlsHandshakeFailed (the socket is left for the caller to close). `server` is the
-    listener's network.tls.ServerTls; `initial`: bytes read from the socket already (by the
-    TLS inspector, network/tls_inspector.py), the session's first input."""
+    listener's network.tls.ServerTls."""
     session = server.session()
     io = TlsIO(sock, session)
-    io.bytes_received = len(initial)
+    io.bytes_received = len(initial)  # (on the wire, read by the inspector)
     data = initial
     # (Compiled: each `except ... as` name keeps one type in a function: `lost`, `failed`.)
-    with trio.move_on_after(server.handshake_timeout):
+    with trio.move_on_after(server.handshake_timeout if timeout < 0 else timeout):
         while True:
             if not data:
                 try:
