@@ -520,3 +520,27 @@ async def test_certificates_on_demand_on_a_tcp_listener_and_a_chain(tmp_path, nu
         await stream.aclose()
         stats = await listener_stats(tmp_path)
         assert stats["ssl_dynamic_minted"] == 1 and stats["ssl_handshake"] == 1, stats
+
+
+async def test_listeners_that_need_no_inspection_read_nothing_first(tmp_path, nursery, pki):
+    """A server-speaks-first upstream (a banner before any client byte): through a listener
+    without filter chains, or whose one chain matches everything, the banner comes at once;
+    nothing waits for the client's first bytes."""
+
+    async def banner(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"220 ready\r\n")
+        async for data in stream:
+            await stream.send_all(data)
+
+    upstream = await start_server(nursery, banner)
+    config = passthrough_config(tmp_path, {"smtp": upstream}, cluster="smtp", inspect_timeout="30s")
+    config["listeners"][0]["filter_chains"] = []
+    config["listeners"].append({"name": "chained", "address": "127.0.0.1:0", "protocol": "tcp", "filter_chains": [{"cluster": "smtp"}]})
+    async with running_proxy(config, tmp_path) as proxy:
+        for name in ("edge", "chained"):
+            stream = await connect(proxy.address(name))
+            with trio.fail_after(2):
+                assert await stream.receive_some(100) == b"220 ready\r\n", name
+            await echo(stream, b"EHLO x\r\n")
+            await stream.aclose()
+        assert (await listener_stats(tmp_path, "chained"))["tls_inspector_tls_not_found"] == 0
