@@ -299,12 +299,18 @@ class Worker:
             # (a plaintext chain has no TLS to terminate: the listener's tls is not for it)
             tls = chain.tls or (lc.tls if chain.match.transport != "plaintext" else None)
             config = msgspec.structs.replace(base, cluster=chain.cluster or lc.cluster, route=chain.route or lc.route, tls=tls)
-            chains.append((name, self._chain_handler(lr, config, connection_nursery)))
+            chains.append((name, self._chain_handler(lr, config, connection_nursery, False)))
         has_default = lc.cluster is not None if lc.protocol == "tcp" else lc.route is not None
-        default = self._chain_handler(lr, base, connection_nursery) if has_default else None
-        return ChainDispatcher(lc, chains, default, lr.stats)
+        default = self._chain_handler(lr, base, connection_nursery, False) if has_default else None
+        dispatcher = ChainDispatcher(lc, chains, default, lr.stats)
+        if lc.protocol != "tcp":  # one watchdog task for all the chains (not a task each)
+            from proxy.http.connection_manager import run_watchdogs
 
-    def _chain_handler(self, lr: ListenerRuntime, lc: Any, connection_nursery: trio.Nursery) -> Any:
+            assert self._root is not None
+            self._root.start_soon(run_watchdogs, dispatcher.handlers())
+        return dispatcher
+
+    def _chain_handler(self, lr: ListenerRuntime, lc: Any, connection_nursery: trio.Nursery, watchdog: bool = True) -> Any:
         """The handler of a listener's connections (or of one of its filter chains')."""
         if lc.protocol == "tcp":
             return TcpProxy(lc, self.clusters[lc.cluster], lr.stats, connection_nursery)
@@ -318,8 +324,9 @@ class Worker:
             hcm = HttpConnectionManager(
                 lc, self.route_tables[lc.route], self.clusters, self.pools, self.filter_chains[lc.name], logs, lr.stats, connection_nursery
             )
-            assert self._root is not None
-            self._root.start_soon(hcm.run_watchdog)
+            if watchdog:
+                assert self._root is not None
+                self._root.start_soon(hcm.run_watchdog)
             self.http_managers.append(hcm)
             return hcm
         raise ValueError(f"listener {lc.name}: unsupported protocol {lc.protocol}")

@@ -544,3 +544,28 @@ async def test_listeners_that_need_no_inspection_read_nothing_first(tmp_path, nu
             await echo(stream, b"EHLO x\r\n")
             await stream.aclose()
         assert (await listener_stats(tmp_path, "chained"))["tls_inspector_tls_not_found"] == 0
+
+
+async def test_the_chains_deadlines_are_watched(tmp_path, pki):
+    """One watchdog task looks after every chain's connections: a request head that stalls on a
+    plaintext chain gets its 408, an idle TLS one is closed at the idle timeout."""
+    chains = [
+        {"name": "plain", "match": {"transport": "plaintext"}, "route": "plain"},
+        {"name": "tls", "match": {"transport": "tls"}, "route": "table_a", "tls": pki.tls("a")},
+    ]
+    http = {"request_header_timeout": "300ms", "idle_timeout": "500ms"}
+    async with running_proxy(http_chains_config(tmp_path, chains, protocol="http1", http=http), tmp_path) as proxy:
+        stalled = await connect(proxy.address("edge"))
+        await stalled.send_all(b"GET / HTTP/1.1\r\nHost: a")
+        with trio.fail_after(3):
+            assert (await read_all(stalled)).startswith(b"HTTP/1.1 408")  # (the head began in the inspected bytes)
+        idle = await plain_tls_client(proxy.address("edge"), "a.example.com", pki)
+        await idle.send_all(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+        with trio.fail_after(3):
+            answer = b""
+            while True:
+                chunk = await idle.receive_some(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"table a\n")  # then closed, idle

@@ -113,18 +113,19 @@ class HttpConnectionManager:
     async def run_watchdog(self) -> None:
         """Cancel each connection whose deadline has passed. Runs for the worker's life (in the
         root nursery: it must not hold up a drain). Timeouts fire within WATCHDOG_TICK late."""
+        await run_watchdogs([self])
+
+    def check_deadlines(self, now: float) -> None:
+        """One look of the watchdog."""
         http1 = self.http1
         mux = self.mux
-        while True:
-            await trio.sleep(WATCHDOG_TICK)
-            now = trio.current_time()
-            http1.check_deadlines(now)
-            if mux is not None:
-                mux.check_deadlines(now)
-                if self.migration is not migration_mod.NO_MIGRATION:
-                    http2_migration.check(mux, now)
-            if self.migration.active and not self.draining:
-                http1.wake_for_handover()
+        http1.check_deadlines(now)
+        if mux is not None:
+            mux.check_deadlines(now)
+            if self.migration is not migration_mod.NO_MIGRATION:
+                http2_migration.check(mux, now)
+        if self.migration.active and not self.draining:
+            http1.wake_for_handover()
 
     async def handle(self, sock: socket.socket, peer: Any) -> None:
         self.stats.downstream_cx_total += 1
@@ -319,3 +320,12 @@ class HttpConnectionManager:
     def tunnel_closed(self, relay: relay_mod.Relay) -> None:
         self.tunnels.pop(relay, None)
         relay_mod.count_downstream_close(self.stats, relay)
+
+
+async def run_watchdogs(managers: list[HttpConnectionManager]) -> None:
+    """The watchdog of several managers (a listener's filter chains), in one task."""
+    while True:
+        await trio.sleep(WATCHDOG_TICK)
+        now = trio.current_time()
+        for manager in managers:
+            manager.check_deadlines(now)
