@@ -88,6 +88,7 @@ class Worker:
         self.filter_chains = {lc.name: _build_chain(lc) for lc in config.listeners if lc.protocol != "tcp"}
         self.access_logs: dict[str, list[Any]] = {}
         self.http_managers: list[Any] = []
+        self.tls_watches: list[Any] = []  # network.tls_watch.CertificateWatcher, one per TLS handler
         self.listeners: list[ListenerRuntime] = []
         self.state = "starting"
         self._stop_accepting = trio.Event()
@@ -259,6 +260,14 @@ class Worker:
             return lambda: nursery.start_soon(handler.adopt_tunnel, socks[0], socks[1], state)
         return lambda: nursery.start_soon(handler.adopt, socks[0], socks[1], state)
 
+    def certificate_errors(self) -> list[dict[str, Any]] | None:
+        """Listeners whose changed TLS files could not be used (their old ones serve on);
+        None when no listener has TLS."""
+        watchers = self.tls_watches
+        if not watchers:
+            return None
+        return [w.error for w in watchers if w.error is not None]
+
     def active_connections(self) -> int:
         return sum(lr.stats.downstream_cx_active for lr in self.listeners)
 
@@ -313,7 +322,9 @@ class Worker:
     def _chain_handler(self, lr: ListenerRuntime, lc: Any, connection_nursery: trio.Nursery, watchdog: bool = True) -> Any:
         """The handler of a listener's connections (or of one of its filter chains')."""
         if lc.protocol == "tcp":
-            return TcpProxy(lc, self.clusters[lc.cluster], lr.stats, connection_nursery)
+            proxy = TcpProxy(lc, self.clusters[lc.cluster], lr.stats, connection_nursery)
+            self._watch_tls(proxy.tls_watch, lc.name)
+            return proxy
         if lc.protocol != "tcp":  # http1, or a multiplexed codec (proxy.http.codecs)
             from proxy.http.access_log import AccessLogger
             from proxy.http.connection_manager import HttpConnectionManager
@@ -327,9 +338,17 @@ class Worker:
             if watchdog:
                 assert self._root is not None
                 self._root.start_soon(hcm.run_watchdog)
+            self._watch_tls(hcm.tls_watch, lc.name)
             self.http_managers.append(hcm)
             return hcm
         raise ValueError(f"listener {lc.name}: unsupported protocol {lc.protocol}")
+
+    def _watch_tls(self, watch: Any, name: str) -> None:
+        """Run a handler's certificate watcher (rotation), if it has TLS."""
+        if watch is not None:
+            assert self._root is not None
+            self._root.start_soon(watch.run, name=f"tls_watch:{name}")
+            self.tls_watches.append(watch)
 
     def drain(self) -> None:
         """Stop accepting and let open connections finish (up to drain_timeout)."""

@@ -159,6 +159,13 @@ class ListenerStats(_Stats):
         "ssl_provider_error",
         "ssl_dynamic_cache_hit",
         "ssl_dynamic_cache_evicted",
+        # mutual TLS (client_certificate: request | require)
+        "ssl_fail_verify_no_cert",  # require: the client sent no certificate
+        "ssl_fail_verify_error",  # the client's certificate did not verify against client_ca
+        "ssl_no_certificate",  # request: handshakes done without a client certificate
+        # certificate rotation (tls.watch_interval): files changed on disk and re-read
+        "ssl_certificate_rotated",  # a new set of files now serves new handshakes
+        "ssl_certificate_rotation_failed",  # a new set that cannot be used (the old one serves on)
         # Filter chains (network/chain_dispatch): the TLS inspector's finds (Envoy's
         # tls_inspector.*), first bytes that did not come within inspect_timeout (Envoy's
         # downstream_pre_cx_timeout), and connections no chain matched, closed

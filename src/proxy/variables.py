@@ -326,6 +326,40 @@ register("requested_server_name", lambda info: None if getattr(info, "tls", None
 register("downstream_tls_version", lambda info: None if getattr(info, "tls", None) is None else info.tls.version)
 register("downstream_tls_cipher", lambda info: None if getattr(info, "tls", None) is None else info.tls.cipher)
 register("downstream_alpn", lambda info: None if getattr(info, "tls", None) is None else info.tls.alpn)
+
+
+# The client's certificate on a mutual-TLS connection (Envoy's DOWNSTREAM_PEER_*), parsed once
+# per connection when first asked for (network.tls.TlsSession.peer); missing without one.
+def _peer(info: Any) -> Any:
+    tls = getattr(info, "tls", None)
+    return None if tls is None else tls.peer
+
+
+def _peer_field(name: str, many: bool = False) -> Getter:
+    def get(info: Any) -> str | None:
+        peer = _peer(info)
+        if peer is None:
+            return None
+        value = getattr(peer, name)
+        return (",".join(value) or None) if many else value
+
+    return get
+
+
+def _peer_verified(info: Any) -> str | None:
+    # (a certificate that fails verification ends the handshake: none is ever "FAILED" here)
+    tls = getattr(info, "tls", None)
+    if tls is None:
+        return None
+    return "NONE" if tls.peer is None else "SUCCESS"
+
+
+for _name in ("subject", "issuer", "fingerprint_256", "serial"):
+    register(f"downstream_peer_{_name}", _peer_field(_name))
+register("downstream_peer_uri_san", _peer_field("uri_sans", many=True))
+register("downstream_peer_dns_san", _peer_field("dns_sans", many=True))
+register("downstream_peer_cert", _peer_field("pem"))
+register("downstream_peer_verified", _peer_verified)
 register_function("request_header", lambda arg: _request_header_getter(_header_argument(arg)))
 register_function("response_header", lambda arg: _response_header_getter(_header_argument(arg)))
 del _name

@@ -89,3 +89,22 @@ def test_a_resolved_admin_socket_longer_than_a_unix_path_is_refused(elsewhere: P
     [issue] = info.value.issues
     assert (issue.path, issue.line) == ("admin.socket", 2)
     assert issue.message.startswith("admin socket path is longer than 107 bytes: '/")
+
+
+def test_tls_files_are_resolved_too(elsewhere: Path) -> None:
+    import trustme
+
+    here = elsewhere / "etc" / "proxy"
+    (here / "certs").mkdir()
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(here / "certs" / "clients.pem"))
+    cert = ca.issue_cert("a.example.com")
+    cert.cert_chain_pems[0].write_to_path(str(here / "certs" / "a.pem"))
+    cert.private_key_pem.write_to_path(str(here / "certs" / "a.key"))
+    tls = "    tls: {certificates: [{cert: certs/a.pem, key: certs/a.key}], client_certificate: require, client_ca: certs/clients.pem}\n"
+    (here / "proxy.yaml").write_text(CONFIG.replace("    access_log:\n", tls + "    access_log:\n", 1))
+    config = load("../etc/proxy/proxy.yaml")
+    listener_tls = config.listeners[0].tls
+    assert listener_tls is not None
+    assert (listener_tls.certificates[0].cert, listener_tls.certificates[0].key) == (f"{here}/certs/a.pem", f"{here}/certs/a.key")
+    assert listener_tls.client_ca == f"{here}/certs/clients.pem"

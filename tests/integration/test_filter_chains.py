@@ -569,3 +569,27 @@ async def test_the_chains_deadlines_are_watched(tmp_path, pki):
                     break
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"table a\n")  # then closed, idle
+
+
+async def test_mutual_tls_on_a_tcp_listener(tmp_path, nursery, pki):
+    """The tcp listener's TLS is the HTTP listeners' (network/tls_accept.py): a client without
+    a certificate is refused with an alert and counted, one with a certificate is relayed."""
+    upstream = await start_server(nursery, echo_handler)
+    config = terminating_config(tmp_path, pki, upstream)
+    config["listeners"][0]["tls"].update(client_certificate="require", client_ca=pki.ca_path)
+    async with running_proxy(config, tmp_path) as proxy:
+        address = proxy.address("edge")
+        ctx = ssl.create_default_context(cafile=pki.ca_path)
+        pki.ca.issue_cert("client.example.com").configure_cert(ctx)
+        stream = trio.SSLStream(await connect(address), ctx, server_hostname="c.example.com")
+        await echo(stream, b"with a certificate")
+        await stream.aclose()
+        bare = trio.SSLStream(await connect(address), ssl.create_default_context(cafile=pki.ca_path), server_hostname="c.example.com")
+        with pytest.raises(trio.BrokenResourceError) as refused:
+            with trio.fail_after(5):
+                await bare.do_handshake()
+                await bare.send_all(b"x")
+                await bare.receive_some(10)
+        assert "CERTIFICATE_REQUIRED" in repr(refused.value.__cause__).upper(), refused.value.__cause__
+        stats = await listener_stats(tmp_path)
+        assert stats["ssl_fail_verify_no_cert"] == 1 and stats["ssl_handshake"] == 1, stats

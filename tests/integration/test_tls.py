@@ -360,3 +360,23 @@ def test_a_config_without_tls_never_imports_pyopenssl(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2])
     assert result.stdout.split() == ["False", "False"], result
+
+
+async def test_groups_are_offered_as_configured(tmp_path, upstream, certs):
+    admin = str(tmp_path / "admin.sock")
+    async with running_proxy(tls_config(upstream, certs, admin, groups=["P-384", "X25519"]), tmp_path) as proxy:
+        p384 = await s_client(proxy, "-servername", "b.example.com", "-groups", "P-384")
+        assert "Peer Temp Key: ECDH, secp384r1" in p384 or "Server Temp Key: ECDH, secp384r1" in p384, p384
+        refused = await s_client(proxy, "-servername", "b.example.com", "-groups", "P-256")
+        assert "Protocol version" not in refused and "alert" in refused, refused
+
+
+def test_groups_openssl_does_not_know_refuse_the_config(tmp_path, certs):
+    from proxy.config.errors import ConfigError
+    from proxy.config.loader import load_text
+
+    config = http_config(["127.0.0.1:1"])
+    config["listeners"][0]["tls"] = {"certificates": [certs.entry("b")], "groups": ["X25519", "not-a-group"]}
+    with pytest.raises(ConfigError) as err:
+        load_text(json.dumps(config), fmt="json")
+    assert "listeners[0].tls.groups" in str(err.value) and "not-a-group" in str(err.value)

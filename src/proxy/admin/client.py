@@ -319,6 +319,14 @@ def render_status(r: dict[str, Any], now: float | None = None) -> str:
         elif key in ("workers", "retiring") and isinstance(value, list):
             lines = [f"#{w.get('index')} pid {w.get('pid')}, generation {w.get('generation')}, {w.get('state')}" for w in value if isinstance(w, dict)]
             fields.append((key, lines or ["none"]))
+        elif key == "certificate_errors" and isinstance(value, list):
+            # TLS files that changed and could not be used: the old ones serve on
+            lines = [
+                f"{e.get('listener')}: {e.get('error')} ({_ago(e.get('since'), now)}; the certificates before it serve on)"
+                for e in value
+                if isinstance(e, dict)
+            ]
+            fields.append(("certificate errors", lines or ["none"]))
         elif key == "busy":
             fields.append(("busy", [f"yes, {_article(str(value))} {value} is running" if value else "no"]))
         elif key == "last_reload":

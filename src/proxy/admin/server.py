@@ -348,7 +348,14 @@ class AdminServer(SocketServer):
             "version": proxy.__version__,
             "listeners": len(self.worker.listeners),
             "log_level": proxy_log.current_level(),
+            **self._certificate_errors(),
         }
+
+    def _certificate_errors(self) -> dict[str, Any]:
+        """TLS files changed on disk that could not be used (network/tls_watch.py)."""
+        errors = getattr(self.worker, "certificate_errors", None)
+        found = errors() if errors is not None else None
+        return {} if found is None else {"certificate_errors": found}
 
     def listeners(self) -> list[dict[str, Any]]:
         return [

@@ -53,6 +53,17 @@ class Cluster(_Model):
     http2: ClusterHttp2Options = ClusterHttp2Options()
 
 
+class ClientCertDetails(_Model):
+    """What the proxy's own x-forwarded-client-cert element carries besides By and Hash
+    (Envoy's set_current_client_cert_details)."""
+
+    subject: bool = False
+    uri: bool = False
+    dns: bool = False
+    cert: bool = False
+    chain: bool = False
+
+
 class HttpSettings(_Model):
     """HTTP/1.1 connection manager limits and behaviour for one listener."""
 
@@ -67,6 +78,12 @@ class HttpSettings(_Model):
     forwarded_headers: bool = True  # set X-Forwarded-For/-Proto/-Host
     request_id: bool = True  # set X-Request-Id when absent
     server_name: str = "proxy"  # Server header of local replies
+    # x-forwarded-client-cert (XFCC) to the upstream, Envoy's forward_client_cert_details:
+    # sanitize strips a client's; forward_only / append_forward / sanitize_set keep it, add
+    # to it or replace it by ours when the client presented a certificate (and strip it
+    # otherwise); always_forward_only passes it on untouched.
+    forward_client_cert_details: Literal["sanitize", "forward_only", "append_forward", "sanitize_set", "always_forward_only"] = "sanitize"
+    set_current_client_cert_details: ClientCertDetails = ClientCertDetails()
 
 
 _WINDOW = Annotated[int, msgspec.Meta(ge=65535, le=2**31 - 1)]  # RFC 9113 §6.9.2 bounds
@@ -141,11 +158,23 @@ class ListenerTls(_Model):
     max_version: Literal["1.2", "1.3"] = "1.3"
     ciphers: str | None = None  # TLS 1.2 cipher list, OpenSSL syntax; None: OpenSSL's default
     ciphersuites: str | None = None  # TLS 1.3 suites, `:`-separated; None: OpenSSL's default
+    groups: list[str] | None = None  # key exchange, in order (X25519, P-256, ...); None: OpenSSL's
     # An SNI no certificate names (or none at all): served the first certificate, or refused
     # with an unrecognized_name alert.
     unknown_server_name: Literal["default", "refuse"] = "default"
     handshake_timeout: PositiveDuration = PositiveDuration(10.0)
     on_demand: TlsOnDemand | None = None
+    # Client certificates (mutual TLS): `request` asks for one and serves a client without
+    # one; `require` refuses a client without one. Either way a certificate that does not
+    # verify against `client_ca` (a PEM bundle) is refused with an alert.
+    client_certificate: Literal["none", "request", "require"] = "none"
+    client_ca: str | None = None
+    # How many intermediate CAs may stand between a client certificate and a CA of client_ca
+    # (OpenSSL's and nginx's ssl_verify_depth: 0, issued by one of them); None: OpenSSL's 100.
+    verify_depth: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    # The certificate, key and client_ca files are polled this often and re-read when they
+    # change (new handshakes get the new ones); None: only at start and on reload.
+    watch_interval: PositiveDuration | None = PositiveDuration(5.0)
 
 
 class FilterChainMatch(_Model):

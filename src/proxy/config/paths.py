@@ -7,7 +7,7 @@ path they were given; `proxy run --daemon` makes that absolute before it detache
 
 The paths, every path-valued field of the model (`proxy.config.model`):
   listeners[].access_log[].path   except "stdout" and "stderr"
-  listeners[].tls.certificates[].cert and .key
+  listeners[].tls.certificates[].cert and .key, listeners[].tls.client_ca
   listeners[].tls.on_demand.issuer.cert and .key
   (and the same in listeners[].filter_chains[].tls)
   diagnostics.directory
@@ -50,6 +50,7 @@ def resolve(raw: Any, base_dir: str) -> None:
             if isinstance(issuer, dict):
                 _resolve_key(issuer, "cert", base_dir)
                 _resolve_key(issuer, "key", base_dir)
+            _resolve_key(tls, "client_ca", base_dir)
     for key, field in (("diagnostics", "directory"), ("admin", "socket")):
         section = raw.get(key)
         if isinstance(section, dict):

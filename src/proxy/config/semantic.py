@@ -31,6 +31,7 @@ def check(raw: Any, issues: Issues) -> None:
     _listener_clusters(listeners, cluster_names, issues)
     _listener_addresses(listeners, raw.get("admin"), issues)
     _listener_tls(listeners, issues)
+    _listener_xfcc(listeners, issues)
     check_chains(listeners, cluster_names, raw.get("routes"), issues)
     _host_addresses(clusters, issues)
     _cluster_http2(clusters, issues)
@@ -79,9 +80,52 @@ def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -
                     getattr(SSL.Context(SSL.TLS_SERVER_METHOD), setter)(value.encode())
                 except (SSL.Error, ValueError):
                     issues.add(base + (key,), f"OpenSSL takes none of {value!r}")
+        groups = tls.get("groups")
+        if isinstance(groups, list) and groups and all(isinstance(g, str) for g in groups):
+            from proxy.network.tls import set_groups
+
+            try:
+                set_groups(SSL.Context(SSL.TLS_SERVER_METHOD), groups)
+            except ValueError as exc:
+                issues.add(base + ("groups",), str(exc))
         lo, hi = tls.get("min_version", "1.2"), tls.get("max_version", "1.3")
         if lo == "1.3" and hi == "1.2":
             issues.add(base, "min_version 1.3 is above max_version 1.2")
+        _client_certificates(base, tls, issues)
+
+
+def _client_certificates(base: PathTuple, tls: dict[str, Any], issues: Issues) -> None:
+    """client_ca goes with client_certificate request or require, and loads."""
+    from proxy.network.tls import TlsConfigError, load_client_ca
+
+    mode = tls.get("client_certificate", "none")
+    ca = tls.get("client_ca")
+    if mode in ("request", "require"):
+        if ca is None:
+            issues.add(base + ("client_ca",), f"client_certificate: {mode} needs client_ca (a PEM bundle of the CAs client certificates chain to)")
+        elif isinstance(ca, str):
+            try:
+                load_client_ca(ca)
+            except TlsConfigError as exc:
+                issues.add(base + ("client_ca",), str(exc))
+    elif mode == "none":
+        for key in ("client_ca", "verify_depth"):
+            if tls.get(key) is not None:
+                issues.add(base + (key,), f"{key} applies only with client_certificate: request or require")
+
+
+def _listener_xfcc(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
+    """Envoy's rule: set_current_client_cert_details only where the proxy sets an XFCC."""
+    for index, listener in listeners:
+        http = listener.get("http")
+        if not isinstance(http, dict) or not isinstance(http.get("set_current_client_cert_details"), dict):
+            continue
+        mode = http.get("forward_client_cert_details", "sanitize")
+        if any(v is True for v in http["set_current_client_cert_details"].values()) and mode not in ("append_forward", "sanitize_set"):
+            issues.add(
+                ("listeners", index, "http", "set_current_client_cert_details"),
+                f"applies only with forward_client_cert_details append_forward or sanitize_set, not {mode!r}",
+            )
 
 
 def _tls_on_demand(path: tuple[Any, ...], on_demand: dict[str, Any], issues: Issues) -> None:

@@ -25,8 +25,6 @@ from proxy.http.multiplex import MuxServer
 from proxy.http.router import Router
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
-from proxy.network import tls_inspector
-from proxy.network.tls_io import HANDSHAKE_TIMEOUT, UNKNOWN_SERVER_NAME, TlsHandshakeFailed, accept_tls
 from proxy.stats import ListenerStats
 from proxy.upgrade import migration as migration_mod
 from proxy.upstream.cluster import Cluster
@@ -77,13 +75,14 @@ class HttpConnectionManager:
         self.tunnels: dict[relay_mod.Relay, str | None] = {}  # live tunnels and their upstream host
         # TLS termination: the handshake first, then ALPN (or the protocol) picks the codec.
         self.tls: Any = None
+        self.tls_side: Any = None  # network.tls_accept.ListenerTlsSide: handshakes, rotation
+        self.tls_watch: Any = None  # network.tls_watch.CertificateWatcher (rotation), with TLS
         if config.tls is not None:
-            from proxy.network.tls import ServerTls  # (pyOpenSSL only where a listener has TLS)
+            from proxy.network.tls_accept import ListenerTlsSide  # (pyOpenSSL only where a listener has TLS)
 
-            self.tls = ServerTls(config.tls, config.protocol, stats, self.name)
-            for cert in self.tls.certificates:
-                if cert.world_readable_key:  # (the path only: never the key)
-                    log.warning("tls.key_readable_by_others", listener=self.name, key=cert.key_path)
+            self.tls_side = ListenerTlsSide(config, stats, self.name)
+            self.tls = self.tls_side.tls
+            self.tls_watch = self.tls_side.watch
         self.protocol = config.protocol
         if self.mux is None and self.tls is None:
             # A plain HTTP/1.1 listener: the accept loop starts the HTTP/1 server's connection
@@ -176,34 +175,16 @@ class HttpConnectionManager:
         return first.startswith(H2_PREFACE), first
 
     async def _handle_tls(self, sock: socket.socket, peer: Any, first: bytes = b"") -> None:
-        stats = self.stats
-        tls = self.tls
-        assert tls is not None
-        timeout = tls.handshake_timeout
         try:
-            if tls.on_demand is not None:
-                # The name before the handshake: a certificate for it may have to be fetched or
-                # minted first, which the SNI callback (inside OpenSSL) cannot wait for.
-                initial, timeout = await tls_inspector.prepare_handshake(sock, tls, first)
-            else:
-                initial = first
-            io, early = await accept_tls(sock, tls, initial, timeout)
-        except TlsHandshakeFailed as failed:
-            if failed.reason == HANDSHAKE_TIMEOUT:
-                stats.ssl_handshake_timeout += 1
-            elif failed.reason == UNKNOWN_SERVER_NAME:
-                stats.ssl_sni_refused += 1
-            else:
-                stats.ssl_connection_error += 1
-            log.debug("tls.handshake_failed", listener=self.name, reason=failed.reason)
-            self._close_unserved(sock)
-            return
+            done = await self.tls_side.handshake(sock, first)
         except Exception as error:  # a bug of ours: it ends this connection, not the listener
-            stats.downstream_cx_error += 1
+            self.stats.downstream_cx_error += 1
             log.error("connection.failed", listener=self.name, error=repr(error), exc_info=error)
+            done = None
+        if done is None:
             self._close_unserved(sock)
             return
-        stats.ssl_handshake += 1
+        io, early = done
         alpn = io.tls.alpn
         if self.mux is not None and (alpn == "h2" or (alpn is None and self.protocol == codecs.HTTP2)):
             await self.mux.connection(sock, peer, io=io, leftover=early)

@@ -54,6 +54,21 @@ MAX_REPLAY_BODY = 64 * 1024
 _INF = float("inf")
 _UPSTREAM_DROP = http1.HOP_BY_HOP | {b"expect"}
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_XFCC = b"x-forwarded-client-cert"
+_UPSTREAM_DROP_XFCC = _UPSTREAM_DROP | {_XFCC}
+# forward_client_cert_details (Envoy's): what happens to a client's x-forwarded-client-cert
+_XFCC_SANITIZE = 0  # stripped
+_XFCC_ALWAYS_FORWARD = 1  # passed on as it came
+_XFCC_FORWARD = 2  # passed on from a client that presented a certificate, else stripped
+_XFCC_APPEND = 3  # ... with this connection's element added
+_XFCC_SET = 4  # replaced by this connection's element (stripped without a certificate)
+_XFCC_MODES = {
+    "sanitize": _XFCC_SANITIZE,
+    "always_forward_only": _XFCC_ALWAYS_FORWARD,
+    "forward_only": _XFCC_FORWARD,
+    "append_forward": _XFCC_APPEND,
+    "sanitize_set": _XFCC_SET,
+}
 
 
 class Abort(Exception):
@@ -99,6 +114,8 @@ class Router:
         self.stats = stats
         self.via = http.via.encode() if http.via else None
         self.forwarded = http.forwarded_headers
+        self.xfcc = _XFCC_MODES[http.forward_client_cert_details]
+        self.xfcc_details = http.set_current_client_cert_details
         self.request_id = http.request_id
         self.server_name = http.server_name.encode()
         self.draining = False
@@ -302,7 +319,16 @@ class Router:
         answers 100-continue itself), X-Forwarded-* and Via set, Host rewritten if asked.
         The same pass notes a gRPC call (stream.grpc) and its grpc-timeout, returned."""
         head = stream.request
-        drop = _UPSTREAM_DROP
+        xfcc = self.xfcc
+        peer: Any = None  # the client's certificate, where XFCC depends on it
+        if xfcc == _XFCC_SANITIZE:
+            drop = _UPSTREAM_DROP_XFCC
+        elif xfcc == _XFCC_ALWAYS_FORWARD:
+            drop = _UPSTREAM_DROP
+        else:
+            tls = stream.info.tls
+            peer = None if tls is None else tls.peer
+            drop = _UPSTREAM_DROP_XFCC if peer is None or xfcc == _XFCC_SET else _UPSTREAM_DROP
         for name, value in head.headers:
             if len(name) == 10 and name.lower() == b"connection":
                 named = {t.strip().lower() for t in value.split(b",")}
@@ -357,6 +383,12 @@ class Router:
                 headers.append((b"x-forwarded-host", host))
         if self.via:
             _append_header(headers, b"via", self.via)
+        if peer is not None and xfcc >= _XFCC_APPEND:
+            element: bytes = peer.xfcc_element(self.xfcc_details).encode()
+            if xfcc == _XFCC_APPEND:
+                _append_xfcc(headers, element)
+            else:
+                headers.append((_XFCC, element))
         if upgrade == b"connect":
             target = head.target  # a CONNECT's authority goes on as it came (it matched as path "/")
         else:
@@ -733,6 +765,16 @@ def request_target(head: RequestHead) -> tuple[bytes, bytes, bytes]:
             return target, b"/", b""  # authority-form: routes match CONNECT as path "/"
     path, _, query = target.partition(b"?")
     return host, path, query
+
+
+def _append_xfcc(headers: list[tuple[bytes, bytes]], element: bytes) -> None:
+    """The client's XFCC elements (from every field of that name), then ours; `,` between
+    elements, as Envoy joins them."""
+    before = [v for n, v in headers if n.lower() == _XFCC]
+    if before:
+        headers[:] = [(n, v) for n, v in headers if n.lower() != _XFCC]
+        element = b",".join([*before, element])
+    headers.append((_XFCC, element))
 
 
 def _append_header(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:

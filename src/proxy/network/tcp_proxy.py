@@ -27,11 +27,10 @@ import trio
 from proxy.config.model import Listener as ListenerConfig
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
-from proxy.network import fds, tls_inspector
+from proxy.network import fds
 from proxy.network.connect import ConnectFailed, connect
 from proxy.network.fds import OutOfDescriptors
 from proxy.network.sockio import ConnectionLost, SockIO
-from proxy.network.tls_io import HANDSHAKE_TIMEOUT, UNKNOWN_SERVER_NAME, TlsHandshakeFailed, accept_tls
 from proxy.stats import ListenerStats
 from proxy.upgrade import migration as migration_mod
 from proxy.upstream.cluster import Cluster
@@ -61,14 +60,13 @@ class TcpProxy:
         self.tcp = not config.address.is_unix
         self.migration: migration_mod.Migration = migration_mod.NO_MIGRATION
         self.relays: dict[relay_mod.Relay, Host | None] = {}  # live relays, for a migration
-        self.tls: Any = None
+        self.tls_side: Any = None  # network.tls_accept.ListenerTlsSide: handshakes, rotation
+        self.tls_watch: Any = None
         if config.tls is not None:
-            from proxy.network.tls import ServerTls  # (pyOpenSSL only where a listener has TLS)
+            from proxy.network.tls_accept import ListenerTlsSide  # (pyOpenSSL only where a listener has TLS)
 
-            self.tls = ServerTls(config.tls, config.protocol, stats, self.name)
-            for cert in self.tls.certificates:
-                if cert.world_readable_key:  # (the path only: never the key)
-                    log.warning("tls.key_readable_by_others", listener=self.name, key=cert.key_path)
+            self.tls_side = ListenerTlsSide(config, stats, self.name)
+            self.tls_watch = self.tls_side.watch
             self.handle = self._handle_tls  # type: ignore[method-assign]
 
     async def serve(self, down: socket.socket, peer: Any, first: bytes) -> None:
@@ -135,16 +133,10 @@ class TcpProxy:
         try:
             if self.tcp:
                 relay_mod.tune_tcp_socket(down, False)
-            try:
-                initial, timeout = first, self.tls.handshake_timeout
-                if self.tls.on_demand is not None:  # (the name's certificate first: see connection_manager)
-                    initial, timeout = await tls_inspector.prepare_handshake(down, self.tls, first)
-                io, early = await accept_tls(down, self.tls, initial, timeout)
-            except TlsHandshakeFailed as failed:
-                _count_handshake_failure(stats, failed.reason)
-                log.debug("tls.handshake_failed", listener=self.name, reason=failed.reason)
-                return
-            stats.ssl_handshake += 1
+            done = await self.tls_side.handshake(down, first)
+            if done is None:
+                return  # (counted)
+            io, early = done
             up, host = await self._connect_upstream(peer)
             if up is None:
                 stats.downstream_cx_no_upstream += 1
@@ -330,15 +322,6 @@ class TcpProxy:
                 log.debug("connection.closed", listener=self.name, outcome=relay.outcome, rx=relay.rx_bytes, tx=relay.tx_bytes)
 
         return closed
-
-
-def _count_handshake_failure(stats: ListenerStats, reason: str) -> None:
-    if reason == HANDSHAKE_TIMEOUT:
-        stats.ssl_handshake_timeout += 1
-    elif reason == UNKNOWN_SERVER_NAME:
-        stats.ssl_sni_refused += 1
-    else:
-        stats.ssl_connection_error += 1
 
 
 def _peer(peer: Any) -> str:

@@ -10,6 +10,16 @@ first certificate of the list, or, with `unknown_server_name: refuse`, a handsha
 (alert `unrecognized_name`). Several certificates for one name (an RSA and an ECDSA one) go in
 one OpenSSL context, which keeps one per key type and serves each client the one its
 signature algorithms allow.
+
+Client certificates (mutual TLS). With `client_certificate: request` or `require` every
+context asks the client for a certificate and verifies it against `client_ca`; one that fails
+is refused with an alert (`unknown_ca`, `bad_certificate`, ...), and `require` refuses a client
+that sends none (`certificate_required`). What the client presented is `TlsSession.peer`,
+parsed once per connection on first use.
+
+Rotation. The files are read by `load_files`; `ServerTls.build` makes contexts of what was
+read and `ServerTls.install` swaps them in at once: new handshakes take the new ones, open
+connections keep theirs (network/tls_watch.py decides when).
 """
 
 from __future__ import annotations
@@ -19,20 +29,24 @@ import stat
 import sys
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from OpenSSL._util import exception_from_error_queue, ffi, lib
 
-from proxy.network.tls_io import UNKNOWN_SERVER_NAME, TlsError
+from proxy.network.tls_io import CLIENT_CERTIFICATE_REFUSED, NO_CLIENT_CERTIFICATE, UNKNOWN_SERVER_NAME, TlsError
 
 VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 # What each HTTP protocol offers by ALPN when the config names no list.
 DEFAULT_ALPN = {"http1": ["http/1.1"], "http2": ["h2"], "http": ["h2", "http/1.1"]}
 READ_SIZE = 65536
+# Every context of every listener gives its sessions this id context: OpenSSL refuses to
+# resume a session of a context that verifies clients without one.
+SESSION_ID_CONTEXT = b"proxy"
 
 
 class TlsConfigError(Exception):
@@ -126,6 +140,68 @@ def certificate_from_pem(
     )
 
 
+def load_client_ca(path: str) -> tuple[x509.Certificate, ...]:
+    """The certificates of a client CA bundle (TlsConfigError names the file)."""
+    pem = _read(path, "client CA bundle")
+    try:
+        return tuple(x509.load_pem_x509_certificates(pem))
+    except ValueError:
+        raise TlsConfigError(f"{path} holds no PEM certificate") from None
+
+
+@dataclass(frozen=True)
+class LoadedFiles:
+    """Everything a listener's TLS reads from disk, read and checked."""
+
+    certificates: tuple[LoadedCertificate, ...]
+    client_ca: tuple[x509.Certificate, ...]
+
+
+def load_files(config: Any) -> LoadedFiles:
+    """Read a listener's certificates, keys and client CA bundle (`config` is its ListenerTls);
+    the first bad file raises TlsConfigError."""
+    certificates = tuple(load_certificate(c.cert, c.key, c.server_names) for c in config.certificates)
+    client_ca = load_client_ca(config.client_ca) if config.client_certificate != "none" and config.client_ca else ()
+    return LoadedFiles(certificates, client_ca)
+
+
+def watched_paths(config: Any) -> list[str]:
+    """The files `load_files` reads, each once."""
+    paths: list[str] = []
+    for c in config.certificates:
+        paths += [c.cert, c.key]
+    if config.client_certificate != "none" and config.client_ca:
+        paths.append(config.client_ca)
+    return list(dict.fromkeys(paths))
+
+
+@dataclass(frozen=True)
+class Contexts:
+    """The OpenSSL contexts of one set of loaded files, by SNI; built off the event loop if
+    need be, then swapped in by `ServerTls.install`."""
+
+    certificates: tuple[LoadedCertificate, ...]
+    client_ca: tuple[x509.Certificate, ...]
+    exact: dict[str, SSL.Context]
+    wildcard: dict[str, SSL.Context]
+    default: SSL.Context
+
+
+def set_groups(ctx: SSL.Context, groups: list[str]) -> None:
+    """The key exchange groups a context offers, in order (OpenSSL's names: X25519, P-256,
+    ...); ValueError if OpenSSL takes none of them. (pyOpenSSL has no call for the list: the
+    binding's SSL_CTX_set1_curves_list is the same function as set1_groups_list.)"""
+    if lib.SSL_CTX_set1_curves_list(ctx._context, ":".join(groups).encode()) != 1:
+        exception_from_error_queue_quietly()
+        raise ValueError(f"OpenSSL takes none of the groups {groups!r}")
+
+
+def exception_from_error_queue_quietly() -> None:
+    """Empty OpenSSL's error queue (a failed call leaves its reasons there for the next one)."""
+    while lib.ERR_get_error():
+        pass
+
+
 class _RefusedName(Exception):
     """Raised in the SNI callback to refuse the name: pyOpenSSL turns it into a fatal
     unrecognized_name alert, after handing it to sys.excepthook (quieted for this one)."""
@@ -157,44 +233,66 @@ class ServerTls:
     and the SNI and ALPN choices. `session()` starts the TLS of one accepted connection."""
 
     def __init__(self, config: Any, protocol: str, stats: Any = None, listener: str = "") -> None:
-        self.certificates = [load_certificate(c.cert, c.key, c.server_names) for c in config.certificates]
-        self.refuse_unknown = config.unknown_server_name == "refuse" or not self.certificates
+        self.refuse_unknown = config.unknown_server_name == "refuse" or not config.certificates
         self.alpn = [p.encode() for p in (config.alpn if config.alpn is not None else DEFAULT_ALPN.get(protocol, []))]
         self.handshake_timeout = float(config.handshake_timeout)
         self._settings = config
+        self.verify = {
+            "none": SSL.VERIFY_NONE,
+            "request": SSL.VERIFY_PEER,
+            "require": SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+        }[config.client_certificate]
+        # Certificates fetched or minted for names none of those serve (network/tls_dynamic.py).
+        self.on_demand: Any = None
+        self.client_ca: tuple[x509.Certificate, ...] = ()
+        self.install(self.build(load_files(config)))
+        if config.on_demand is not None:
+            self.on_demand = _on_demand(config.on_demand, self._context_from_pem, stats, listener)
+
+    def build(self, files: LoadedFiles) -> Contexts:
+        """The contexts for `files`: one per distinct set of certificates a name selects.
+        Touches nothing in use (it may run in a thread)."""
+        certificates = files.certificates
         by_name: dict[str, list[int]] = {}
-        for i, cert in enumerate(self.certificates):
+        for i, cert in enumerate(certificates):
             for name in cert.names:
                 by_name.setdefault(name, []).append(i)
         contexts: dict[tuple[int, ...], SSL.Context] = {}
-        self.exact: dict[str, SSL.Context] = {}
-        self.wildcard: dict[str, SSL.Context] = {}
+        exact: dict[str, SSL.Context] = {}
+        wildcard: dict[str, SSL.Context] = {}
         for name, indexes in by_name.items():
             key = tuple(indexes)
             ctx = contexts.get(key)
             if ctx is None:
-                ctx = contexts[key] = self._context([self.certificates[i] for i in indexes])
+                ctx = contexts[key] = self._context([certificates[i] for i in indexes], files.client_ca)
             if name.startswith("*."):
-                self.wildcard[name[2:]] = ctx
+                wildcard[name[2:]] = ctx
             else:
-                self.exact[name] = ctx
+                exact[name] = ctx
         # Where every handshake starts, with the SNI callback that moves it to its name's
         # context: the first certificate's (also served to a name no certificate serves), or,
         # with no certificates (all on demand), one without a certificate.
-        if self.certificates:
-            self.default = contexts.get((0,)) or self._context([self.certificates[0]])
+        if certificates:
+            default = contexts.get((0,)) or self._context([certificates[0]], files.client_ca)
         else:
-            self.default = self._context([])
-        self.default.set_tlsext_servername_callback(self._on_server_name)
-        # Certificates fetched or minted for names none of those serve (network/tls_dynamic.py).
-        self.on_demand: Any = None
-        if config.on_demand is not None:
-            self.on_demand = _on_demand(config.on_demand, self._context_from_pem, stats, listener)
+            default = self._context([], files.client_ca)
+        default.set_tlsext_servername_callback(self._on_server_name)
+        return Contexts(certificates, files.client_ca, exact, wildcard, default)
+
+    def install(self, contexts: Contexts) -> None:
+        """Serve new handshakes with `contexts` (open sessions keep the context they have)."""
+        self.certificates = list(contexts.certificates)
+        if self.on_demand is not None and contexts.client_ca != self.client_ca:
+            self.on_demand.cache.clear()  # (their contexts verify clients by the old CAs)
+        self.client_ca = contexts.client_ca  # (what certificates on demand verify clients by)
+        self.exact = contexts.exact
+        self.wildcard = contexts.wildcard
+        self.default = contexts.default
 
     def _context_from_pem(self, chain: bytes, key: bytes, source: str) -> SSL.Context:
-        return self._context([certificate_from_pem(chain, key, source, source)])
+        return self._context([certificate_from_pem(chain, key, source, source)], self.client_ca)
 
-    def _context(self, certs: list[LoadedCertificate]) -> SSL.Context:
+    def _context(self, certs: list[LoadedCertificate], client_ca: tuple[x509.Certificate, ...]) -> SSL.Context:
         s = self._settings
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(VERSIONS[s.min_version])
@@ -206,6 +304,8 @@ class ServerTls:
             ctx.set_cipher_list(s.ciphers.encode())
         if s.ciphersuites:
             ctx.set_tls13_ciphersuites(s.ciphersuites.encode())
+        if s.groups:
+            set_groups(ctx, s.groups)
         seen: set[str] = set()
         for cert in certs:
             if cert.key_kind in seen:
@@ -218,6 +318,16 @@ class ServerTls:
             ctx.check_privatekey()
         if self.alpn:
             ctx.set_alpn_select_callback(self._select_alpn)
+        ctx.set_session_id(SESSION_ID_CONTEXT)
+        if self.verify != SSL.VERIFY_NONE:
+            store = ctx.get_cert_store()
+            assert store is not None
+            for ca in client_ca:
+                store.add_cert(crypto.X509.from_cryptography(ca))
+                ctx.add_client_ca(ca)  # named in the CertificateRequest: clients pick by it
+            if s.verify_depth is not None:
+                ctx.set_verify_depth(s.verify_depth)
+            ctx.set_verify(self.verify)
         return ctx
 
     def configured(self, name: str) -> SSL.Context | None:
@@ -337,7 +447,7 @@ class TlsSession:
     """One connection's TLS over memory BIOs: bytes from the peer go in with `receive`,
     what to send comes out of `outgoing`. Never blocks, never raises OpenSSL's Want* errors."""
 
-    __slots__ = ("conn", "eof", "refused_name", "_ssl", "_into", "_from")
+    __slots__ = ("conn", "eof", "refused_name", "_ssl", "_into", "_from", "_peer")
 
     def __init__(self, ctx: SSL.Context) -> None:
         self.conn = SSL.Connection(ctx, None)
@@ -348,6 +458,7 @@ class TlsSession:
         self._ssl = self.conn._ssl  # the SSL* and its two memory BIOs (pyOpenSSL's own)
         self._into = self.conn._into_ssl
         self._from = self.conn._from_ssl
+        self._peer: PeerCertificate | None | bool = False  # False: not looked at yet
 
     def receive(self, data: bytes) -> None:
         if data:
@@ -427,6 +538,25 @@ class TlsSession:
             pass
 
     @property
+    def peer(self) -> PeerCertificate | None:
+        """The certificate the client presented (verified: one that is not never gets this
+        far), or None; parsed on first use, once per connection."""
+        peer = self._peer
+        if peer is False:
+            cert = self.conn.get_peer_certificate(as_cryptography=True)
+            peer = self._peer = None if cert is None else PeerCertificate(cert, self.conn)
+        return peer  # type: ignore[return-value]
+
+    @property
+    def presented_certificate(self) -> bool:
+        """Whether the client sent a certificate (without parsing it)."""
+        cert = lib.SSL_get_peer_certificate(self._ssl)
+        if cert == ffi.NULL:
+            return False
+        lib.X509_free(cert)
+        return True
+
+    @property
     def server_name(self) -> str | None:
         raw = self.conn.get_servername()
         return raw.decode("ascii", "replace") if raw else None
@@ -453,5 +583,93 @@ def _reason(exc: SSL.Error, session: TlsSession) -> str:
     if isinstance(args, list) and args:
         last = args[-1]
         if isinstance(last, tuple) and len(last) >= 3:
-            return str(last[2])
+            reason = str(last[2])
+            if reason == "peer did not return a certificate":
+                return NO_CLIENT_CERTIFICATE
+            if reason == "certificate verify failed":
+                code = lib.SSL_get_verify_result(session._ssl)
+                why = ffi.string(lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
+                return f"{CLIENT_CERTIFICATE_REFUSED}: {why}"
+            return reason
     return type(exc).__name__
+
+
+def _xfcc_value(value: str) -> str:
+    """An XFCC value, quoted where `,;="` would end it early."""
+    return _quoted(value) if any(c in value for c in ',;="\\') else value
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class PeerCertificate:
+    """A client's certificate as variables and x-forwarded-client-cert show it (Envoy's
+    forms: the subject as RFC 4514, hex SHA-256 fingerprint and serial, SANs by type).
+    The PEM forms and the XFCC element are made when first asked for."""
+
+    __slots__ = ("cert", "subject", "issuer", "uri_sans", "dns_sans", "fingerprint_256", "serial", "_conn", "_pem", "_chain", "_by")
+
+    def __init__(self, cert: x509.Certificate, conn: SSL.Connection) -> None:
+        self.cert = cert
+        self._conn = conn
+        self.subject = cert.subject.rfc4514_string()
+        self.issuer = cert.issuer.rfc4514_string()
+        self.uri_sans, self.dns_sans = _sans(cert)
+        self.fingerprint_256 = cert.fingerprint(hashes.SHA256()).hex()
+        serial = f"{cert.serial_number:x}"
+        self.serial = serial if len(serial) % 2 == 0 else "0" + serial
+        self._pem: str | None = None
+        self._chain: str | None = None
+        self._by: tuple[str, ...] | None = None
+
+    @property
+    def pem(self) -> str:
+        """The certificate, PEM, URL-encoded (Envoy's %DOWNSTREAM_PEER_CERT%)."""
+        if self._pem is None:
+            self._pem = quote(self.cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), safe="")
+        return self._pem
+
+    @property
+    def chain(self) -> str:
+        """The certificate and the chain the client sent, PEM, URL-encoded."""
+        if self._chain is None:
+            sent = self._conn.get_peer_cert_chain(as_cryptography=True) or []
+            # (a server's OpenSSL leaves the client's own certificate out of the chain)
+            certs = [self.cert] + [c for c in sent if c != self.cert]
+            self._chain = quote("".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in certs), safe="")
+        return self._chain
+
+    @property
+    def local_uri_sans(self) -> tuple[str, ...]:
+        """The URI SANs of the certificate this proxy served to the client (XFCC's By)."""
+        if self._by is None:
+            mine = self._conn.get_certificate(as_cryptography=True)
+            self._by = () if mine is None else _sans(mine)[0]
+        return self._by
+
+    def xfcc_element(self, details: Any) -> str:
+        """This connection's XFCC element: By (our URI SANs), Hash, then what `details` (a
+        ClientCertDetails) asks for, in Envoy's order: Subject, URI, Cert, Chain, DNS."""
+        parts = [f"By={_xfcc_value(by)}" for by in self.local_uri_sans]
+        parts.append(f"Hash={self.fingerprint_256}")
+        if details.subject:
+            parts.append(f"Subject={_quoted(self.subject)}")
+        if details.uri:
+            parts += [f"URI={_xfcc_value(u)}" for u in self.uri_sans] or ["URI="]
+        if details.cert:
+            parts.append(f'Cert="{self.pem}"')
+        if details.chain:
+            parts.append(f'Chain="{self.chain}"')
+        if details.dns:
+            parts += [f"DNS={_xfcc_value(d)}" for d in self.dns_sans]
+        return ";".join(parts)
+
+
+def _sans(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A certificate's URI and DNS subjectAltNames."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return (), ()
+    return tuple(san.get_values_for_type(x509.UniformResourceIdentifier)), tuple(san.get_values_for_type(x509.DNSName))

@@ -28,6 +28,8 @@ class TlsError(Exception):
 # is OpenSSL's own, short and key-free.
 HANDSHAKE_TIMEOUT = "handshake timeout"
 UNKNOWN_SERVER_NAME = "unknown server name"
+NO_CLIENT_CERTIFICATE = "no client certificate"  # `client_certificate: require`
+CLIENT_CERTIFICATE_REFUSED = "client certificate refused"  # then ": " and OpenSSL's verify error
 
 
 class TlsHandshakeFailed(Exception):

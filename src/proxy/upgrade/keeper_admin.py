@@ -61,7 +61,10 @@ class KeeperAdmin(AdminServer):
             if path == "/status" and _wanted(target) is None:  # ?worker=I: that worker's own view
                 if method != "GET":
                     return 405, {"error": f"{method} not allowed on /status"}, "GET"
-                return 200, keeper.status(), None
+                status = keeper.status()
+                if any(listener.tls is not None for listener in keeper.config.listeners):
+                    status["certificate_errors"] = await certificate_errors(keeper)
+                return 200, status, None
             if path in ("/reload", "/upgrade"):
                 if method != "POST":
                     return 405, {"error": f"{method} not allowed on {path}"}, "POST"
@@ -125,6 +128,28 @@ async def ask_workers(keeper: Any, method: str, target: str, body: bytes) -> tup
     if path == "/tasks":
         return 200, aggregate.task_trees({str(w.index): (w.pid, docs[str(w.index)]) for w in workers}), None
     return 200, aggregate.merge(MERGE[path], docs), None
+
+
+async def certificate_errors(keeper: Any, timeout: float = 2.0) -> list[dict[str, Any]]:
+    """The current workers' TLS files that changed and could not be used, each with the
+    workers that found it (a worker that does not answer in time is left out)."""
+    workers = [w for w in keeper.current if not w.gone.is_set()]
+    found: dict[tuple[Any, Any], dict[str, Any]] = {}
+
+    async def ask(w: Any) -> None:
+        reply = await w.admin("GET", "/status", b"", timeout=timeout)
+        body = _json(reply) if reply is not None and reply.get("status") == 200 else None
+        errors = body.get("certificate_errors") if isinstance(body, dict) else None
+        for error in errors or ():
+            entry = found.setdefault((error.get("listener"), error.get("error")), {**error, "workers": []})
+            entry["workers"].append(w.index)
+
+    async with trio.open_nursery() as nursery:
+        for w in workers:
+            nursery.start_soon(ask, w)
+    for entry in found.values():
+        entry["workers"].sort()
+    return sorted(found.values(), key=lambda e: (str(e.get("listener")), str(e.get("error"))))
 
 
 def _applied(keeper: Any, path: str, workers: list[Any], replies: list[dict[str, Any] | None]) -> tuple[int, Any, str | None]:
