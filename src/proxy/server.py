@@ -308,7 +308,10 @@ class Worker:
             # (a plaintext chain has no TLS to terminate: the listener's tls is not for it)
             tls = chain.tls or (lc.tls if chain.match.transport != "plaintext" else None)
             config = msgspec.structs.replace(base, cluster=chain.cluster or lc.cluster, route=chain.route or lc.route, tls=tls)
-            chains.append((name, self._chain_handler(lr, config, connection_nursery, False)))
+            handler = self._chain_handler(lr, config, connection_nursery, False)
+            if lc.protocol != "tcp":
+                handler.router.filter_chain = name  # (%filter_chain_name%)
+            chains.append((name, handler))
         has_default = lc.cluster is not None if lc.protocol == "tcp" else lc.route is not None
         default = self._chain_handler(lr, base, connection_nursery, False) if has_default else None
         dispatcher = ChainDispatcher(lc, chains, default, lr.stats)

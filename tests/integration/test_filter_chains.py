@@ -380,7 +380,10 @@ async def test_two_server_names_two_route_tables_and_two_certificates_on_one_htt
         {"name": "a", "match": {"server_names": ["a.example.com"]}, "route": "table_a", "tls": pki.tls("a")},
         {"name": "c", "match": {"server_names": ["c.example.com"]}, "route": "table_c", "tls": pki.tls("c", min_version="1.3")},
     ]
-    async with running_proxy(http_chains_config(tmp_path, chains), tmp_path) as proxy:
+    log = tmp_path / "access.log"
+    config = http_chains_config(tmp_path, chains)
+    config["listeners"][0]["access_log"] = [{"path": str(log), "format": "%filter_chain_name% %requested_server_name%"}]
+    async with running_proxy(config, tmp_path) as proxy:
         for name, body in (("a.example.com", b"table a\n"), ("c.example.com", b"table c\n")):
             for version in ("--http2", "--http1.1"):  # curl checks the certificate is for `name`
                 got = await curl(version, "--cacert", pki.ca_path, "-w", "%{http_version}", *at(proxy, "https", name))
@@ -395,6 +398,10 @@ async def test_two_server_names_two_route_tables_and_two_certificates_on_one_htt
         stats = await listener_stats(tmp_path)
         assert stats["ssl_handshake"] == 5 and stats["no_filter_chain_match"] == 1, stats
         assert stats["downstream_rq_2xx"] == 5, stats
+        with trio.fail_after(5):
+            while log.read_text().count("\n") < 5:
+                await trio.sleep(0.02)
+        assert sorted(log.read_text().splitlines()) == ["a a.example.com"] * 3 + ["c c.example.com"] * 2
 
 
 @pytest.mark.parametrize("tls_on", ["chain", "listener"])

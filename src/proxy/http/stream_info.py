@@ -60,6 +60,7 @@ class StreamInfo:
         "filter_state",
         "grpc_status",
         "tls",
+        "filter_chain",
     )
 
     def __init__(self, request: Any, listener: str, remote: str, local: str) -> None:
@@ -68,6 +69,7 @@ class StreamInfo:
         self.downstream_remote_address = remote
         self.downstream_local_address = local
         self.listener = listener
+        self.filter_chain: str | None = None  # the name of the listener's filter chain that serves it
         self.route_name = ""
         self.cluster = ""
         self.upstream_host = ""
