@@ -88,6 +88,7 @@ class Worker:
         self.filter_chains = {lc.name: _build_chain(lc) for lc in config.listeners if lc.protocol != "tcp"}
         self.access_logs: dict[str, list[Any]] = {}
         self.http_managers: list[Any] = []
+        self.tls_watches: list[Any] = []  # network.tls_watch.CertificateWatcher, one per TLS handler
         self.listeners: list[ListenerRuntime] = []
         self.state = "starting"
         self._stop_accepting = trio.Event()
@@ -243,6 +244,13 @@ class Worker:
         protocol = next(lr for lr in self.listeners if lr.config.name == listener).config.protocol
         if (kind == "tcp") != (protocol == "tcp"):
             return None
+        chooser = getattr(handler, "handler_for_state", None)
+        if chooser is not None:  # filter chains: the chain the state names
+            handler = chooser(state)
+            if handler is None:
+                return None
+        elif state.get("chain") is not None:
+            return None  # its chain is gone (the listener has none now): it finishes where it is
         if kind == "http1":
             return lambda: nursery.start_soon(handler.adopt, socks[0], state)
         if kind == "http2":
@@ -255,7 +263,7 @@ class Worker:
     def certificate_errors(self) -> list[dict[str, Any]] | None:
         """Listeners whose changed TLS files could not be used (their old ones serve on);
         None when no listener has TLS."""
-        watchers = [hcm.tls_watch for hcm in self.http_managers if hcm.tls_watch is not None]
+        watchers = self.tls_watches
         if not watchers:
             return None
         return [w.error for w in watchers if w.error is not None]
@@ -286,24 +294,64 @@ class Worker:
 
     def _handler_for(self, lr: ListenerRuntime, connection_nursery: trio.Nursery) -> Any:
         lc = lr.config
+        if not lc.filter_chains:
+            return self._chain_handler(lr, lc, connection_nursery)
+        # Filter chains: a handler per chain, from the listener's config with the chain's
+        # fields applied, behind a dispatcher that picks one per connection.
+        import msgspec
+
+        from proxy.network.chain_dispatch import ChainDispatcher
+
+        base = msgspec.structs.replace(lc, filter_chains=[])
+        chains = []
+        for name, chain in zip(lc.chain_names(), lc.filter_chains):
+            # (a plaintext chain has no TLS to terminate: the listener's tls is not for it)
+            tls = chain.tls or (lc.tls if chain.match.transport != "plaintext" else None)
+            config = msgspec.structs.replace(base, cluster=chain.cluster or lc.cluster, route=chain.route or lc.route, tls=tls)
+            handler = self._chain_handler(lr, config, connection_nursery, False)
+            if lc.protocol != "tcp":
+                handler.router.filter_chain = name  # (%filter_chain_name%)
+            chains.append((name, handler))
+        has_default = lc.cluster is not None if lc.protocol == "tcp" else lc.route is not None
+        default = self._chain_handler(lr, base, connection_nursery, False) if has_default else None
+        dispatcher = ChainDispatcher(lc, chains, default, lr.stats)
+        if lc.protocol != "tcp":  # one watchdog task for all the chains (not a task each)
+            from proxy.http.connection_manager import run_watchdogs
+
+            assert self._root is not None
+            self._root.start_soon(run_watchdogs, dispatcher.handlers())
+        return dispatcher
+
+    def _chain_handler(self, lr: ListenerRuntime, lc: Any, connection_nursery: trio.Nursery, watchdog: bool = True) -> Any:
+        """The handler of a listener's connections (or of one of its filter chains')."""
         if lc.protocol == "tcp":
-            return TcpProxy(lc, self.clusters[lc.cluster], lr.stats, connection_nursery)
+            proxy = TcpProxy(lc, self.clusters[lc.cluster], lr.stats, connection_nursery)
+            self._watch_tls(proxy.tls_watch, lc.name)
+            return proxy
         if lc.protocol != "tcp":  # http1, or a multiplexed codec (proxy.http.codecs)
             from proxy.http.access_log import AccessLogger
             from proxy.http.connection_manager import HttpConnectionManager
 
-            logs = [AccessLogger(a.path, a.format) for a in lc.access_log]
-            self.access_logs[lc.name] = logs
+            logs = self.access_logs.get(lc.name)
+            if logs is None:  # (one set per listener, shared by its chains)
+                logs = self.access_logs[lc.name] = [AccessLogger(a.path, a.format) for a in lc.access_log]
             hcm = HttpConnectionManager(
                 lc, self.route_tables[lc.route], self.clusters, self.pools, self.filter_chains[lc.name], logs, lr.stats, connection_nursery
             )
-            assert self._root is not None
-            self._root.start_soon(hcm.run_watchdog)
-            if hcm.tls_watch is not None:
-                self._root.start_soon(hcm.tls_watch.run, name=f"tls_watch:{lc.name}")
+            if watchdog:
+                assert self._root is not None
+                self._root.start_soon(hcm.run_watchdog)
+            self._watch_tls(hcm.tls_watch, lc.name)
             self.http_managers.append(hcm)
             return hcm
         raise ValueError(f"listener {lc.name}: unsupported protocol {lc.protocol}")
+
+    def _watch_tls(self, watch: Any, name: str) -> None:
+        """Run a handler's certificate watcher (rotation), if it has TLS."""
+        if watch is not None:
+            assert self._root is not None
+            self._root.start_soon(watch.run, name=f"tls_watch:{name}")
+            self.tls_watches.append(watch)
 
     def drain(self) -> None:
         """Stop accepting and let open connections finish (up to drain_timeout)."""

@@ -166,6 +166,18 @@ class ListenerStats(_Stats):
         # certificate rotation (tls.watch_interval): files changed on disk and re-read
         "ssl_certificate_rotated",  # a new set of files now serves new handshakes
         "ssl_certificate_rotation_failed",  # a new set that cannot be used (the old one serves on)
+        # Filter chains (network/chain_dispatch): the TLS inspector's finds (Envoy's
+        # tls_inspector.*), first bytes that did not come within inspect_timeout (Envoy's
+        # downstream_pre_cx_timeout), and connections no chain matched, closed
+        "tls_inspector_tls_found",
+        "tls_inspector_tls_not_found",  # plaintext
+        "tls_inspector_sni_found",
+        "tls_inspector_sni_not_found",
+        "tls_inspector_alpn_found",
+        "tls_inspector_alpn_not_found",
+        "tls_inspector_client_hello_bad",  # a handshake record that is no ClientHello, or too long
+        "downstream_pre_cx_timeout",
+        "no_filter_chain_match",
     )
     # parked: idle connections waiting without a task (proxy.network.parking), among the active
     GAUGES = ("downstream_cx_active", "downstream_cx_parked", "downstream_rq_active")

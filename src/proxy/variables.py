@@ -320,6 +320,7 @@ register("start_time", _start_time)
 register("duration", _milliseconds("duration"))
 register("upstream_service_time", _milliseconds("upstream_service_time"))
 register("response_flags", _flags)
+register("filter_chain_name", _attribute("filter_chain"))  # Envoy's FILTER_CHAIN_NAME
 register("grpc_status", lambda info: None if getattr(info, "grpc_status", None) is None else str(info.grpc_status))
 # TLS of the client connection (Envoy's REQUESTED_SERVER_NAME, DOWNSTREAM_TLS_VERSION, ...);
 # missing on a plaintext connection.

@@ -236,9 +236,10 @@ def test_stats_table_leaves_out_http_request_counters_of_tcp_listeners_and_their
             {"name": "db", "protocol": "tcp", "cluster": "pg"},
             {"name": "web", "protocol": "http1", "route": "main"},
             {"name": "shared", "protocol": "tcp", "cluster": "api"},
+            {"name": "sni", "protocol": "tcp", "filter_chains": [{"match": {"server_names": ["a"]}, "cluster": "tls-a"}]},
         ],
         "routes": {"main": {"virtual_hosts": [{"routes": [{"match": {"prefix": "/"}, "cluster": "api"}]}]}},
-        "clusters": [{"name": "pg"}, {"name": "api"}],
+        "clusters": [{"name": "pg"}, {"name": "api"}, {"name": "tls-a"}],
     }
     stats = {
         "listener.db.downstream_cx_total": 1,
@@ -249,6 +250,7 @@ def test_stats_table_leaves_out_http_request_counters_of_tcp_listeners_and_their
         "cluster.pg.upstream_cx_total": 1,
         "cluster.pg.upstream_rq_total": 0,
         "cluster.api.upstream_rq_total": 3,  # also behind the HTTP route: kept
+        "cluster.tls-a.upstream_rq_total": 0,  # a tcp filter chain's cluster
     }
     assert client.without_l4_request_counters(stats, config) == {
         "listener.db.downstream_cx_total": 1,

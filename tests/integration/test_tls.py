@@ -246,7 +246,7 @@ def test_a_bad_certificate_or_key_refuses_the_config_with_the_path(tmp_path, cer
     assert "PRIVATE KEY" not in text
 
 
-def test_tls_is_refused_on_a_tcp_listener(tmp_path, certs):
+def test_tls_is_for_tcp_and_http_listeners_not_other_codecs(tmp_path, certs):
     from proxy.config.errors import ConfigError
     from proxy.config.loader import load_text
 
@@ -254,7 +254,10 @@ def test_tls_is_refused_on_a_tcp_listener(tmp_path, certs):
         "listeners": [{"name": "t", "address": "127.0.0.1:0", "protocol": "tcp", "cluster": "c", "tls": {"certificates": [certs.entry("b")]}}],
         "clusters": [{"name": "c", "hosts": [{"address": "127.0.0.1:1"}]}],
     }
-    with pytest.raises(ConfigError, match="TLS termination is for http1, http2 and http listeners"):
+    assert load_text(json.dumps(config), fmt="json").listeners[0].tls is not None  # terminated, then relayed
+    config["listeners"][0].update(protocol="tests.stream.rpc_codec:RpcServerCodec", route="r", cluster=None)
+    config["routes"] = {"r": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "cluster": "c"}]}]}}
+    with pytest.raises(ConfigError, match=r"listeners\[0\].tls: TLS termination is for tcp, http1, http2 and http listeners"):
         load_text(json.dumps(config), fmt="json")
 
 

@@ -168,3 +168,33 @@ def test_inspector_reports_a_close_midway() -> None:
 def test_inspector_reports_garbage_in_a_handshake_record() -> None:
     result = trio.run(inspect_sent, [b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00"])
     assert result.outcome == tls_inspector.BAD
+
+
+def _big_client_hello(body_length: int) -> bytes:
+    """A ClientHello of `body_length` bytes (a padding extension fills it), in 16 KiB records."""
+    padding = body_length - 47
+    body = (
+        b"\x03\x03" + b"\x00" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+        + (padding + 4).to_bytes(2, "big") + b"\x00\x15" + padding.to_bytes(2, "big") + b"\x00" * padding
+    )
+    assert len(body) == body_length
+    message = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"".join(
+        b"\x16\x03\x01" + len(part).to_bytes(2, "big") + part for part in (message[i : i + 16384] for i in range(0, len(message), 16384))
+    )
+
+
+def test_inspector_reads_a_client_hello_of_the_largest_size_over_several_records() -> None:
+    raw = _big_client_hello(client_hello.MAX_CLIENT_HELLO - 6)  # its records take more than the message
+    assert len(raw) > client_hello.MAX_CLIENT_HELLO + 5
+    result = trio.run(inspect_sent, [raw])
+    assert result.outcome == tls_inspector.TLS, (result.outcome, result.error)
+    assert result.data == raw
+
+
+def test_inspector_refuses_a_client_hello_in_tiny_records_past_its_read_limit() -> None:
+    records = _big_client_hello(60000)
+    message = b"".join(records[i + 5 : i + 16389] for i in range(0, len(records), 16389))
+    tiny = b"".join(b"\x16\x03\x01\x00\x0a" + message[i : i + 10] for i in range(0, len(message), 10))  # 1.5x on the wire
+    result = trio.run(inspect_sent, [tiny[i : i + 30000] for i in range(0, len(tiny), 30000)])
+    assert (result.outcome, result.error) == (tls_inspector.BAD, "ClientHello too long")

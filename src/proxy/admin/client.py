@@ -238,7 +238,8 @@ def without_l4_request_counters(stats: dict[str, Any], config: Any) -> dict[str,
     elsewhere: set[str] = set()
     _strings({k: v for k, v in config.items() if k not in ("clusters", "listeners")}, elsewhere)
     _strings([lr for lr in listeners if lr.get("protocol") != "tcp"], elsewhere)
-    l4_clusters = {str(lr["cluster"]) for lr in tcp if lr.get("cluster") is not None} - elsewhere
+    named = [lr.get("cluster") for lr in tcp] + [c.get("cluster") for lr in tcp for c in lr.get("filter_chains") or [] if isinstance(c, dict)]
+    l4_clusters = {str(name) for name in named if name is not None} - elsewhere
     hidden = tuple(f"listener.{lr.get('name')}.downstream_rq_" for lr in tcp)
     hidden += tuple(f"cluster.{name}.upstream_rq_" for name in l4_clusters)
     return {k: v for k, v in stats.items() if not k.startswith(hidden)}

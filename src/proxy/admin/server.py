@@ -359,7 +359,13 @@ class AdminServer(SocketServer):
 
     def listeners(self) -> list[dict[str, Any]]:
         return [
-            {"name": lr.config.name, "address": lr.address, "protocol": lr.config.protocol, "stats": lr.stats.snapshot()}
+            {
+                "name": lr.config.name,
+                "address": lr.address,
+                "protocol": lr.config.protocol,
+                "filter_chains": lr.config.chain_names(),
+                "stats": lr.stats.snapshot(),
+            }
             for lr in self.worker.listeners
         ]
 

@@ -200,6 +200,28 @@ class ListenerTls(_Model):
     watch_interval: PositiveDuration | None = PositiveDuration(5.0)
 
 
+class FilterChainMatch(_Model):
+    """What picks a filter chain, read from the connection's first bytes (the TLS inspector,
+    proxy.network.tls_inspector): the ClientHello's SNI and ALPN, and whether it is TLS at all.
+    Empty fields match anything; precedence and wildcards are Envoy's (proxy.network.filter_chains)."""
+
+    server_names: list[str] = []  # exact names, or "*.example.com" (any name under example.com)
+    alpn: list[str] = []  # any of these offered by the client
+    transport: Literal["tls", "plaintext"] | None = None
+
+
+class FilterChain(_Model):
+    """One way of serving a listener's connections, picked by `match`. A field left out is the
+    listener's (its cluster, route or tls); on a tcp listener a chain without tls passes the
+    TLS through untouched (SNI routing without terminating)."""
+
+    name: Name | None = None  # default chain0, chain1, ... (logs, hot-upgrade handovers)
+    match: FilterChainMatch = FilterChainMatch()
+    cluster: Name | None = None  # tcp listeners
+    route: Name | None = None  # HTTP listeners
+    tls: ListenerTls | None = None
+
+
 class Listener(_Model):
     name: Name
     address: Address
@@ -226,6 +248,16 @@ class Listener(_Model):
     relay: Literal["auto", "splice", "copy"] = "auto"
     backlog: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1024
     tls: ListenerTls | None = None
+    # Filter chains (Envoy's filter_chains): each connection is served by the chain its first
+    # bytes match; by the listener's own cluster/route/tls when none does (closed, and counted
+    # in no_filter_chain_match, if the listener names neither).
+    filter_chains: list[FilterChain] = []
+    # How long the first bytes may take to show which chain (a whole ClientHello, or one byte
+    # of plaintext): past it the connection is closed (Envoy's listener_filters_timeout).
+    inspect_timeout: PositiveDuration = PositiveDuration(15.0)
+
+    def chain_names(self) -> list[str]:
+        return [c.name if c.name is not None else f"chain{i}" for i, c in enumerate(self.filter_chains)]
 
 
 class Admin(_Model):

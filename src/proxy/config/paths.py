@@ -9,6 +9,7 @@ The paths, every path-valued field of the model (`proxy.config.model`):
   listeners[].access_log[].path   except "stdout" and "stderr"
   listeners[].tls.certificates[].cert and .key, listeners[].tls.client_ca
   listeners[].tls.on_demand.issuer.cert and .key
+  (and the same in listeners[].filter_chains[].tls)
   clusters[].tls.ca, .cert and .key
   diagnostics.directory
   admin.socket                    so `proxy ctl -c FILE` finds the socket from anywhere
@@ -39,8 +40,9 @@ def resolve(raw: Any, base_dir: str) -> None:
         for log in _dicts(listener.get("access_log")):
             if log.get("path") not in STREAMS:
                 _resolve_key(log, "path", base_dir)
-        tls = listener.get("tls")
-        if isinstance(tls, dict):
+        for tls in [listener.get("tls")] + [c.get("tls") for c in _dicts(listener.get("filter_chains"))]:
+            if not isinstance(tls, dict):
+                continue
             for cert in _dicts(tls.get("certificates")):
                 _resolve_key(cert, "cert", base_dir)
                 _resolve_key(cert, "key", base_dir)

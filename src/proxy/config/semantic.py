@@ -13,6 +13,7 @@ import ipaddress
 import socket
 from typing import Any
 
+from proxy.config.semantic_chains import check_chains
 from proxy.config.semantic_routes import check_routes
 from proxy.config.errors import Issues, PathTuple, format_path
 from proxy.config.values import Address, Duration
@@ -31,6 +32,7 @@ def check(raw: Any, issues: Issues) -> None:
     _listener_addresses(listeners, raw.get("admin"), issues)
     _listener_tls(listeners, issues)
     _listener_xfcc(listeners, issues)
+    check_chains(listeners, cluster_names, raw.get("routes"), issues)
     _host_addresses(clusters, issues)
     _cluster_http2(clusters, issues)
     _cluster_tls(clusters, issues)
@@ -39,24 +41,31 @@ def check(raw: Any, issues: Issues) -> None:
 
 
 def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
-    """Every certificate loads, its key is its own, and TLS sits on a protocol that has it."""
-    with_tls = [(index, listener, listener["tls"]) for index, listener in listeners if isinstance(listener.get("tls"), dict)]
+    """Every certificate loads, its key is its own, and TLS sits on a protocol that has it
+    (the listener's `tls`, and its filter chains')."""
+    with_tls: list[tuple[PathTuple, dict[str, Any], dict[str, Any]]] = []
+    for index, listener in listeners:
+        if isinstance(listener.get("tls"), dict):
+            with_tls.append((("listeners", index, "tls"), listener, listener["tls"]))
+        for j, chain in _items(listener.get("filter_chains")):
+            if isinstance(chain.get("tls"), dict):
+                with_tls.append((("listeners", index, "filter_chains", j, "tls"), listener, chain["tls"]))
     if not with_tls:
         return  # (and pyOpenSSL, ~10 MB of RSS, stays unimported)
     from OpenSSL import SSL
 
     from proxy.network.tls import TlsConfigError, load_certificate
 
-    for index, listener, tls in with_tls:
+    for base, listener, tls in with_tls:
         protocol = listener.get("protocol")
-        if protocol not in ("http1", "http2", "http"):
-            issues.add(("listeners", index, "tls"), f"TLS termination is for http1, http2 and http listeners, not {protocol!r}")
+        if protocol not in ("tcp", "http1", "http2", "http"):
+            issues.add(base, f"TLS termination is for tcp, http1, http2 and http listeners, not {protocol!r}")
         certificates = _items(tls.get("certificates"))
         on_demand = tls.get("on_demand")
         if not certificates and not isinstance(on_demand, dict):
-            issues.add(("listeners", index, "tls", "certificates"), "give at least one certificate (or on_demand)")
+            issues.add(base + ("certificates",), "give at least one certificate (or on_demand)")
         if isinstance(on_demand, dict):
-            _tls_on_demand(("listeners", index, "tls", "on_demand"), on_demand, issues)
+            _tls_on_demand(base + ("on_demand",), on_demand, issues)
         for j, cert in certificates:
             if not isinstance(cert.get("cert"), str) or not isinstance(cert.get("key"), str):
                 continue  # the structural check reports it
@@ -64,14 +73,14 @@ def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -
             try:
                 load_certificate(cert["cert"], cert["key"], names if isinstance(names, list) else None)
             except TlsConfigError as exc:
-                issues.add(("listeners", index, "tls", "certificates", j), str(exc))
+                issues.add(base + ("certificates", j), str(exc))
         for key, setter in (("ciphers", "set_cipher_list"), ("ciphersuites", "set_tls13_ciphersuites")):
             value = tls.get(key)
             if isinstance(value, str):
                 try:
                     getattr(SSL.Context(SSL.TLS_SERVER_METHOD), setter)(value.encode())
                 except (SSL.Error, ValueError):
-                    issues.add(("listeners", index, "tls", key), f"OpenSSL takes none of {value!r}")
+                    issues.add(base + (key,), f"OpenSSL takes none of {value!r}")
         groups = tls.get("groups")
         if isinstance(groups, list) and groups and all(isinstance(g, str) for g in groups):
             from proxy.network.tls import set_groups
@@ -79,14 +88,14 @@ def _listener_tls(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -
             try:
                 set_groups(SSL.Context(SSL.TLS_SERVER_METHOD), groups)
             except ValueError as exc:
-                issues.add(("listeners", index, "tls", "groups"), str(exc))
+                issues.add(base + ("groups",), str(exc))
         lo, hi = tls.get("min_version", "1.2"), tls.get("max_version", "1.3")
         if lo == "1.3" and hi == "1.2":
-            issues.add(("listeners", index, "tls"), "min_version 1.3 is above max_version 1.2")
-        _client_certificates(index, tls, issues)
+            issues.add(base, "min_version 1.3 is above max_version 1.2")
+        _client_certificates(base, tls, issues)
 
 
-def _client_certificates(index: int, tls: dict[str, Any], issues: Issues) -> None:
+def _client_certificates(base: PathTuple, tls: dict[str, Any], issues: Issues) -> None:
     """client_ca goes with client_certificate request or require, and loads."""
     from proxy.network.tls import TlsConfigError, load_client_ca
 
@@ -94,16 +103,16 @@ def _client_certificates(index: int, tls: dict[str, Any], issues: Issues) -> Non
     ca = tls.get("client_ca")
     if mode in ("request", "require"):
         if ca is None:
-            issues.add(("listeners", index, "tls", "client_ca"), f"client_certificate: {mode} needs client_ca (a PEM bundle of the CAs client certificates chain to)")
+            issues.add(base + ("client_ca",), f"client_certificate: {mode} needs client_ca (a PEM bundle of the CAs client certificates chain to)")
         elif isinstance(ca, str):
             try:
                 load_client_ca(ca)
             except TlsConfigError as exc:
-                issues.add(("listeners", index, "tls", "client_ca"), str(exc))
+                issues.add(base + ("client_ca",), str(exc))
     elif mode == "none":
         for key in ("client_ca", "verify_depth"):
             if tls.get(key) is not None:
-                issues.add(("listeners", index, "tls", key), f"{key} applies only with client_certificate: request or require")
+                issues.add(base + (key,), f"{key} applies only with client_certificate: request or require")
 
 
 def _listener_xfcc(listeners: list[tuple[int, dict[str, Any]]], issues: Issues) -> None:
@@ -249,9 +258,9 @@ def _listener_clusters(listeners: list[tuple[int, dict[str, Any]]], clusters: li
         protocol = listener.get("protocol")
         if isinstance(protocol, str) and not codecs.is_known(protocol):
             issues.add(("listeners", index, "protocol"), f"unknown protocol {protocol!r}; use {', '.join(codecs.names())} or 'package.module:Codec'")
-        elif isinstance(protocol, str) and protocol != "tcp" and listener.get("route") is None:
+        elif isinstance(protocol, str) and protocol != "tcp" and listener.get("route") is None and not listener.get("filter_chains"):
             issues.add(("listeners", index), f"an {protocol} listener needs a 'route' (a route table name)")
-        if protocol == "tcp" and cluster is None:
+        if protocol == "tcp" and cluster is None and not listener.get("filter_chains"):
             issues.add(("listeners", index), "a tcp listener needs a 'cluster'")
         elif isinstance(cluster, str) and cluster not in clusters:
             if clusters:

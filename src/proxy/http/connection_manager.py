@@ -25,15 +25,6 @@ from proxy.http.multiplex import MuxServer
 from proxy.http.router import Router
 from proxy.log import get_logger
 from proxy.network import relay as relay_mod
-from proxy.network import tls_inspector
-from proxy.network.tls_io import (
-    CLIENT_CERTIFICATE_REFUSED,
-    HANDSHAKE_TIMEOUT,
-    NO_CLIENT_CERTIFICATE,
-    UNKNOWN_SERVER_NAME,
-    TlsHandshakeFailed,
-    accept_tls,
-)
 from proxy.stats import ListenerStats
 from proxy.upgrade import migration as migration_mod
 from proxy.upstream.cluster import Cluster
@@ -48,36 +39,6 @@ WATCHDOG_TICK = 0.1
 # The HTTP/2 connection preface (RFC 9113 §3.4): on a `protocol: http` listener, a client that
 # starts with it speaks HTTP/2 (prior knowledge); any other first bytes are HTTP/1.1.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-# A refused handshake: how long, and how much, the client's further bytes are read and
-# dropped after the alert (see _linger).
-LINGER_TIME = 1.0
-LINGER_BYTES = 256 * 1024
-
-
-async def _linger(sock: socket.socket) -> None:
-    """After a fatal alert: end our side (FIN after the alert) and read what the client still
-    sends until it closes, briefly. Closing with its bytes unread would send a RST, and a RST
-    makes the client's kernel drop the alert unread. A TLS 1.3 client sends its certificate
-    with its request right behind (curl), so this is the common case for a refused one."""
-    try:
-        sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        return
-    left = LINGER_BYTES
-    with trio.move_on_after(LINGER_TIME):
-        while left > 0:
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            left -= len(data)
 
 
 class HttpConnectionManager:
@@ -114,20 +75,14 @@ class HttpConnectionManager:
         self.tunnels: dict[relay_mod.Relay, str | None] = {}  # live tunnels and their upstream host
         # TLS termination: the handshake first, then ALPN (or the protocol) picks the codec.
         self.tls: Any = None
+        self.tls_side: Any = None  # network.tls_accept.ListenerTlsSide: handshakes, rotation
         self.tls_watch: Any = None  # network.tls_watch.CertificateWatcher (rotation), with TLS
-        self.verify_clients = False
         if config.tls is not None:
-            # (pyOpenSSL only where a listener has TLS)
-            from proxy.network import tls_watch
-            from proxy.network.tls import ServerTls, watched_paths
+            from proxy.network.tls_accept import ListenerTlsSide  # (pyOpenSSL only where a listener has TLS)
 
-            seen = tls_watch.signature(watched_paths(config.tls))  # before the files are read
-            self.tls = ServerTls(config.tls, config.protocol, stats, self.name)
-            self.tls_watch = tls_watch.CertificateWatcher(self.name, self.tls, config.tls, stats, seen)
-            self.verify_clients = config.tls.client_certificate != "none"
-            for cert in self.tls.certificates:
-                if cert.world_readable_key:  # (the path only: never the key)
-                    log.warning("tls.key_readable_by_others", listener=self.name, key=cert.key_path)
+            self.tls_side = ListenerTlsSide(config, stats, self.name)
+            self.tls = self.tls_side.tls
+            self.tls_watch = self.tls_side.watch
         self.protocol = config.protocol
         if self.mux is None and self.tls is None:
             # A plain HTTP/1.1 listener: the accept loop starts the HTTP/1 server's connection
@@ -157,18 +112,19 @@ class HttpConnectionManager:
     async def run_watchdog(self) -> None:
         """Cancel each connection whose deadline has passed. Runs for the worker's life (in the
         root nursery: it must not hold up a drain). Timeouts fire within WATCHDOG_TICK late."""
+        await run_watchdogs([self])
+
+    def check_deadlines(self, now: float) -> None:
+        """One look of the watchdog."""
         http1 = self.http1
         mux = self.mux
-        while True:
-            await trio.sleep(WATCHDOG_TICK)
-            now = trio.current_time()
-            http1.check_deadlines(now)
-            if mux is not None:
-                mux.check_deadlines(now)
-                if self.migration is not migration_mod.NO_MIGRATION:
-                    http2_migration.check(mux, now)
-            if self.migration.active and not self.draining:
-                http1.wake_for_handover()
+        http1.check_deadlines(now)
+        if mux is not None:
+            mux.check_deadlines(now)
+            if self.migration is not migration_mod.NO_MIGRATION:
+                http2_migration.check(mux, now)
+        if self.migration.active and not self.draining:
+            http1.wake_for_handover()
 
     async def handle(self, sock: socket.socket, peer: Any) -> None:
         self.stats.downstream_cx_total += 1
@@ -182,51 +138,53 @@ class HttpConnectionManager:
         else:
             await self.mux.connection(sock, peer)  # type: ignore[union-attr]
 
-    async def _handle_tls(self, sock: socket.socket, peer: Any) -> None:
-        stats = self.stats
-        tls = self.tls
-        assert tls is not None
-        initial = b""
-        timeout = tls.handshake_timeout
-        try:
-            if tls.on_demand is not None:
-                # The name before the handshake: a certificate for it may have to be fetched or
-                # minted first, which the SNI callback (inside OpenSSL) cannot wait for.
-                started = trio.current_time()
-                inspection = await tls_inspector.inspect(sock, timeout)
-                if inspection.outcome == tls_inspector.TIMEOUT:
-                    raise TlsHandshakeFailed(HANDSHAKE_TIMEOUT)
-                if inspection.outcome == tls_inspector.CLOSED:
-                    raise TlsHandshakeFailed("closed during the handshake")
-                timeout = max(0.0, timeout - (trio.current_time() - started))  # (a mint's wait is ours, not the client's)
-                if inspection.hello is not None:
-                    await tls.prepare(inspection.hello.server_name)
-                initial = inspection.data  # (not TLS, or bad: OpenSSL's alert says so)
-            io, early = await accept_tls(sock, tls, initial, timeout)
-        except TlsHandshakeFailed as failed:
-            if failed.reason == HANDSHAKE_TIMEOUT:
-                stats.ssl_handshake_timeout += 1
-            elif failed.reason == UNKNOWN_SERVER_NAME:
-                stats.ssl_sni_refused += 1
-            elif failed.reason == NO_CLIENT_CERTIFICATE:
-                stats.ssl_fail_verify_no_cert += 1
-            elif failed.reason.startswith(CLIENT_CERTIFICATE_REFUSED):
-                stats.ssl_fail_verify_error += 1
+    async def serve(self, sock: socket.socket, peer: Any, first: bytes) -> None:
+        """A connection of this manager's filter chain (network/chain_dispatch: inspected and
+        counted already); `first`: the bytes read, served first (the TLS session's, or the
+        HTTP codec's)."""
+        if self.tls is not None:
+            await self._handle_tls(sock, peer, first)  # (its TlsIO counts `first` as received)
+            return
+        self.stats.downstream_rx_bytes_total += len(first)  # (read by the inspector, not the codec's SockIO)
+        if self.detect:
+            h2, first = await self._read_h2_preface(sock, first)
+            if h2:
+                await self.mux.connection(sock, peer, leftover=first)  # type: ignore[union-attr]
             else:
-                stats.ssl_connection_error += 1
-            log.debug("tls.handshake_failed", listener=self.name, reason=failed.reason)
-            if failed.reason != HANDSHAKE_TIMEOUT:
-                await _linger(sock)
-            self._close_unserved(sock)
-            return
+                await self.http1.connection(sock, peer, leftover=first, accepted=False)
+        elif self.mux is not None:
+            await self.mux.connection(sock, peer, leftover=first)
+        else:
+            await self.http1.connection(sock, peer, leftover=first, accepted=False)
+
+    async def _read_h2_preface(self, sock: socket.socket, first: bytes) -> tuple[bool, bytes]:
+        """`_speaks_h2` for bytes read already: whether they start the HTTP/2 preface, and all
+        the bytes read (more are read, and consumed, while they are a part of one)."""
+        with trio.move_on_after(self.header_timeout):
+            while H2_PREFACE.startswith(first[: len(H2_PREFACE)]) and len(first) < len(H2_PREFACE):
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    more = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    break
+                if not more:
+                    break
+                first += more
+        return first.startswith(H2_PREFACE), first
+
+    async def _handle_tls(self, sock: socket.socket, peer: Any, first: bytes = b"") -> None:
+        try:
+            done = await self.tls_side.handshake(sock, first)
         except Exception as error:  # a bug of ours: it ends this connection, not the listener
-            stats.downstream_cx_error += 1
+            self.stats.downstream_cx_error += 1
             log.error("connection.failed", listener=self.name, error=repr(error), exc_info=error)
+            done = None
+        if done is None:
             self._close_unserved(sock)
             return
-        stats.ssl_handshake += 1
-        if self.verify_clients and not io.tls.presented_certificate:
-            stats.ssl_no_certificate += 1
+        io, early = done
         alpn = io.tls.alpn
         if self.mux is not None and (alpn == "h2" or (alpn is None and self.protocol == codecs.HTTP2)):
             await self.mux.connection(sock, peer, io=io, leftover=early)
@@ -343,3 +301,12 @@ class HttpConnectionManager:
     def tunnel_closed(self, relay: relay_mod.Relay) -> None:
         self.tunnels.pop(relay, None)
         relay_mod.count_downstream_close(self.stats, relay)
+
+
+async def run_watchdogs(managers: list[HttpConnectionManager]) -> None:
+    """The watchdog of several managers (a listener's filter chains), in one task."""
+    while True:
+        await trio.sleep(WATCHDOG_TICK)
+        now = trio.current_time()
+        for manager in managers:
+            manager.check_deadlines(now)

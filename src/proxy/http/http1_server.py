@@ -633,8 +633,12 @@ class Http1Server:
         request_header_timeout for the rest (slowloris). None when the client is done."""
         events = dc.events
         if not events:
-            dc.deadline = self._now() + self.idle_timeout
-            dc.phase = IDLE
+            if dc.parser.between_messages:
+                dc.deadline = self._now() + self.idle_timeout
+                dc.phase = IDLE
+            else:  # part of a head came with the connection (read by the TLS inspector, or in a handover)
+                dc.deadline = self._now() + self.header_timeout
+                dc.phase = HEAD
             io = dc.io
             # After a response the client's next request cannot be here yet: wait, then read.
             # The waits are trio's own around SockIO's non-blocking recv, not SockIO.recv's:

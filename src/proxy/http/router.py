@@ -119,6 +119,7 @@ class Router:
         self.request_id = http.request_id
         self.server_name = http.server_name.encode()
         self.draining = False
+        self.filter_chain: str | None = None  # the listener's filter chain this router serves, if any
         # The run's clock, read directly: trio.current_time() gets there through three Python
         # calls (~0.6 µs), and a request reads it several times.
         self._now = clock_reader()
@@ -132,6 +133,7 @@ class Router:
         stats.downstream_rq_total += 1
         stats.downstream_rq_active += 1
         info = stream.info
+        info.filter_chain = self.filter_chain
         cancelled = False
         try:
             await self._proxy(stream)

@@ -61,6 +61,7 @@ class StreamInfo:
         "grpc_status",
         "tls",
         "upstream_transport_failure_reason",
+        "filter_chain",
     )
 
     def __init__(self, request: Any, listener: str, remote: str, local: str) -> None:
@@ -69,6 +70,7 @@ class StreamInfo:
         self.downstream_remote_address = remote
         self.downstream_local_address = local
         self.listener = listener
+        self.filter_chain: str | None = None  # the name of the listener's filter chain that serves it
         self.route_name = ""
         self.cluster = ""
         self.upstream_host = ""

@@ -5,6 +5,12 @@ cluster's connect timeout, and on failure move on to the next host, up to
 `max_connect_attempts`; when every attempt fails the downstream is closed. Then relay bytes
 both ways (`relay.Relay`) until both directions end.
 
+TLS: with `tls` (the listener's or its filter chain's), the client's TLS is terminated first
+(network/tls_io.accept_tls) and the plaintext copied to and from the upstream (the bytes must
+be opened and sealed: no splice). Such a connection cannot move in a hot upgrade (OpenSSL
+holds its state): it goes on in the old generation until it ends or the drain_timeout. Without
+`tls`, TLS passes through untouched (a filter chain picked by SNI, network/chain_dispatch).
+
 Hot upgrade: `start_migration` stops every live relay at a safe point and hands it (both
 sockets, kind "tcp") to the next generation, whose `adopt` carries on relaying; a relay whose
 handover is refused resumes here. A connection that finishes connecting upstream during a
@@ -24,6 +30,7 @@ from proxy.network import relay as relay_mod
 from proxy.network import fds
 from proxy.network.connect import ConnectFailed, connect
 from proxy.network.fds import OutOfDescriptors
+from proxy.network.sockio import ConnectionLost, SockIO
 from proxy.network.tls_io import TlsError, TlsHandshakeFailed, connect_tls
 from proxy.network.tls_relay import TlsRelay
 from proxy.stats import ListenerStats
@@ -56,13 +63,30 @@ class TcpProxy:
         self.migration: migration_mod.Migration = migration_mod.NO_MIGRATION
         # live relays, for a migration (a TlsRelay declines to move: it drains here)
         self.relays: dict[Any, Host | None] = {}
+        self.tls_side: Any = None  # network.tls_accept.ListenerTlsSide: handshakes, rotation
+        self.tls_watch: Any = None
+        if config.tls is not None:
+            from proxy.network.tls_accept import ListenerTlsSide  # (pyOpenSSL only where a listener has TLS)
 
-    async def handle(self, down: socket.socket, peer: Any) -> None:
+            self.tls_side = ListenerTlsSide(config, stats, self.name)
+            self.tls_watch = self.tls_side.watch
+            self.handle = self._handle_tls  # type: ignore[method-assign]
+
+    async def serve(self, down: socket.socket, peer: Any, first: bytes) -> None:
+        """A connection a filter chain dispatcher inspected (and counted): `first`, the bytes
+        it read, are served first."""
+        await self.handle(down, peer, first, True)
+
+    async def handle(self, down: socket.socket, peer: Any, first: bytes = b"", counted: bool = False) -> None:
         """Entry point per accepted connection. Never raises: a failing connection is counted and
-        logged, and must not take the listener down."""
+        logged, and must not take the listener down. `first`: bytes read already (by the TLS
+        inspector), relayed upstream first; `counted`: in downstream_cx_total already."""
         stats = self.stats
-        stats.downstream_cx_total += 1
+        if not counted:
+            stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
+        if first:
+            stats.downstream_rx_bytes_total += len(first)  # (read by the inspector, not the relay)
         owned_by_relay = False
         try:
             if self.tcp:
@@ -73,10 +97,18 @@ class TcpProxy:
                 return
             relay: Any
             if tls is not None:  # TLS to the host: copied, sealed and opened here
+                if first:
+                    await tls.send_all(first)  # (what a filter chain's inspection read)
                 relay = TlsRelay(down, tls, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host), early=early)
             else:
                 relay = relay_mod.Relay(
-                    down, up, splice=self.splice, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host), stats=stats
+                    down,
+                    up,
+                    splice=self.splice,
+                    idle_timeout=self.idle_timeout,
+                    on_close=self._relay_closed(host),
+                    stats=stats,
+                    pending=(first, b""),
                 )
             owned_by_relay = True
             self.relays[relay] = host
@@ -98,6 +130,101 @@ class TcpProxy:
                 down.close()
                 stats.downstream_cx_active -= 1
                 stats.downstream_cx_destroy += 1
+
+    async def _handle_tls(self, down: socket.socket, peer: Any, first: bytes = b"", counted: bool = False) -> None:
+        """`handle` for a listener (or chain) that terminates TLS: the handshake, then the
+        plaintext copied both ways."""
+        stats = self.stats
+        if not counted:
+            stats.downstream_cx_total += 1
+        stats.downstream_cx_active += 1
+        io: Any = None
+        try:
+            if self.tcp:
+                relay_mod.tune_tcp_socket(down, False)
+            done = await self.tls_side.handshake(down, first)
+            if done is None:
+                return  # (counted)
+            io, early = done
+            up, host, up_tls, up_early = await self._connect_upstream(peer)
+            if up is None:
+                stats.downstream_cx_no_upstream += 1
+                return
+            if up_early:
+                await io.send_all(up_early)  # (a server that speaks first, behind its handshake)
+            await self._pump_tls(io, up_tls if up_tls is not None else SockIO(up), early, host)
+        except OutOfDescriptors:
+            stats.downstream_cx_fd_exhausted += 1
+            fds.drop_unread(down)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            stats.downstream_cx_error += 1
+            log.error("connection.failed", listener=self.name, peer=_peer(peer), error=repr(exc), exc_info=exc)
+        finally:
+            if io is not None:
+                stats.downstream_rx_bytes_total += io.bytes_received
+                stats.downstream_tx_bytes_total += io.bytes_sent
+                io.close()  # (close_notify first, when nothing is left unsent)
+            else:
+                trio.lowlevel.notify_closing(down)
+                down.close()
+            stats.downstream_cx_active -= 1
+            stats.downstream_cx_destroy += 1
+
+    async def _pump_tls(self, down: Any, up: SockIO, early: bytes, host: Host | None) -> None:
+        """Copy plaintext between a TLS client and its upstream until both directions end (an
+        end half-closes the other side: close_notify, or a FIN), either side breaks (both
+        close), or nothing moves for the idle timeout."""
+        from proxy.http.stream_tunnel import run_both  # (a trio helper; only TLS pays the import)
+
+        stats = self.stats
+        cstats = self.cluster.stats
+        idle = self.idle_timeout
+        broken = False
+
+        async def copy(src: SockIO, dst: SockIO) -> None:
+            nonlocal broken
+            while True:
+                try:
+                    data = await src.recv()
+                except ConnectionLost:
+                    broken = True
+                    scope.cancel()
+                    return
+                if idle is not None:
+                    scope.deadline = trio.current_time() + idle
+                if not data:
+                    try:
+                        dst.shutdown_write()
+                    except ConnectionLost:
+                        pass
+                    return
+                try:
+                    await dst.send_all(data)
+                except ConnectionLost:
+                    broken = True
+                    scope.cancel()
+                    return
+
+        try:
+            with trio.CancelScope() as scope:
+                if idle is not None:
+                    scope.deadline = trio.current_time() + idle
+                if early:
+                    await up.send_all(early)
+                await run_both(lambda: copy(up, down), lambda: copy(down, up))
+            if scope.cancelled_caught and not broken:
+                stats.downstream_cx_idle_timeout += 1
+            elif broken:
+                stats.downstream_cx_reset += 1
+        except ConnectionLost:
+            stats.downstream_cx_reset += 1
+        finally:
+            up.close()
+            cstats.upstream_cx_active -= 1
+            if host is not None:
+                host.stats.cx_active -= 1
 
     # ------------------------------------------------------------------ hot upgrade
 

@@ -10,11 +10,17 @@ or a passthrough relay as the first bytes to send upstream.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import trio
 
 from proxy.network import client_hello as hello_mod
 from proxy.network.client_hello import BadClientHello, ClientHello, NotTls
+from proxy.network.tls_io import HANDSHAKE_TIMEOUT, TlsHandshakeFailed
+
+# What a ClientHello may take on the wire: the message, and its record headers (a 64 KiB hello
+# needs 4 records at least; one fragmented much finer than that is refused as too long).
+READ_LIMIT = hello_mod.MAX_CLIENT_HELLO + 4 + 64 * 5
 
 TLS = "tls"
 PLAINTEXT = "plaintext"
@@ -41,7 +47,7 @@ async def inspect(sock: socket.socket, timeout: float) -> Inspection:
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
-                chunk = sock.recv(hello_mod.MAX_CLIENT_HELLO + 5 - len(data))
+                chunk = sock.recv(READ_LIMIT - len(data))
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as exc:
@@ -57,6 +63,33 @@ async def inspect(sock: socket.socket, timeout: float) -> Inspection:
                 return Inspection(BAD, None, data, str(exc))
             if hello is not None:
                 return Inspection(TLS, hello, data)
-            if len(data) > hello_mod.MAX_CLIENT_HELLO + 5:
+            if len(data) >= READ_LIMIT:  # (and never a recv of 0 bytes, which would read as a close)
                 return Inspection(BAD, None, data, "ClientHello too long")
     return Inspection(TIMEOUT, None, data)
+
+
+async def prepare_handshake(sock: socket.socket, server: Any, first: bytes = b"") -> tuple[bytes, float]:
+    """Before the handshake of a listener with certificates on demand (network/tls_dynamic.py):
+    the ClientHello's name, read now or parsed from `first` (what a filter chain's inspection
+    read already), and its certificate fetched or minted (`server.prepare`, a ServerTls).
+    Returns the handshake's first bytes and what is left of its timeout (a mint's wait is ours,
+    not the client's). Raises TlsHandshakeFailed for a client that sent no ClientHello."""
+    timeout = server.handshake_timeout
+    if first:
+        try:
+            hello = hello_mod.parse(first)
+        except (NotTls, BadClientHello):
+            hello = None  # (not TLS, or bad: OpenSSL's alert says so)
+        data = first
+    else:
+        started = trio.current_time()
+        inspection = await inspect(sock, timeout)
+        if inspection.outcome == TIMEOUT:
+            raise TlsHandshakeFailed(HANDSHAKE_TIMEOUT)
+        if inspection.outcome == CLOSED:
+            raise TlsHandshakeFailed("closed during the handshake")
+        timeout = max(0.0, timeout - (trio.current_time() - started))
+        hello, data = inspection.hello, inspection.data
+    if hello is not None:
+        await server.prepare(hello.server_name)
+    return data, timeout

@@ -164,6 +164,7 @@ async def accept_tls(sock: socket.socket, server: Any, initial: bytes = b"", tim
     listener's network.tls.ServerTls."""
     session = server.session()
     io = TlsIO(sock, session)
+    io.bytes_received = len(initial)  # (on the wire, read by the inspector)
     data = initial
     # (Compiled: each `except ... as` name keeps one type in a function: `lost`, `failed`.)
     with trio.move_on_after(server.handshake_timeout if timeout < 0 else timeout):

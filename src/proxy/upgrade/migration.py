@@ -25,6 +25,8 @@ Kinds (each with its own schema version, so a later release can refuse what it c
             codec: proxy.codec.http2's export_state() (its own `format` inside: settings,
             HPACK tables, windows, stream ids, budgets); leftover: frames held back, in order
             (proxy.http.http2_migration)
+Any kind's state may also name the listener's filter chain (`chain`, network/chain_dispatch):
+the adopter picks that chain's handler, or refuses the connection when the chain is gone.
 """
 
 from __future__ import annotations
