@@ -43,7 +43,17 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from OpenSSL._util import exception_from_error_queue, ffi, lib
 
-from proxy.network.tls_io import CLIENT_CERTIFICATE_REFUSED, NO_CLIENT_CERTIFICATE, UNKNOWN_SERVER_NAME, TlsError
+from proxy.network.tls_io import (
+    CLIENT_CERTIFICATE_REFUSED,
+    NO_CLIENT_CERTIFICATE,
+    UNKNOWN_SERVER_NAME,
+    TlsError,
+    bind_record_layer,
+    plaintext_in,
+    plaintext_out,
+    records_in,
+    records_out,
+)
 
 VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 # What each HTTP protocol offers by ALPN when the config names no list.
@@ -438,14 +448,9 @@ def load_issuer(cert_path: str, key_path: str) -> Any:
     return issuer
 
 
-# The per-record calls go to OpenSSL through pyOpenSSL's own cffi bindings: pyOpenSSL's
-# wrappers raise WantReadError for "nothing yet" (twice per request: an empty read after the
-# request, an empty BIO after it) and check the error queue on every call, which measured at
-# about a third of an HTTPS request's cost here. The handshake stays on pyOpenSSL's API.
-_WANT_READ = lib.SSL_ERROR_WANT_READ
-_ZERO_RETURN = lib.SSL_ERROR_ZERO_RETURN
-_BUFFER = ffi.new("char[]", READ_SIZE)  # one per process: the worker is one thread
-_VIEW = ffi.buffer(_BUFFER)
+# The per-record calls (network/tls_io.py, compiled) go to OpenSSL through pyOpenSSL's own cffi
+# bindings; the handshake stays on pyOpenSSL's API.
+bind_record_layer(lib, ffi)
 
 
 class TlsSession:
@@ -465,9 +470,9 @@ class TlsSession:
         self._from = self.conn._from_ssl
         self._peer: PeerCertificate | None | bool = False  # False: not looked at yet
 
+    # The record layer is compiled (network/tls_io.py); these are its calls for the rest.
     def receive(self, data: bytes) -> None:
-        if data:
-            lib.BIO_write(self._into, data, len(data))  # a memory BIO takes any amount
+        records_in(self, data)
 
     def handshake(self) -> bool:
         """Step the handshake on what has been received; True once it is done."""
@@ -482,51 +487,15 @@ class TlsSession:
     def read(self) -> bytes:
         """All the plaintext the received records hold (b"" if none yet, or at close_notify:
         see `eof`)."""
-        ssl = self._ssl
-        chunks: list[bytes] = []
-        while True:
-            n = lib.SSL_read(ssl, _BUFFER, READ_SIZE)
-            if n > 0:
-                chunks.append(_VIEW[:n])
-                continue
-            error = lib.SSL_get_error(ssl, n)
-            if error == _WANT_READ:
-                break
-            if error == _ZERO_RETURN:
-                self.eof = True
-                break
-            self._fail()
-        if len(chunks) == 1:
-            return chunks[0]
-        return b"".join(chunks)
+        return plaintext_out(self)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt `data` (all of it: a memory BIO takes any amount)."""
-        ssl = self._ssl
-        buf = ffi.from_buffer(data)
-        total = len(buf)
-        done = 0
-        while done < total:  # (pyOpenSSL sets SSL_MODE_ENABLE_PARTIAL_WRITE: a call may seal one record)
-            n = lib.SSL_write(ssl, buf + done, total - done)
-            if n <= 0:
-                self._fail()
-            done += n
+        plaintext_in(self, data)
 
     def outgoing(self) -> bytes:
         """The records to send now (b"" if none)."""
-        source = self._from
-        n = lib.BIO_read(source, _BUFFER, READ_SIZE)
-        if n <= 0:
-            return b""
-        first = _VIEW[:n]
-        if n < READ_SIZE:
-            return first
-        out = [first]
-        while n == READ_SIZE:
-            n = lib.BIO_read(source, _BUFFER, READ_SIZE)
-            if n > 0:
-                out.append(_VIEW[:n])
-        return b"".join(out)
+        return records_out(self)
 
     def _fail(self) -> NoReturn:
         """Raise TlsError for OpenSSL's error (taking it off OpenSSL's error queue)."""
