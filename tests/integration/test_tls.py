@@ -380,3 +380,21 @@ def test_groups_openssl_does_not_know_refuse_the_config(tmp_path, certs):
     with pytest.raises(ConfigError) as err:
         load_text(json.dumps(config), fmt="json")
     assert "listeners[0].tls.groups" in str(err.value) and "not-a-group" in str(err.value)
+
+
+async def test_a_client_that_hangs_up_right_after_its_handshake_counts_as_a_handshake(tmp_path, upstream, certs):
+    """`openssl s_time -new` closes once its handshake is done, before TLS 1.3's session tickets
+    arrive: the tickets meet a reset, but the handshake was whole (not a connection error)."""
+    admin = str(tmp_path / "admin.sock")
+    async with running_proxy(tls_config(upstream, certs, admin), tmp_path) as proxy:
+        host, port = proxy.address("http")
+        result = await trio.run_process(
+            ["openssl", "s_time", "-connect", f"{host}:{port}", "-new", "-tls1_3", "-time", "1"], capture_stdout=True, capture_stderr=True, check=False
+        )
+        marks = result.stdout.decode("latin-1").split("\n")
+        done = sum(line.count("*") for line in marks if set(line) <= {"*", "r"})
+        assert done > 20, result.stdout
+        await trio.sleep(0.3)
+        stats = await listener_stats(admin)
+        assert stats["ssl_connection_error"] == 0, stats
+        assert done <= stats["ssl_handshake"] <= done + 2, (done, stats)
