@@ -30,7 +30,7 @@ from proxy.network import relay as relay_mod
 from proxy.network import fds
 from proxy.network.connect import ConnectFailed, connect
 from proxy.network.fds import OutOfDescriptors
-from proxy.network.sockio import ConnectionLost, SockIO
+from proxy.network.sockio import SockIO
 from proxy.network.tls_io import TlsError, TlsHandshakeFailed, connect_tls
 from proxy.network.tls_relay import TlsRelay
 from proxy.stats import ListenerStats
@@ -97,9 +97,7 @@ class TcpProxy:
                 return
             relay: Any
             if tls is not None:  # TLS to the host: copied, sealed and opened here
-                if first:
-                    await tls.send_all(first)  # (what a filter chain's inspection read)
-                relay = TlsRelay(down, tls, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host), early=early)
+                relay = TlsRelay(SockIO(down), tls, idle_timeout=self.idle_timeout, on_close=self._relay_closed(host), pending=(first, early))
             else:
                 relay = relay_mod.Relay(
                     down,
@@ -133,12 +131,13 @@ class TcpProxy:
 
     async def _handle_tls(self, down: socket.socket, peer: Any, first: bytes = b"", counted: bool = False) -> None:
         """`handle` for a listener (or chain) that terminates TLS: the handshake, then the
-        plaintext copied both ways."""
+        plaintext copied both ways (a TlsRelay, which declines a hot upgrade: it drains)."""
         stats = self.stats
         if not counted:
             stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         io: Any = None
+        owned_by_relay = False
         try:
             if self.tcp:
                 relay_mod.tune_tcp_socket(down, False)
@@ -150,9 +149,16 @@ class TcpProxy:
             if up is None:
                 stats.downstream_cx_no_upstream += 1
                 return
-            if up_early:
-                await io.send_all(up_early)  # (a server that speaks first, behind its handshake)
-            await self._pump_tls(io, up_tls if up_tls is not None else SockIO(up), early, host)
+            relay = TlsRelay(
+                io,
+                up_tls if up_tls is not None else SockIO(up),
+                idle_timeout=self.idle_timeout,
+                on_close=self._relay_closed(host),
+                pending=(early, up_early),
+            )
+            owned_by_relay = True
+            self.relays[relay] = host
+            await relay.run(self.nursery)
         except OutOfDescriptors:
             stats.downstream_cx_fd_exhausted += 1
             fds.drop_unread(down)
@@ -162,69 +168,16 @@ class TcpProxy:
             stats.downstream_cx_error += 1
             log.error("connection.failed", listener=self.name, peer=_peer(peer), error=repr(exc), exc_info=exc)
         finally:
-            if io is not None:
-                stats.downstream_rx_bytes_total += io.bytes_received
-                stats.downstream_tx_bytes_total += io.bytes_sent
-                io.close()  # (close_notify first, when nothing is left unsent)
-            else:
-                trio.lowlevel.notify_closing(down)
-                down.close()
-            stats.downstream_cx_active -= 1
-            stats.downstream_cx_destroy += 1
-
-    async def _pump_tls(self, down: Any, up: SockIO, early: bytes, host: Host | None) -> None:
-        """Copy plaintext between a TLS client and its upstream until both directions end (an
-        end half-closes the other side: close_notify, or a FIN), either side breaks (both
-        close), or nothing moves for the idle timeout."""
-        from proxy.http.stream_tunnel import run_both  # (a trio helper; only TLS pays the import)
-
-        stats = self.stats
-        cstats = self.cluster.stats
-        idle = self.idle_timeout
-        broken = False
-
-        async def copy(src: SockIO, dst: SockIO) -> None:
-            nonlocal broken
-            while True:
-                try:
-                    data = await src.recv()
-                except ConnectionLost:
-                    broken = True
-                    scope.cancel()
-                    return
-                if idle is not None:
-                    scope.deadline = trio.current_time() + idle
-                if not data:
-                    try:
-                        dst.shutdown_write()
-                    except ConnectionLost:
-                        pass
-                    return
-                try:
-                    await dst.send_all(data)
-                except ConnectionLost:
-                    broken = True
-                    scope.cancel()
-                    return
-
-        try:
-            with trio.CancelScope() as scope:
-                if idle is not None:
-                    scope.deadline = trio.current_time() + idle
-                if early:
-                    await up.send_all(early)
-                await run_both(lambda: copy(up, down), lambda: copy(down, up))
-            if scope.cancelled_caught and not broken:
-                stats.downstream_cx_idle_timeout += 1
-            elif broken:
-                stats.downstream_cx_reset += 1
-        except ConnectionLost:
-            stats.downstream_cx_reset += 1
-        finally:
-            up.close()
-            cstats.upstream_cx_active -= 1
-            if host is not None:
-                host.stats.cx_active -= 1
+            if not owned_by_relay:
+                if io is not None:
+                    stats.downstream_rx_bytes_total += io.bytes_received
+                    stats.downstream_tx_bytes_total += io.bytes_sent
+                    io.close()  # (close_notify first, when nothing is left unsent)
+                else:
+                    trio.lowlevel.notify_closing(down)
+                    down.close()
+                stats.downstream_cx_active -= 1
+                stats.downstream_cx_destroy += 1
 
     # ------------------------------------------------------------------ hot upgrade
 

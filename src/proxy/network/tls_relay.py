@@ -1,6 +1,6 @@
-"""A TCP relay whose upstream side is TLS (a `protocol: tcp` listener to a cluster with `tls`):
-plaintext from the client, records to the host, copied (never spliced: the bytes must be
-sealed and opened).
+"""A TCP relay with TLS on either side or both: a `protocol: tcp` listener that terminates the
+client's TLS, or whose cluster has `tls`, or both. Copied through the two sides' SockIO (a
+TlsIO opens and seals), never spliced.
 
 The same semantics as `relay.Relay` (Envoy's tcp_proxy): EOF one way becomes a half-close the
 other way (towards the host: close_notify, then the TCP half-close); an error on either side
@@ -24,11 +24,19 @@ from proxy.network.sockio import ConnectionLost, SockIO
 
 
 class TlsRelay:
-    __slots__ = ("down", "up", "idle_timeout", "on_close", "rx_bytes", "tx_bytes", "outcome", "error", "pipe_fallbacks", "_scope", "_early")
+    __slots__ = ("down", "up", "idle_timeout", "on_close", "rx_bytes", "tx_bytes", "outcome", "error", "pipe_fallbacks", "_scope", "_pending")
 
-    def __init__(self, down: socket.socket, up: SockIO, *, idle_timeout: float | None, on_close: Callable[[Any], None], early: bytes = b"") -> None:
-        self.down = down
-        self.up = up  # a TlsIO
+    def __init__(
+        self,
+        down: SockIO,
+        up: SockIO,
+        *,
+        idle_timeout: float | None,
+        on_close: Callable[[Any], None],
+        pending: tuple[bytes, bytes] = (b"", b""),
+    ) -> None:
+        self.down = down  # a SockIO, or a TlsIO when the client's TLS ends here
+        self.up = up  # a SockIO, or a TlsIO to a cluster with tls
         self.idle_timeout = idle_timeout
         self.on_close = on_close
         self.rx_bytes = 0  # downstream -> upstream (plaintext)
@@ -37,7 +45,9 @@ class TlsRelay:
         self.error: BaseException | None = None
         self.pipe_fallbacks = 0  # (none: no splice here; read by count_downstream_close)
         self._scope: trio.CancelScope | None = None
-        self._early = early  # plaintext that came with the handshake (a server that speaks first)
+        # Plaintext to go first (as Relay's `pending`): what came right behind a handshake
+        # (a client's first bytes; a server that speaks first) or what an inspection read.
+        self._pending = pending
 
     def stop(self, handover: Any) -> bool:
         """A hot upgrade: declined, the connection stays and drains here."""
@@ -49,14 +59,18 @@ class TlsRelay:
 
     async def run(self, nursery: trio.Nursery) -> None:
         """Relay until both directions end (in the caller's task: this relay never leaves it)."""
-        down = SockIO(self.down)
+        down = self.down
         up = self.up
+        to_up, to_down = self._pending
         try:
             with trio.CancelScope() as self._scope:
                 self._touch()
-                if self._early:
-                    await down.send_all(self._early)
-                    self.tx_bytes += len(self._early)
+                if to_up:
+                    await up.send_all(to_up)
+                    self.rx_bytes += len(to_up)
+                if to_down:
+                    await down.send_all(to_down)
+                    self.tx_bytes += len(to_down)
                 await run_both(lambda: self._copy(up, down, False), lambda: self._copy(down, up, True))
             if self._scope.cancelled_caught:
                 self.outcome = relay_mod.IDLE_TIMEOUT
@@ -64,7 +78,7 @@ class TlsRelay:
             self.outcome = relay_mod.RESET
             self.error = lost
             try:
-                self.down.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, relay_mod._LINGER_RST)
+                self.down.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, relay_mod._LINGER_RST)
             except OSError:
                 pass
         except trio.Cancelled:
@@ -74,7 +88,7 @@ class TlsRelay:
             self.outcome = relay_mod.ERROR
             self.error = exc
         finally:
-            up.close()  # (close_notify when nothing is queued)
+            up.close()  # (a TlsIO: close_notify when nothing is queued)
             down.close()
             self.on_close(self)
 
